@@ -1,0 +1,203 @@
+//! The HTTP client behind every `mortar <block> <verb>` command, and its output helpers.
+//!
+//! Commands print a human table by default and the raw JSON with `--json`. On an error
+//! response the problem's `detail` goes to stderr and the process exits non-zero.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Flags shared by every client command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// Server to talk to.
+    #[arg(
+        long,
+        env = "MORTAR_URL",
+        default_value = "http://127.0.0.1:8700",
+        global = true
+    )]
+    pub url: String,
+    /// Bearer token (admin token or API key).
+    #[arg(long, env = "MORTAR_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print the JSON response instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// What went wrong talking to the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with a problem.
+    #[error("{detail}")]
+    Problem {
+        status: u16,
+        title: String,
+        detail: String,
+        body: Value,
+    },
+    /// The server could not be reached or answered garbage.
+    #[error("{0}")]
+    Transport(String),
+}
+
+impl ClientError {
+    /// The process exit code for this error: 1 for problems, 2 when the server is unreachable.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ClientError::Problem { .. } => 1,
+            ClientError::Transport(_) => 2,
+        }
+    }
+}
+
+/// A client of one Mortar server.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    pub fn new(args: &ClientArgs) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("mortar-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        Self {
+            http,
+            base: args.url.trim_end_matches('/').to_owned(),
+            token: args.token.clone(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.send(self.http.post(self.url(path)).json(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.send(self.http.put(self.url(path)).json(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<Value, ClientError> {
+        self.send(self.http.delete(self.url(path))).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, mut req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.map_err(|e| {
+            ClientError::Transport(format!(
+                "cannot reach the mortar server at {}: {e}",
+                self.base
+            ))
+        })?;
+        let status = res.status();
+        let bytes = res
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Transport(format!("reading the response failed: {e}")))?;
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).map_err(|_| {
+                ClientError::Transport(format!(
+                    "the server at {} answered {status} with a body that is not JSON",
+                    self.base
+                ))
+            })?
+        };
+        if status.is_success() {
+            return Ok(body);
+        }
+        let text = |k: &str| body.get(k).and_then(Value::as_str).map(ToOwned::to_owned);
+        Err(ClientError::Problem {
+            status: status.as_u16(),
+            title: text("title").unwrap_or_else(|| status.to_string()),
+            detail: text("detail").unwrap_or_else(|| status.to_string()),
+            body,
+        })
+    }
+}
+
+/// Renders rows as an aligned text table with a header line.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &mut dyn Iterator<Item = &str>| {
+        let parts: Vec<String> = cells
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", parts.join("  ").trim_end());
+    };
+    line(&mut out, &mut headers.iter().copied());
+    for row in rows {
+        line(&mut out, &mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+/// A JSON value as a table cell (strings unquoted, null as `-`).
+pub fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align() {
+        let t = table(
+            &["ID", "NAME"],
+            &[
+                vec!["1".into(), "alpha".into()],
+                vec!["22".into(), "b".into()],
+            ],
+        );
+        assert_eq!(t, "ID  NAME\n1   alpha\n22  b\n");
+    }
+
+    #[test]
+    fn cells() {
+        assert_eq!(cell(&Value::Null), "-");
+        assert_eq!(cell(&serde_json::json!(["a", "b"])), "a,b");
+        assert_eq!(cell(&serde_json::json!(3)), "3");
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_a_transport_error() {
+        let args = ClientArgs {
+            url: "http://127.0.0.1:1".into(),
+            token: None,
+            json: false,
+        };
+        let err = Client::new(&args).get("/v1/status").await.unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("cannot reach"), "{err}");
+    }
+}

@@ -1,0 +1,36 @@
+//! The Mortar kernel: what every block and the `mortar` binary share.
+//!
+//! * [`problem`] — RFC 9457 `application/problem+json` errors, the only error body Mortar sends.
+//! * [`extract`] — axum extractors (`ApiJson`, `ApiPath`, `ApiQuery`) whose rejections are problems.
+//! * [`config`] — the configuration loader (file → `MORTAR_…` environment → flags) and the
+//!   documented `--print-config` renderer.
+//! * [`storage`] — connections to the durable store (SQLite embedded, PostgreSQL in cluster mode)
+//!   and Redis, per-block migrations, readiness checks.
+//! * [`auth`] — the admin token and scoped API keys (stored hashed), and the middleware that
+//!   enforces them on `/v1/*`.
+//! * [`telemetry`] — structured logs, W3C trace context, OTLP export.
+//! * [`http`] — the middleware stack every route runs behind and the hardened HTTP server
+//!   (header-read and idle timeouts, connection limit, graceful shutdown).
+//! * [`metrics`] — the Prometheus recorder and the `/metrics` renderer.
+//! * [`client`] — the HTTP client every `mortar <block> <verb>` command uses.
+//! * [`clock`] — injectable time, so engines never read the clock themselves; [`ids`] — ULIDs.
+//!
+//! Guarantees: every error response is problem+json; tokens are compared in constant time and
+//! never logged; migrations are safe when several nodes start at once.
+
+pub mod auth;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod extract;
+pub mod http;
+pub mod ids;
+pub mod metrics;
+pub mod problem;
+pub mod storage;
+pub mod telemetry;
+
+pub use problem::{FieldError, Problem};
+
+/// The version of Mortar, as built.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,416 @@
+//! Connections to the durable store and Redis, per-block migrations, readiness checks.
+//!
+//! Embedded mode (no `database_url`): SQLite in WAL mode at `<data_dir>/mortar.db`.
+//! Cluster mode (`database_url = "postgres://…"`): PostgreSQL, usually with Redis beside it.
+//! Blocks get the pools from here; they never open their own connections.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+/// What the storage layer needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
+}
+
+/// Embedded (SQLite, one node) or cluster (PostgreSQL, any number of nodes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Embedded,
+    Cluster,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Embedded => "embedded",
+            Mode::Cluster => "cluster",
+        }
+    }
+}
+
+/// The durable store every block writes acknowledged state to.
+#[derive(Debug, Clone)]
+pub enum Durable {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Redis, with the key prefix this deployment owns (`mortar:` by default).
+#[derive(Clone)]
+pub struct Redis {
+    pub conn: ConnectionManager,
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Redis {
+    /// `<prefix><block>:<rest>`, the namespacing rule for every Redis key.
+    pub fn key(&self, block: &str, rest: &str) -> String {
+        format!("{}{block}:{rest}", self.prefix)
+    }
+}
+
+/// All backends of this node.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    pub mode: Mode,
+    pub durable: Durable,
+    pub redis: Option<Redis>,
+    backends: Vec<Backend>,
+}
+
+/// A backend as shown in logs and `mortar status` (URLs without passwords).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Backend {
+    /// `sqlite`, `postgres` or `redis`.
+    pub name: String,
+    /// Where it is (path or URL with the password removed).
+    pub location: String,
+}
+
+/// The result of probing one backend.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct BackendHealth {
+    pub name: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A block's migrations, one set per SQL dialect (embed them with `sqlx::migrate!`).
+#[derive(Debug)]
+pub struct Migrations {
+    pub block: &'static str,
+    pub sqlite: Migrator,
+    pub postgres: Migrator,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{backend} at {location} is unreachable: {source}")]
+    Connect {
+        backend: &'static str,
+        location: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("unsupported database_url scheme in {0:?}: use postgres://… or sqlite://…")]
+    Scheme(String),
+    #[error("migrations of {block} failed: {source}")]
+    Migrate {
+        block: &'static str,
+        source: sqlx::migrate::MigrateError,
+    },
+}
+
+/// How long a readiness probe may take per backend.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The core's own tables (API keys).
+pub fn core_migrations() -> Migrations {
+    Migrations {
+        block: "core",
+        sqlite: sqlx::migrate!("migrations/sqlite"),
+        postgres: sqlx::migrate!("migrations/postgres"),
+    }
+}
+
+impl Storage {
+    /// Opens every configured backend, failing fast with the one that is unreachable.
+    pub async fn connect(cfg: &StorageConfig) -> Result<Self, StorageError> {
+        let (durable, durable_backend) = match cfg.database_url.as_deref() {
+            None => {
+                std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StorageError::DataDir {
+                    path: cfg.data_dir.display().to_string(),
+                    source,
+                })?;
+                let path = cfg.data_dir.join("mortar.db");
+                let opts = SqliteConnectOptions::new()
+                    .filename(&path)
+                    .create_if_missing(true);
+                (
+                    open_sqlite(opts, &path.display().to_string()).await?,
+                    path.display().to_string(),
+                )
+            }
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                let location = redact(url);
+                let opts = PgConnectOptions::from_str(url)
+                    .map_err(|e| connect_err("postgres", &location, e))?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(CONNECT_TIMEOUT)
+                    .connect_with(opts)
+                    .await
+                    .map_err(|e| connect_err("postgres", &location, e))?;
+                (Durable::Postgres(pool), location)
+            }
+            Some(url) if url.starts_with("sqlite:") => {
+                let opts = SqliteConnectOptions::from_str(url)
+                    .map_err(|e| connect_err("sqlite", url, e))?
+                    .create_if_missing(true);
+                (open_sqlite(opts, url).await?, url.to_owned())
+            }
+            Some(url) => return Err(StorageError::Scheme(redact(url))),
+        };
+        let mut backends = vec![Backend {
+            name: durable.name().into(),
+            location: durable_backend,
+        }];
+        let redis = match cfg.redis_url.as_deref() {
+            None => None,
+            Some(url) => {
+                let location = redact(url);
+                let client =
+                    redis::Client::open(url).map_err(|e| connect_err("redis", &location, e))?;
+                let conf = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(PROBE_TIMEOUT))
+                    .set_number_of_retries(2);
+                let conn = ConnectionManager::new_with_config(client, conf)
+                    .await
+                    .map_err(|e| connect_err("redis", &location, e))?;
+                backends.push(Backend {
+                    name: "redis".into(),
+                    location,
+                });
+                Some(Redis {
+                    conn,
+                    prefix: cfg.redis_prefix.clone(),
+                })
+            }
+        };
+        let mode = match durable {
+            Durable::Postgres(_) => Mode::Cluster,
+            Durable::Sqlite(_) => Mode::Embedded,
+        };
+        Ok(Self {
+            mode,
+            durable,
+            redis,
+            backends,
+        })
+    }
+
+    /// Runs a block's migrations for this store's dialect. Safe when several nodes run it at
+    /// the same moment: PostgreSQL migrations hold an advisory lock; SQLite has one writer.
+    /// Blocks share one migrations table, so versions must be unique across blocks
+    /// (timestamps: `YYYYMMDDNNNNNN_<block>_<what>.sql`).
+    pub async fn migrate(&self, migrations: &Migrations) -> Result<(), StorageError> {
+        let wrap = |source| StorageError::Migrate {
+            block: migrations.block,
+            source,
+        };
+        match &self.durable {
+            Durable::Sqlite(pool) => with_others(&migrations.sqlite)
+                .run(pool)
+                .await
+                .map_err(wrap),
+            Durable::Postgres(pool) => with_others(&migrations.postgres)
+                .run(pool)
+                .await
+                .map_err(wrap),
+        }
+    }
+
+    /// The backends in use, for logs and status.
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    /// Probes every backend (bounded by a timeout each).
+    pub async fn health(&self) -> Vec<BackendHealth> {
+        let durable = probe(self.durable.name(), async {
+            match &self.durable {
+                Durable::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
+                Durable::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(drop),
+            }
+        });
+        let mut out = vec![durable.await];
+        if let Some(redis) = &self.redis {
+            let mut conn = redis.conn.clone();
+            out.push(
+                probe("redis", async move {
+                    redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .map(drop)
+                })
+                .await,
+            );
+        }
+        out
+    }
+
+    /// Closes pools so pending writes are flushed (SQLite checkpoints its WAL).
+    pub async fn close(&self) {
+        match &self.durable {
+            Durable::Sqlite(p) => p.close().await,
+            Durable::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+impl Durable {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Durable::Sqlite(_) => "sqlite",
+            Durable::Postgres(_) => "postgres",
+        }
+    }
+}
+
+async fn open_sqlite(opts: SqliteConnectOptions, location: &str) -> Result<Durable, StorageError> {
+    let opts = opts
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(opts)
+        .await
+        .map_err(|e| connect_err("sqlite", location, e))?;
+    Ok(Durable::Sqlite(pool))
+}
+
+/// A copy of `m` that tolerates versions applied by other blocks' migrators.
+fn with_others(m: &Migrator) -> Migrator {
+    let mut m = Migrator {
+        migrations: m.migrations.clone(),
+        ..Migrator::DEFAULT
+    };
+    m.set_ignore_missing(true);
+    m
+}
+
+async fn probe<F, E>(name: &str, fut: F) -> BackendHealth
+where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let error = match tokio::time::timeout(PROBE_TIMEOUT, fut).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {} ms", PROBE_TIMEOUT.as_millis())),
+    };
+    BackendHealth {
+        name: name.to_owned(),
+        ok: error.is_none(),
+        error,
+    }
+}
+
+fn connect_err(
+    backend: &'static str,
+    location: &str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> StorageError {
+    StorageError::Connect {
+        backend,
+        location: location.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+/// Removes the password from a URL (`postgres://u:secret@h/db` → `postgres://u:***@h/db`).
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact("postgres://root@h/db"), "postgres://root@h/db");
+    }
+
+    #[tokio::test]
+    async fn embedded_creates_data_dir_in_wal_mode_and_migrates_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StorageConfig {
+            data_dir: dir.path().join("nested/data"),
+            database_url: None,
+            redis_url: None,
+            redis_prefix: "mortar:".into(),
+        };
+        let storage = Storage::connect(&cfg).await.unwrap();
+        assert_eq!(storage.mode, Mode::Embedded);
+        storage.migrate(&core_migrations()).await.unwrap();
+        storage.migrate(&core_migrations()).await.unwrap();
+        let Durable::Sqlite(pool) = &storage.durable else {
+            panic!("sqlite expected")
+        };
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        assert!(storage.health().await.iter().all(|h| h.ok));
+        storage.close().await;
+        assert!(dir.path().join("nested/data/mortar.db").exists());
+    }
+
+    #[tokio::test]
+    async fn bad_scheme_is_named() {
+        let cfg = StorageConfig {
+            data_dir: PathBuf::from("."),
+            database_url: Some("mysql://u:pw@h/db".into()),
+            redis_url: None,
+            redis_prefix: "mortar:".into(),
+        };
+        let err = Storage::connect(&cfg).await.unwrap_err().to_string();
+        assert!(err.contains("mysql://u:***@h/db"), "{err}");
+    }
+}
+
+/// Runs `$body` with `$pool` bound to whichever pool `$durable` holds. Queries written with
+/// `$1`-style placeholders and portable SQL run unchanged on SQLite and PostgreSQL.
+#[macro_export]
+macro_rules! with_pool {
+    ($durable:expr, $pool:ident => $body:expr) => {
+        match $durable {
+            $crate::storage::Durable::Sqlite($pool) => $body,
+            $crate::storage::Durable::Postgres($pool) => $body,
+        }
+    };
+}

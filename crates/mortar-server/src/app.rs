@@ -1,0 +1,78 @@
+//! Wiring: connects storage, runs every block's migrations, builds every router and the
+//! OpenAPI document. This is the composition root; blocks are added here and nowhere else.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::Router;
+use mortar_core::auth::{Auth, KeyStore};
+use mortar_core::clock::{Clock, SystemClock};
+use mortar_core::storage::{Storage, StorageError, core_migrations};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::config::Config;
+use crate::system;
+
+/// What every system route can see about this node.
+#[derive(Debug)]
+pub struct Node {
+    pub storage: Storage,
+    pub started: Instant,
+    pub started_at_ms: u64,
+    pub openapi: OnceLock<String>,
+}
+
+/// A built application: the router to serve and the node behind it.
+#[derive(Debug)]
+pub struct App {
+    pub router: Router,
+    pub node: Arc<Node>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Mortar", description = "Building blocks for backend systems: one server, many blocks."),
+    components(schemas(mortar_core::Problem, mortar_core::FieldError)),
+    modifiers(&BearerAuth),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Connects to the configured backends, migrates, and builds the application.
+pub async fn build(config: &Config) -> Result<App, StorageError> {
+    let storage = Storage::connect(&config.storage()).await?;
+    storage.migrate(&core_migrations()).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let keys = KeyStore::new(storage.durable.clone(), clock.clone());
+    let auth = Arc::new(Auth::new(config.auth.admin_token.clone(), keys.clone()));
+    let node = Arc::new(Node {
+        storage,
+        started: Instant::now(),
+        started_at_ms: clock.now_ms(),
+        openapi: OnceLock::new(),
+    });
+
+    let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(system::router(node.clone()))
+        .merge(mortar_core::auth::api::router(keys))
+        .split_for_parts();
+    openapi.info.version = mortar_core::VERSION.to_owned();
+    let json = openapi.to_pretty_json().unwrap_or_else(|_| "{}".into());
+    let _ = node.openapi.set(json);
+
+    let router = mortar_core::http::finish(router, config.http.max_body_bytes, auth);
+    Ok(App { router, node })
+}

@@ -1,0 +1,203 @@
+//! The full configuration: top-level keys plus one section per block, all documented.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use mortar_core::config::{AuthConfig, ConfigError, HttpConfig, KeyDoc, LogConfig, LogFormat};
+use mortar_core::storage::StorageConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything `mortar serve` reads. Every key is optional.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8700)),
+            data_dir: PathBuf::from("mortar-data"),
+            database_url: None,
+            redis_url: None,
+            redis_prefix: "mortar:".into(),
+            http: HttpConfig::default(),
+            auth: AuthConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+const TOP_DOCS: &[KeyDoc] = &[
+    KeyDoc::new(
+        "listen",
+        "address the HTTP API listens on (env MORTAR_LISTEN, flag --listen)",
+    ),
+    KeyDoc::new(
+        "data_dir",
+        "embedded mode's state directory, created on first start (SQLite in WAL mode)",
+    ),
+    KeyDoc::secret(
+        "database_url",
+        "postgres://… switches to cluster mode (shared durable state); sqlite://… picks a file.\n\
+         Unset: SQLite in data_dir",
+    ),
+    KeyDoc::secret("redis_url", "redis://… for shared hot state (cluster mode)"),
+    KeyDoc::new(
+        "redis_prefix",
+        "prefix of every Redis key this deployment owns",
+    ),
+];
+
+impl Config {
+    /// Every documented key, in print order.
+    pub fn docs() -> Vec<KeyDoc> {
+        [
+            TOP_DOCS,
+            HttpConfig::DOCS,
+            AuthConfig::DOCS,
+            LogConfig::DOCS,
+        ]
+        .concat()
+    }
+
+    /// Checks rules the types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.http.validate()?;
+        self.auth.validate()?;
+        if self.redis_prefix.is_empty() || self.redis_prefix.len() > 64 {
+            return Err(ConfigError(
+                "key `redis_prefix`: must be 1 to 64 characters".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn storage(&self) -> StorageConfig {
+        StorageConfig {
+            data_dir: self.data_dir.clone(),
+            database_url: self.database_url.clone(),
+            redis_url: self.redis_url.clone(),
+            redis_prefix: self.redis_prefix.clone(),
+        }
+    }
+}
+
+/// Flags of `mortar serve` that override configuration (absent flags leave it alone).
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogOverride>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LogOverride {
+    pub format: LogFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mortar_core::config::{Sources, leaf_keys, load, render_documented};
+
+    fn full() -> Config {
+        Config {
+            database_url: Some("postgres://u:pw@h/db".into()),
+            redis_url: Some("redis://h".into()),
+            auth: AuthConfig {
+                admin_token: Some("0123456789abcdef".into()),
+            },
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn every_key_is_documented_and_every_doc_is_a_key() {
+        let mut keys = leaf_keys(&full());
+        let mut documented: Vec<String> = Config::docs().iter().map(|d| d.key.to_owned()).collect();
+        keys.sort();
+        documented.sort();
+        assert_eq!(keys, documented);
+    }
+
+    #[test]
+    fn print_config_redacts_secrets_and_shows_unset_keys() {
+        let out = render_documented(&full(), &Config::docs());
+        assert!(out.contains("admin_token = \"<redacted>\""), "{out}");
+        assert!(!out.contains("0123456789abcdef"));
+        assert!(!out.contains("pw@"));
+        let out = render_documented(&Config::default(), &Config::docs());
+        assert!(out.contains("# database_url = (unset)"));
+        assert!(out.contains("listen = \"127.0.0.1:8700\""));
+        assert!(out.contains("[http]\n"));
+        // The rendered file is itself a valid configuration.
+        let back: Config = toml::from_str(&out).unwrap();
+        assert_eq!(back, Config::default());
+    }
+
+    fn load_with(toml_text: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mortar.toml"), toml_text).unwrap();
+        let sources = Sources {
+            file: None,
+            dir: Some(dir.path().to_owned()),
+        };
+        // No environment layer here: the end-to-end tests cover it through the binary.
+        let no_env = figment::providers::Env::prefixed("MORTAR_UNIT_TEST_NOTHING_");
+        load(&sources, no_env, overrides)
+    }
+
+    #[test]
+    fn file_then_flags_precedence_and_named_errors() {
+        let cfg = load_with(
+            "listen = \"127.0.0.1:9000\"\n[http]\nmax_body_bytes = 10\n",
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.listen.port(), 9000);
+        assert_eq!(cfg.http.max_body_bytes, 10);
+        let flags = Overrides {
+            listen: Some("127.0.0.1:9001".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let cfg = load_with("listen = \"127.0.0.1:9000\"\n", &flags).unwrap();
+        assert_eq!(cfg.listen.port(), 9001);
+
+        let err = load_with("lisen = \"127.0.0.1:9000\"\n", &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown field") && err.contains("lisen"),
+            "{err}"
+        );
+        let err = load_with("[http]\nmax_body_bytes = \"big\"\n", &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("http.max_body_bytes") && err.contains("invalid type"),
+            "{err}"
+        );
+        let err = load_with("[htp]\nx = 1\n", &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("htp"), "{err}");
+    }
+}

@@ -1,0 +1,57 @@
+//! The `mortar` binary's library half: configuration, wiring (the composition root, the only
+//! place that knows every block), the system routes and the CLI commands. `main.rs` only
+//! parses arguments and dispatches here, so tests can build the exact app the binary serves.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod system;
+
+use anyhow::Context as _;
+
+/// Runs the server until SIGINT/SIGTERM, then drains and flushes.
+pub async fn run(config: config::Config) -> anyhow::Result<()> {
+    let otlp = mortar_core::telemetry::init(&config.log)?;
+    mortar_core::metrics::install();
+    let app = app::build(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let backends: Vec<String> = app
+        .node
+        .storage
+        .backends()
+        .iter()
+        .map(|b| format!("{}={}", b.name, b.location))
+        .collect();
+    tracing::info!(
+        addr = %addr,
+        mode = app.node.storage.mode.as_str(),
+        backends = %backends.join(" "),
+        auth = config.auth.admin_token.is_some(),
+        otlp,
+        version = mortar_core::VERSION,
+        "listening"
+    );
+    mortar_core::http::serve(listener, app.router, &config.http, shutdown_signal()).await?;
+    tracing::info!("draining done; flushing storage");
+    app.node.storage.close().await;
+    mortar_core::telemetry::shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(
+        signal = which,
+        "shutting down: no new connections, finishing in-flight requests"
+    );
+}

@@ -1,0 +1,151 @@
+//! `mortar`: `mortar serve` runs the server; every other command is a client of one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mortar_core::client::ClientArgs;
+use mortar_core::config::{LogFormat, Sources, env_provider, load, render_documented};
+use mortar_server::cli::{self, KeysCommand};
+use mortar_server::config::{Config, LogOverride, Overrides};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mortar",
+    version,
+    about = "Building blocks for backend systems, in one server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Show a server's mode, backends, version and uptime.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Manage scoped API keys (admin token required).
+    Keys {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Configuration file (default: ./mortar.toml when present).
+    #[arg(long, env = "MORTAR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:8700).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Embedded mode's state directory (default ./mortar-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// postgres://… for cluster mode.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// redis://… for shared hot state.
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormatArg>,
+    /// Allow listening beyond loopback without an admin token.
+    #[arg(long)]
+    insecure: bool,
+    /// Print the effective configuration, every key documented, and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Pretty,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mortar: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Status { client } => print(runtime.block_on(cli::status(&client))),
+        Command::Keys { client, command } => print(runtime.block_on(cli::keys(&client, &command))),
+    }
+}
+
+fn print(result: Result<String, mortar_core::client::ClientError>) -> ExitCode {
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mortar: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let overrides = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        database_url: args.database_url,
+        redis_url: args.redis_url,
+        log: args.log_format.map(|f| LogOverride {
+            format: match f {
+                LogFormatArg::Pretty => LogFormat::Pretty,
+                LogFormatArg::Json => LogFormat::Json,
+            },
+        }),
+    };
+    let sources = Sources {
+        file: args.config,
+        dir: None,
+    };
+    let config: Config = match load(&sources, env_provider(), &overrides)
+        .and_then(|c: Config| c.validate().map(|()| c))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mortar: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        print!("{}", render_documented(&config, &Config::docs()));
+        return ExitCode::SUCCESS;
+    }
+    if !config.listen.ip().is_loopback() && config.auth.admin_token.is_none() && !args.insecure {
+        eprintln!(
+            "mortar: refusing to listen on {} without an admin token: set auth.admin_token \
+             (MORTAR_AUTH__ADMIN_TOKEN) or pass --insecure",
+            config.listen
+        );
+        return ExitCode::from(2);
+    }
+    match mortar_server::run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "mortar stopped");
+            eprintln!("mortar: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
