@@ -97,8 +97,10 @@ where
 pub fn env_provider() -> Env {
     Env::prefixed("MORTAR_")
         .filter(|k| {
-            let k = k.as_str();
-            !CLIENT_VARS.contains(&k) && !k.starts_with("test_") && !k.starts_with("bench_")
+            let k = k.as_str().to_ascii_lowercase();
+            !CLIENT_VARS.contains(&k.as_str())
+                && !k.starts_with("test_")
+                && !k.starts_with("bench_")
         })
         .split("__")
 }

@@ -1,0 +1,295 @@
+//! One real `mortar serve` process.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+/// How long a node may take to log `listening` and then to become ready.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `mortar` binary: `$MORTAR_BIN`, else `target/<profile>/mortar` next to the test binary
+/// (cargo and nextest build it for workspace test runs).
+pub fn mortar_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("MORTAR_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current test executable");
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/mortar
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    profile_dir.join("mortar")
+}
+
+/// How to start a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Data directory; a fresh temporary one when `None`.
+    pub data_dir: Option<PathBuf>,
+    /// Wait for `/readyz` before returning from `start`.
+    pub wait_ready: bool,
+}
+
+impl NodeConfig {
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            args: Vec::new(),
+            env: Vec::new(),
+            data_dir: None,
+            wait_ready: true,
+        }
+    }
+
+    #[must_use]
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_owned());
+        self
+    }
+
+    #[must_use]
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_owned(), v.to_owned()));
+        self
+    }
+}
+
+/// A running (or stopped) node. Dropping it kills the process.
+pub struct Node {
+    pub config: NodeConfig,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+    data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Node {
+    /// Starts a node on a free port and waits until it listens (and is ready, by default).
+    pub async fn start(config: NodeConfig) -> Result<Node> {
+        let (tmp, data_dir) = match &config.data_dir {
+            Some(d) => (None, d.clone()),
+            None => {
+                let t = tempfile::tempdir()?;
+                let d = t.path().join("data");
+                (Some(t), d)
+            }
+        };
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut node = Node {
+            config,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            child: None,
+            log,
+            data_dir,
+            _tmp: tmp,
+        };
+        node.spawn().await?;
+        Ok(node)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let mut cmd = Command::new(mortar_bin());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--log-format")
+            .arg("json")
+            .args(&self.config.args)
+            .env_remove("MORTAR_DATABASE_URL")
+            .env_remove("MORTAR_REDIS_URL")
+            .env_remove("MORTAR_AUTH__ADMIN_TOKEN")
+            .env_remove("MORTAR_CONFIG")
+            .env("MORTAR_LOG__LEVEL", "info")
+            .envs(
+                self.config
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
+            .current_dir(self.data_dir.parent().unwrap_or(&self.data_dir))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", mortar_bin().display()))?;
+        let (tx, rx) = mpsc::channel::<SocketAddr>();
+        for (stream, is_err) in [
+            (
+                child
+                    .stderr
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+                true,
+            ),
+            (
+                child
+                    .stdout
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+                false,
+            ),
+        ] {
+            let Some(stream) = stream else { continue };
+            let log = self.log.clone();
+            let tx = if is_err { Some(tx.clone()) } else { None };
+            let name = self.config.name.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if let Some(tx) = &tx {
+                        if let Some(addr) = listening_addr(&line) {
+                            let _ = tx.send(addr);
+                        }
+                    }
+                    let mut log = log
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    log.push_str(&format!("[{name}] {line}\n"));
+                }
+            });
+        }
+        drop(tx);
+        self.child = Some(child);
+        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(START_TIMEOUT))
+            .await?
+            .map_err(|_| {
+                anyhow!(
+                    "node {} did not start listening:\n{}",
+                    self.config.name,
+                    self.logs()
+                )
+            })?;
+        self.addr = addr;
+        if self.config.wait_ready {
+            self.wait_ready().await?;
+        }
+        Ok(())
+    }
+
+    /// Polls `/readyz` until it answers 200.
+    pub async fn wait_ready(&self) -> Result<()> {
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(r) = client.get(self.url("/readyz")).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "node {} never became ready:\n{}",
+                    self.config.name,
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// `http://addr{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// SIGKILL: the process dies mid-whatever, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status (graceful shutdown).
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        let mut c = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("node is not running"))?;
+        self.signal_child(&c, nix::sys::signal::Signal::SIGTERM)?;
+        Ok(c.wait()?)
+    }
+
+    /// Sends SIGTERM without waiting (the caller observes the exit with [`Node::wait`]).
+    pub fn send_sigterm(&self) -> Result<()> {
+        let c = self
+            .child
+            .as_ref()
+            .ok_or_else(|| anyhow!("node is not running"))?;
+        self.signal_child(c, nix::sys::signal::Signal::SIGTERM)
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) -> Result<ExitStatus> {
+        let mut c = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("node is not running"))?;
+        Ok(c.wait()?)
+    }
+
+    fn signal_child(&self, c: &Child, sig: nix::sys::signal::Signal) -> Result<()> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id())?);
+        nix::sys::signal::kill(pid, sig)?;
+        Ok(())
+    }
+
+    /// Starts the process again on the same address and data directory.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn().await
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Everything the node has logged so far (all its lives).
+    pub fn logs(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn print_logs(&self) {
+        eprintln!(
+            "----- logs of {} ({}) -----\n{}",
+            self.config.name,
+            self.addr,
+            self.logs()
+        );
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_logs();
+        }
+        self.kill();
+    }
+}
+
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let fields = v.get("fields")?;
+    if fields.get("message")?.as_str()? != "listening" {
+        return None;
+    }
+    fields.get("addr")?.as_str()?.parse().ok()
+}
