@@ -16,6 +16,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 pub const HTTP_REQUESTS: &str = "mortar_http_requests_total";
 pub const HTTP_DURATION: &str = "mortar_http_request_duration_seconds";
 pub const HTTP_CONNECTIONS: &str = "mortar_http_connections";
+pub const HTTP_IN_FLIGHT: &str = "mortar_http_requests_in_flight";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
@@ -61,4 +62,5 @@ fn describe() {
         "HTTP request latency from first byte in to response head out"
     );
     metrics::describe_gauge!(HTTP_CONNECTIONS, "open HTTP connections");
+    metrics::describe_gauge!(HTTP_IN_FLIGHT, "HTTP requests being served right now");
 }

@@ -25,7 +25,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
 use crate::auth::Auth;
-use crate::metrics::{HTTP_DURATION, HTTP_REQUESTS};
+use crate::metrics::{HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS};
 use crate::problem::{PROBLEM_JSON, Problem};
 use crate::telemetry::TraceContext;
 
@@ -95,7 +95,10 @@ async fn observe(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(trace);
     req.extensions_mut().insert(RequestId(request_id.clone()));
 
+    let in_flight = metrics::gauge!(HTTP_IN_FLIGHT);
+    in_flight.increment(1.0);
     let mut res = next.run(req).instrument(span.clone()).await;
+    in_flight.decrement(1.0);
     if res.status().as_u16() >= 400 && !is_problem(&res) {
         res = problemize(res, &method).await;
     }
