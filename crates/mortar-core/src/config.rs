@@ -218,7 +218,8 @@ impl HttpConfig {
         ),
         KeyDoc::new(
             "http.idle_timeout_ms",
-            "keep-alive connections with no traffic are closed after this long",
+            "connections with no traffic are closed after this long. An idle HTTP/1.1 keep-alive\n\
+             connection waits for its next request's headers, so header_read_timeout_ms also bounds it",
         ),
         KeyDoc::new(
             "http.max_connections",

@@ -350,6 +350,18 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Runs `$body` with `$pool` bound to whichever pool `$durable` holds. Queries written with
+/// `$1`-style placeholders and portable SQL run unchanged on SQLite and PostgreSQL.
+#[macro_export]
+macro_rules! with_pool {
+    ($durable:expr, $pool:ident => $body:expr) => {
+        match $durable {
+            $crate::storage::Durable::Sqlite($pool) => $body,
+            $crate::storage::Durable::Postgres($pool) => $body,
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,16 +413,4 @@ mod tests {
         let err = Storage::connect(&cfg).await.unwrap_err().to_string();
         assert!(err.contains("mysql://u:***@h/db"), "{err}");
     }
-}
-
-/// Runs `$body` with `$pool` bound to whichever pool `$durable` holds. Queries written with
-/// `$1`-style placeholders and portable SQL run unchanged on SQLite and PostgreSQL.
-#[macro_export]
-macro_rules! with_pool {
-    ($durable:expr, $pool:ident => $body:expr) => {
-        match $durable {
-            $crate::storage::Durable::Sqlite($pool) => $body,
-            $crate::storage::Durable::Postgres($pool) => $body,
-        }
-    };
 }

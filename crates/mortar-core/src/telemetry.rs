@@ -88,10 +88,10 @@ pub fn otlp_enabled() -> bool {
 
 /// Flushes and stops the exporter (at shutdown).
 pub fn shutdown() {
-    if let Some(p) = PROVIDER.get() {
-        if let Err(e) = p.shutdown() {
-            eprintln!("otlp exporter shutdown: {e}");
-        }
+    if let Some(p) = PROVIDER.get()
+        && let Err(e) = p.shutdown()
+    {
+        eprintln!("otlp exporter shutdown: {e}");
     }
 }
 

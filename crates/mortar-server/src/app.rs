@@ -69,7 +69,7 @@ pub async fn build(config: &Config) -> Result<App, StorageError> {
         .merge(system::router(node.clone()))
         .merge(mortar_core::auth::api::router(keys))
         .split_for_parts();
-    openapi.info.version = mortar_core::VERSION.to_owned();
+    mortar_core::VERSION.clone_into(&mut openapi.info.version);
     let json = openapi.to_pretty_json().unwrap_or_else(|_| "{}".into());
     let _ = node.openapi.set(json);
 

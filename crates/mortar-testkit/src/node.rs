@@ -37,6 +37,8 @@ pub struct NodeConfig {
     pub data_dir: Option<PathBuf>,
     /// Wait for `/readyz` before returning from `start`.
     pub wait_ready: bool,
+    /// Address for the first start (default `127.0.0.1:0`, a free port).
+    pub listen: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -47,12 +49,19 @@ impl NodeConfig {
             env: Vec::new(),
             data_dir: None,
             wait_ready: true,
+            listen: None,
         }
     }
 
     #[must_use]
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_owned());
+        self
+    }
+
+    #[must_use]
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
         self
     }
 
@@ -86,8 +95,10 @@ impl Node {
         };
         let log = Arc::new(Mutex::new(String::new()));
         let mut node = Node {
-            config,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            config: config.clone(),
+            addr: config
+                .listen
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
             child: None,
             log,
             data_dir,
@@ -148,10 +159,10 @@ impl Node {
             let name = self.config.name.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if let Some(tx) = &tx {
-                        if let Some(addr) = listening_addr(&line) {
-                            let _ = tx.send(addr);
-                        }
+                    if let Some(tx) = &tx
+                        && let Some(addr) = listening_addr(&line)
+                    {
+                        let _ = tx.send(addr);
                     }
                     let mut log = log
                         .lock()
@@ -180,13 +191,19 @@ impl Node {
 
     /// Polls `/readyz` until it answers 200.
     pub async fn wait_ready(&self) -> Result<()> {
-        let client = reqwest::Client::new();
+        // No pooled keep-alive: the probe must not hold one of the node's connection slots.
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()?;
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
-            if let Ok(r) = client.get(self.url("/readyz")).send().await {
-                if r.status().is_success() {
-                    return Ok(());
-                }
+            let probe = client
+                .get(self.url("/readyz"))
+                .header("connection", "close");
+            if let Ok(r) = probe.send().await
+                && r.status().is_success()
+            {
+                return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
                 bail!(
@@ -218,7 +235,7 @@ impl Node {
             .child
             .take()
             .ok_or_else(|| anyhow!("node is not running"))?;
-        self.signal_child(&c, nix::sys::signal::Signal::SIGTERM)?;
+        Self::signal_child(&c, nix::sys::signal::Signal::SIGTERM)?;
         Ok(c.wait()?)
     }
 
@@ -228,7 +245,7 @@ impl Node {
             .child
             .as_ref()
             .ok_or_else(|| anyhow!("node is not running"))?;
-        self.signal_child(c, nix::sys::signal::Signal::SIGTERM)
+        Self::signal_child(c, nix::sys::signal::Signal::SIGTERM)
     }
 
     /// Waits for the process to exit.
@@ -240,7 +257,7 @@ impl Node {
         Ok(c.wait()?)
     }
 
-    fn signal_child(&self, c: &Child, sig: nix::sys::signal::Signal) -> Result<()> {
+    fn signal_child(c: &Child, sig: nix::sys::signal::Signal) -> Result<()> {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id())?);
         nix::sys::signal::kill(pid, sig)?;
         Ok(())

@@ -249,6 +249,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// A database failure is our problem, not the caller's: log it, answer 503 naming the store.
+#[allow(clippy::needless_pass_by_value)] // used as `.map_err(db_problem)`
 pub fn db_problem(e: sqlx::Error) -> Problem {
     tracing::error!(error = %e, "database error");
     Problem::unavailable("database", "the database did not answer; retry shortly")

@@ -79,9 +79,10 @@ impl Auth {
 impl Principal {
     pub fn allows(&self, need: Need<'_>) -> bool {
         match (self, need) {
-            (_, Need::Public) | (Principal::Open | Principal::Admin, _) => true,
+            (_, Need::Public | Need::Authenticated) | (Principal::Open | Principal::Admin, _) => {
+                true
+            }
             (Principal::Key(_), Need::Admin) => false,
-            (Principal::Key(_), Need::Authenticated) => true,
             (Principal::Key(k), Need::Block { block, write }) => {
                 k.scopes.iter().any(|s| s.grants(block, write))
             }

@@ -59,6 +59,7 @@ async fn fallback(req: Request) -> Problem {
     ))
 }
 
+#[allow(clippy::needless_pass_by_value)] // the signature CatchPanicLayer wants
 fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
     let msg = err
         .downcast_ref::<&str>()

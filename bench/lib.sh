@@ -1,0 +1,287 @@
+# shellcheck shell=bash
+# bench/lib.sh — shared helpers for Mortar's side-by-side benchmarks.
+#
+# Source it from a bench script (which should `set -euo pipefail` first):
+#
+#   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+#   bench_init                      # temp dir + cleanup trap
+#   build_mortar                    # sets MORTAR_BIN
+#   nginx_start 18790 'location / { return 200; }'   # sets NGINX_PID, NGINX_CONF
+#   mortar_start 18700                                # sets MORTAR_PID, MORTAR_CMD
+#   run_wrk nginx http://127.0.0.1:18790/             # sets WRK_RPS, WRK_P99_MS, ...
+#   results_append <<EOF ... EOF                      # appends to bench/RESULTS.md
+#
+# Everything started through `start_bg` is stopped (by PID) when the script
+# exits, whether it succeeds, fails, or is interrupted.
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$BENCH_DIR/.." && pwd)"
+RESULTS_FILE="${RESULTS_FILE:-$BENCH_DIR/RESULTS.md}"
+
+# Load-generator settings, identical for every server in a comparison.
+BENCH_THREADS="${BENCH_THREADS:-2}"
+BENCH_CONNECTIONS="${BENCH_CONNECTIONS:-64}"
+BENCH_DURATION="${BENCH_DURATION:-10s}"
+BENCH_WARMUP="${BENCH_WARMUP:-2s}"
+
+NGINX_BIN="${NGINX_BIN:-/usr/sbin/nginx}"
+WRK_BIN="${WRK_BIN:-/usr/bin/wrk}"
+
+# PIDs started by this script, stopped in reverse order on exit.
+BENCH_PIDS=()
+BENCH_TMP=""
+
+# ---------------------------------------------------------------- logging --
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ------------------------------------------------------ setup and cleanup --
+
+# bench_init: create the scratch directory ($BENCH_TMP) and install traps.
+bench_init() {
+    local tool
+    for tool in "$WRK_BIN" "$NGINX_BIN" curl cargo awk; do
+        command -v "$tool" >/dev/null || die "required tool not found: $tool"
+    done
+    BENCH_TMP="$(mktemp -d "${TMPDIR:-/tmp}/mortar-bench.XXXXXX")"
+    trap bench_cleanup EXIT
+    # On a signal, exit (which runs the EXIT trap) with the usual 128+N code.
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    log "scratch dir: $BENCH_TMP"
+}
+
+# bench_cleanup: stop every process we started, then remove the scratch dir.
+# Set BENCH_KEEP_TMP=1 to keep the scratch dir (logs, configs) for debugging.
+bench_cleanup() {
+    local rc=$? i
+    for ((i = ${#BENCH_PIDS[@]} - 1; i >= 0; i--)); do
+        stop_process "${BENCH_PIDS[i]}"
+    done
+    BENCH_PIDS=()
+    if [[ -n "$BENCH_TMP" && -d "$BENCH_TMP" ]]; then
+        if [[ "${BENCH_KEEP_TMP:-0}" == 1 || $rc -ne 0 ]]; then
+            log "scratch dir kept: $BENCH_TMP"
+        else
+            rm -rf -- "$BENCH_TMP"
+        fi
+    fi
+    return "$rc"
+}
+
+# ------------------------------------------------------------- processes --
+
+# start_bg <logfile> <workdir> <cmd> [args...]: start a command in the
+# background from <workdir>, stdout+stderr to <logfile>; set BG_PID and record
+# it for cleanup. The subshell execs the command, so BG_PID is the command's
+# own PID. Use `env VAR=value cmd ...` to give it its own environment.
+start_bg() {
+    local logfile=$1 workdir=$2
+    shift 2
+    (cd "$workdir" && exec "$@") >"$logfile" 2>&1 </dev/null &
+    BG_PID=$!
+    BENCH_PIDS+=("$BG_PID")
+}
+
+# stop_process <pid> [grace-seconds]: SIGTERM, wait, then SIGKILL if needed.
+# Only ever signals the given PID (a process this script started).
+stop_process() {
+    local pid=$1 grace=${2:-5} i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < grace * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+        sleep 0.1
+    done
+    log "pid $pid did not stop after ${grace}s; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# port_is_free <port>: true when nothing listens on 127.0.0.1:<port>.
+port_is_free() {
+    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# require_free_port <port>: refuse to benchmark a process we did not start.
+require_free_port() {
+    port_is_free "$1" || die "127.0.0.1:$1 is already in use; stop whatever listens there or pick another port"
+}
+
+# wait_for_port <port> <pid> [timeout-seconds]: wait until 127.0.0.1:<port>
+# accepts connections; fail early if <pid> exits.
+wait_for_port() {
+    local port=$1 pid=$2 timeout=${3:-30} i
+    for ((i = 0; i < timeout * 10; i++)); do
+        port_is_free "$port" || return 0
+        kill -0 "$pid" 2>/dev/null || die "pid $pid exited before listening on port $port"
+        sleep 0.1
+    done
+    die "timed out after ${timeout}s waiting for port $port"
+}
+
+# wait_for_http <url> <pid> [timeout-seconds]: wait until <url> answers 2xx.
+wait_for_http() {
+    local url=$1 pid=$2 timeout=${3:-30} i
+    for ((i = 0; i < timeout * 10; i++)); do
+        curl -sf -o /dev/null --max-time 1 "$url" && return 0
+        kill -0 "$pid" 2>/dev/null || die "pid $pid exited before $url became ready"
+        sleep 0.1
+    done
+    die "timed out after ${timeout}s waiting for $url"
+}
+
+# ----------------------------------------------------------------- mortar --
+
+# build_mortar: release-build the server; sets MORTAR_BIN.
+# CARGO_TARGET_DIR defaults to ~/.cache/mortar-target (kept across runs).
+build_mortar() {
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mortar-target}"
+    log "building mortar (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+    (cd "$REPO_ROOT" && cargo build --release -p mortar-server) || die "cargo build failed"
+    MORTAR_BIN="$CARGO_TARGET_DIR/release/mortar"
+    [[ -x "$MORTAR_BIN" ]] || die "binary not found: $MORTAR_BIN"
+    MORTAR_VERSION="$("$MORTAR_BIN" --version 2>/dev/null || echo mortar)"
+    MORTAR_COMMIT="$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    if [[ -n "$(git -C "$REPO_ROOT" status --porcelain -- crates Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
+        MORTAR_COMMIT+="+dirty"
+    fi
+}
+
+# mortar_start <port> [extra serve args...]: start `mortar serve` on
+# 127.0.0.1:<port> with a fresh data dir, wait for /readyz, set MORTAR_PID and
+# MORTAR_CMD (the command line, for the results file).
+# Runs from its own directory so no stray ./mortar.toml is picked up; only
+# MORTAR_LOG__LEVEL is set (override with MORTAR_BENCH_LOG_LEVEL).
+mortar_start() {
+    local port=$1
+    shift
+    require_free_port "$port"
+    local dir="$BENCH_TMP/mortar-$port"
+    mkdir -p "$dir/data"
+    local level="${MORTAR_BENCH_LOG_LEVEL:-warn}"
+    local -a cmd=("$MORTAR_BIN" serve --listen "127.0.0.1:$port" --data-dir "$dir/data" "$@")
+    MORTAR_CMD="MORTAR_LOG__LEVEL=$level mortar serve --listen 127.0.0.1:$port --data-dir <tmp>${*:+ $*}"
+    log "starting: $MORTAR_CMD"
+    start_bg "$dir/mortar.log" "$dir" env MORTAR_LOG__LEVEL="$level" "${cmd[@]}"
+    MORTAR_PID=$BG_PID
+    wait_for_http "http://127.0.0.1:$port/readyz" "$MORTAR_PID"
+}
+
+# ------------------------------------------------------------------ nginx --
+
+# nginx_start <port> <server-body>: run a private nginx (never the system one)
+# with a generated config in the scratch dir; <server-body> goes inside
+# `server { listen 127.0.0.1:<port>; ... }`. Sets NGINX_PID and NGINX_CONF.
+nginx_start() {
+    local port=$1 body=$2
+    require_free_port "$port"
+    local dir="$BENCH_TMP/nginx-$port"
+    mkdir -p "$dir/tmp"
+    NGINX_CONF="$dir/nginx.conf"
+    cat >"$NGINX_CONF" <<EOF
+# Generated by bench/lib.sh — private instance, not the system nginx.
+daemon off;
+worker_processes auto;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+
+events {
+    worker_connections 4096;
+}
+
+http {
+    access_log off;
+    default_type application/json;
+    keepalive_requests 1000000;
+    keepalive_timeout 65s;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+
+    server {
+        listen 127.0.0.1:$port;
+        $body
+    }
+}
+EOF
+    # -p/-e keep even startup errors out of /var/log/nginx; -t validates first.
+    "$NGINX_BIN" -p "$dir" -e "$dir/error.log" -c "$NGINX_CONF" -t -q ||
+        die "invalid nginx config: $NGINX_CONF"
+    log "starting nginx on 127.0.0.1:$port ($NGINX_CONF)"
+    start_bg "$dir/stderr.log" "$dir" "$NGINX_BIN" -p "$dir" -e "$dir/error.log" -c "$NGINX_CONF"
+    NGINX_PID=$BG_PID
+    wait_for_port "$port" "$NGINX_PID"
+}
+
+# -------------------------------------------------------------------- wrk --
+
+# wrk_cmd <url>: the measurement command line (same settings for everyone).
+wrk_cmd() {
+    echo "wrk -t$BENCH_THREADS -c$BENCH_CONNECTIONS -d$BENCH_DURATION --latency $1"
+}
+
+# to_ms <value-with-unit>: wrk latency ("850.00us", "1.23ms", "2.00s", "1.00m") → ms.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") n /= 1000
+        else if (u == "ms") n *= 1
+        else if (u == "s") n *= 1000
+        else if (u == "m") n *= 60000
+        else if (u == "h") n *= 3600000
+        else { print "NaN"; exit 1 }
+        printf "%.3f", n
+    }'
+}
+
+# run_wrk <label> <url>: warm up for $BENCH_WARMUP, then measure.
+# Sets WRK_RPS, WRK_P99_MS, WRK_ERRORS (socket errors + non-2xx/3xx, as text,
+# empty when none) and WRK_OUT (the raw output file, also logged to stderr).
+run_wrk() {
+    local label=$1 url=$2
+    log "$label: warm-up ${BENCH_WARMUP}"
+    "$WRK_BIN" "-t$BENCH_THREADS" "-c$BENCH_CONNECTIONS" "-d$BENCH_WARMUP" "$url" >/dev/null
+    log "$label: $(wrk_cmd "$url")"
+    WRK_OUT="$BENCH_TMP/wrk-$label.txt"
+    "$WRK_BIN" "-t$BENCH_THREADS" "-c$BENCH_CONNECTIONS" "-d$BENCH_DURATION" --latency "$url" >"$WRK_OUT"
+    sed 's/^/    /' "$WRK_OUT" >&2
+
+    WRK_RPS="$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$WRK_OUT")"
+    local p99
+    p99="$(awk '$1 == "99%" { print $2 }' "$WRK_OUT")"
+    [[ -n "$WRK_RPS" && -n "$p99" ]] || die "could not parse wrk output ($WRK_OUT)"
+    WRK_P99_MS="$(to_ms "$p99")" || die "unknown latency unit in '$p99'"
+    WRK_ERRORS="$(grep -E '^ *(Socket errors|Non-2xx or 3xx responses):' "$WRK_OUT" |
+        sed 's/^ *//' | paste -sd';' - || true)"
+    [[ -z "$WRK_ERRORS" ]] || log "$label: WARNING: $WRK_ERRORS"
+}
+
+# ---------------------------------------------------------------- results --
+
+# ratio <a> <b>: a/b with two decimals.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "inf"; else printf "%.2f", a / b }'; }
+
+# machine_line: one-line description of the host.
+machine_line() {
+    local mem
+    mem="$(free -g | awk '/^Mem:/ { print $2 }')"
+    echo "$(nproc) CPUs, ${mem} GiB RAM (free -g total), kernel $(uname -r)"
+}
+
+# results_append: append stdin to $RESULTS_FILE, creating it with a header.
+results_append() {
+    if [[ ! -f "$RESULTS_FILE" ]]; then
+        cat >"$RESULTS_FILE" <<'EOF'
+# Benchmark results
+
+Appended by the scripts in `bench/` (see `bench/README.md`); newest at the bottom.
+Figures are only comparable within one section: same machine, same run, same wrk settings.
+EOF
+    fi
+    { echo; cat; } >>"$RESULTS_FILE"
+    log "appended to $RESULTS_FILE"
+}

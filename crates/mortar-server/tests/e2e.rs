@@ -1,0 +1,615 @@
+//! End to end through the `mortar` binary: configuration, the listener's hygiene (slow
+//! headers, idle connections, connection limit), graceful shutdown, OTLP export, promtool,
+//! the CLI, and readiness when a backend dies.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use mortar_testkit::{Node, NodeConfig, mortar_bin};
+use serde_json::Value;
+
+const ADMIN: &str = "e2e-admin-token-0123456789";
+
+fn mortar(args: &[&str], dir: &std::path::Path, env: &[(&str, &str)]) -> Output {
+    Command::new(mortar_bin())
+        .args(args)
+        .current_dir(dir)
+        .env_remove("MORTAR_DATABASE_URL")
+        .env_remove("MORTAR_REDIS_URL")
+        .env_remove("MORTAR_URL")
+        .env_remove("MORTAR_TOKEN")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run mortar")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn a_typo_in_the_config_file_fails_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mortar.toml"), "lisen = \"127.0.0.1:0\"\n").unwrap();
+    let out = mortar(&["serve"], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("lisen") && err.contains("unknown field") && err.contains("mortar.toml"),
+        "{err}"
+    );
+
+    std::fs::write(
+        dir.path().join("mortar.toml"),
+        "[http]\nmax_connections = \"lots\"\n",
+    )
+    .unwrap();
+    let err = stderr(&mortar(&["serve"], dir.path(), &[]));
+    assert!(
+        err.contains("http.max_connections") && err.contains("invalid type"),
+        "{err}"
+    );
+
+    std::fs::write(
+        dir.path().join("mortar.toml"),
+        "[http]\nmax_connections = 0\n",
+    )
+    .unwrap();
+    let err = stderr(&mortar(&["serve"], dir.path(), &[]));
+    assert!(
+        err.contains("http.max_connections") && err.contains("at least 1"),
+        "{err}"
+    );
+
+    let err = stderr(&mortar(
+        &["serve", "--config", "missing.toml"],
+        dir.path(),
+        &[],
+    ));
+    assert!(
+        err.contains("missing.toml") && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_environment_variable_fails_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mortar(
+        &["serve"],
+        dir.path(),
+        &[("MORTAR_HTTP__MAX_BODY_BYTES", "huge")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("http.max_body_bytes") && err.contains("environment"),
+        "{err}"
+    );
+    let err = stderr(&mortar(
+        &["serve"],
+        dir.path(),
+        &[("MORTAR_HTTP__MAX_BODYBYTES", "1")],
+    ));
+    assert!(err.contains("max_bodybytes"), "{err}");
+}
+
+#[test]
+fn print_config_shows_precedence_file_env_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mortar.toml"),
+        "listen = \"127.0.0.1:1111\"\n[http]\nmax_body_bytes = 5\n",
+    )
+    .unwrap();
+    let env = [
+        ("MORTAR_LISTEN", "127.0.0.1:2222"),
+        ("MORTAR_AUTH__ADMIN_TOKEN", ADMIN),
+    ];
+    let out = stdout(&mortar(&["serve", "--print-config"], dir.path(), &env));
+    assert!(
+        out.contains("listen = \"127.0.0.1:2222\""),
+        "env beats file:\n{out}"
+    );
+    assert!(
+        out.contains("max_body_bytes = 5"),
+        "file beats defaults:\n{out}"
+    );
+    assert!(out.contains("admin_token = \"<redacted>\"") && !out.contains(ADMIN));
+    assert!(
+        out.contains("# largest request body accepted"),
+        "keys are documented:\n{out}"
+    );
+    let out = stdout(&mortar(
+        &["serve", "--print-config", "--listen", "127.0.0.1:3333"],
+        dir.path(),
+        &env,
+    ));
+    assert!(
+        out.contains("listen = \"127.0.0.1:3333\""),
+        "flag beats env:\n{out}"
+    );
+}
+
+#[test]
+fn refuses_a_public_listen_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mortar(&["serve", "--listen", "0.0.0.0:0"], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--insecure"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn insecure_flag_allows_a_public_listen() {
+    let public = "0.0.0.0:0".parse().unwrap();
+    let node = Node::start(NodeConfig::named("public").arg("--insecure").listen(public))
+        .await
+        .unwrap();
+    assert!(node.addr.ip().is_unspecified());
+}
+
+fn raw_connect(node: &Node) -> TcpStream {
+    let s = TcpStream::connect(node.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Reads until the peer closes; returns what was read.
+fn read_to_close(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).map(|_| out)
+}
+
+#[tokio::test]
+async fn a_client_sending_headers_slowly_is_cut_off() {
+    let node = Node::start(
+        NodeConfig::named("slowloris").env("MORTAR_HTTP__HEADER_READ_TIMEOUT_MS", "500"),
+    )
+    .await
+    .unwrap();
+    let start = Instant::now();
+    let handle = std::thread::spawn({
+        let mut s = raw_connect(&node);
+        move || {
+            // One byte every 200 ms: the headers would take ~8 s to arrive.
+            for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: yes\r\n\r\n" {
+                if s.write_all(&[*b]).is_err() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                let mut probe = [0u8; 1];
+                s.set_nonblocking(true).unwrap();
+                let closed = matches!(s.read(&mut probe), Ok(0));
+                s.set_nonblocking(false).unwrap();
+                if closed {
+                    return true;
+                }
+            }
+            false
+        }
+    });
+    let cut_off = tokio::task::spawn_blocking(move || handle.join().unwrap())
+        .await
+        .unwrap();
+    assert!(cut_off, "the server waited for the whole slow header");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "cut off after {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let node = Node::start(NodeConfig::named("idle").env("MORTAR_HTTP__IDLE_TIMEOUT_MS", "300"))
+        .await
+        .unwrap();
+    let mut s = raw_connect(&node);
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let start = Instant::now();
+    let got = tokio::task::spawn_blocking(move || read_to_close(&mut s))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "closed after {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_wait_for_a_free_slot() {
+    // The node logs `listening` only once the app is built; skip the readiness probe so no
+    // other connection competes for the only slot.
+    let mut cfg = NodeConfig::named("limit").env("MORTAR_HTTP__MAX_CONNECTIONS", "1");
+    cfg.wait_ready = false;
+    let node = Node::start(cfg).await.unwrap();
+    let mut first = raw_connect(&node);
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = first.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    let mut second = raw_connect(&node);
+    second
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let early = second.read(&mut buf);
+    assert!(
+        early.is_err(),
+        "served a second connection while the limit is 1: {early:?}"
+    );
+
+    drop(first);
+    second
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let got = tokio::task::spawn_blocking(move || read_to_close(&mut second))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+}
+
+async fn metric(node: &Node, name: &str) -> f64 {
+    let text = reqwest::get(node.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
+    let mut node = Node::start(NodeConfig::named("graceful")).await.unwrap();
+    let url = node.url("/debug/pprof/profile?seconds=2");
+    let in_flight = tokio::spawn(async move {
+        let r = reqwest::get(url).await.unwrap();
+        (r.status(), r.bytes().await.unwrap().len())
+    });
+    // Wait until the profile request is being served (the metrics request itself is one).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&node, "mortar_http_requests_in_flight").await < 2.0 {
+        assert!(Instant::now() < deadline, "profile request never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.send_sigterm().unwrap();
+    let (status, len) = in_flight.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(len > 0);
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = node.wait().unwrap();
+        (status, node.logs())
+    })
+    .await
+    .unwrap();
+    assert_eq!(exit.0.code(), Some(0), "{}", exit.1);
+    assert!(
+        exit.1.contains("shutting down") && exit.1.contains("stopped"),
+        "{}",
+        exit.1
+    );
+}
+
+#[tokio::test]
+async fn every_log_line_of_a_request_carries_its_request_id() {
+    let node = Node::start(NodeConfig::named("logs").env("MORTAR_LOG__LEVEL", "debug"))
+        .await
+        .unwrap();
+    let r = reqwest::Client::new()
+        .get(node.url("/no-such-route"))
+        .header("x-request-id", "req-e2e-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let logs = node.logs();
+        let lines: Vec<Value> = logs
+            .lines()
+            .filter_map(|l| {
+                l.split_once("] ")
+                    .and_then(|(_, json)| serde_json::from_str(json).ok())
+            })
+            .filter(|v: &Value| v["span"]["request_id"] == "req-e2e-42")
+            .collect();
+        if let Some(line) = lines
+            .iter()
+            .find(|v| v["fields"]["message"] == "request served")
+        {
+            assert_eq!(line["fields"]["status"], 404);
+            assert_eq!(line["span"]["trace_id"].as_str().unwrap().len(), 32);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no request log line with the id:\n{logs}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn traces_are_exported_over_otlp() {
+    use std::sync::{Arc, Mutex};
+    type Exports = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let received: Exports = Arc::default();
+    let sink = received.clone();
+    let collector = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |headers: http::HeaderMap, body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                let ct = headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                sink.lock().unwrap().push((ct, body.to_vec()));
+                http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, collector).await.unwrap() });
+
+    let endpoint = format!("http://{collector_addr}");
+    let mut node =
+        Node::start(NodeConfig::named("otlp").env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint))
+            .await
+            .unwrap();
+    let trace_hex = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = reqwest::Client::new()
+        .get(node.url("/healthz"))
+        .header("traceparent", format!("00-{trace_hex}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    let tp = r.headers()["traceparent"].to_str().unwrap().to_owned();
+    assert!(tp.contains(trace_hex), "{tp}");
+    // Shutdown flushes the batch exporter.
+    let status = tokio::task::spawn_blocking(move || node.terminate().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+    let got = received.lock().unwrap().clone();
+    assert!(!got.is_empty(), "the collector received nothing");
+    assert!(got.iter().all(|(ct, _)| ct == "application/x-protobuf"));
+    let trace_bytes: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace_hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    assert!(
+        got.iter()
+            .any(|(_, body)| body.windows(16).any(|w| w == trace_bytes.as_slice())),
+        "no exported span belongs to the caller's trace"
+    );
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool() {
+    let node = Node::start(NodeConfig::named("promtool")).await.unwrap();
+    for path in ["/healthz", "/readyz", "/nope", "/v1/status"] {
+        reqwest::get(node.url(path)).await.unwrap();
+    }
+    let text = reqwest::get(node.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let promtool = Command::new("promtool").arg("--version").output();
+    if promtool.is_err() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "promtool is required in CI (Debian package prometheus)"
+        );
+        eprintln!("SKIPPED promtool check: install the Debian package prometheus");
+        return;
+    }
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn cli_status_and_keys() {
+    let node = Node::start(NodeConfig::named("cli").env("MORTAR_AUTH__ADMIN_TOKEN", ADMIN))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = node.url("");
+    let cli = |args: &[&str], token: Option<&str>| {
+        let mut env = vec![("MORTAR_URL", url.as_str())];
+        if let Some(t) = token {
+            env.push(("MORTAR_TOKEN", t));
+        }
+        let args = args.to_vec();
+        let dir = dir.path().to_owned();
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let env_refs: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        mortar(&args, &dir, &env_refs)
+    };
+
+    let out = cli(&["status"], Some(ADMIN));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("embedded mode") && text.contains("sqlite") && text.contains("ok"),
+        "{text}"
+    );
+
+    let out = cli(&["status", "--json"], Some(ADMIN));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mode"], "embedded");
+
+    let out = cli(&["status"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("Authorization: Bearer"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = cli(
+        &[
+            "keys",
+            "create",
+            "--name",
+            "ci",
+            "--scope",
+            "jobs:write",
+            "--json",
+        ],
+        Some(ADMIN),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let key: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let secret = key["secret"].as_str().unwrap();
+    let id = key["id"].as_str().unwrap();
+
+    let out = cli(&["status"], Some(secret));
+    assert!(
+        out.status.success(),
+        "an API key may read status: {}",
+        stderr(&out)
+    );
+
+    let out = cli(&["keys", "list"], Some(ADMIN));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("ID")
+            && text.contains(id)
+            && text.contains("jobs:write")
+            && !text.contains(secret),
+        "{text}"
+    );
+
+    let out = cli(
+        &[
+            "keys",
+            "create",
+            "--name",
+            "bad",
+            "--scope",
+            "jobs:everything",
+        ],
+        Some(ADMIN),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not a level"), "{}", stderr(&out));
+
+    let out = cli(&["keys", "revoke", id], Some(ADMIN));
+    assert!(stdout(&out).contains("revoked"), "{}", stderr(&out));
+    assert_eq!(cli(&["status"], Some(secret)).status.code(), Some(1));
+
+    let out = mortar(&["status", "--url", "http://127.0.0.1:1"], dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("cannot reach"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn readiness_names_a_backend_that_died() {
+    // A private Redis we can kill without disturbing anyone else.
+    let Some(svc) = mortar_testkit::services("readiness_names_a_backend_that_died") else {
+        return;
+    };
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let redis_dir = tempfile::tempdir().unwrap();
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .current_dir(redis_dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (Debian package redis-server) is needed for this test");
+    let redis_url = format!("redis://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let db = svc.create_database().await.unwrap();
+    let node = Node::start(
+        NodeConfig::named("readiness")
+            .env("MORTAR_DATABASE_URL", &db.url)
+            .env("MORTAR_REDIS_URL", &redis_url),
+    )
+    .await
+    .unwrap();
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    let r = reqwest::get(node.url("/readyz")).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["dependency"], "redis", "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("redis"), "{body}");
+    let postgres = body["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "postgres")
+        .unwrap();
+    assert_eq!(postgres["ok"], true);
+    // Liveness is unaffected.
+    assert_eq!(
+        reqwest::get(node.url("/healthz")).await.unwrap().status(),
+        200
+    );
+}
