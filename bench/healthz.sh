@@ -20,6 +20,8 @@ PATH_UNDER_TEST=/healthz
 NGINX_SERVER_BODY='location /healthz { return 200 '"'"'{"status":"ok"}'"'"'; }'
 
 bench_init
+require_free_port "$NGINX_PORT"   # fail before the (slow) build, not after
+require_free_port "$MORTAR_PORT"
 build_mortar
 
 # 1. Start both servers (each on its own port, both stay up for the run).

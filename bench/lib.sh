@@ -84,6 +84,20 @@ start_bg() {
     BENCH_PIDS+=("$BG_PID")
 }
 
+# run_fg <cmd> [args...]: run a command to completion, like a plain foreground
+# command, but interruptible: bash delays traps until a foreground child ends,
+# whereas `wait` returns at once on a signal, so cleanup (which also stops
+# this command) is not held up by a 10 s wrk run. Returns the command's status.
+run_fg() {
+    "$@" &
+    local pid=$!
+    BENCH_PIDS+=("$pid")
+    local rc=0
+    wait "$pid" || rc=$?
+    unset 'BENCH_PIDS[-1]'
+    return "$rc"
+}
+
 # stop_process <pid> [grace-seconds]: SIGTERM, wait, then SIGKILL if needed.
 # Only ever signals the given PID (a process this script started).
 stop_process() {
@@ -139,7 +153,11 @@ wait_for_http() {
 build_mortar() {
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mortar-target}"
     log "building mortar (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-    (cd "$REPO_ROOT" && cargo build --release -p mortar-server) || die "cargo build failed"
+    # Build from the repo root (so any .cargo/config.toml applies), without a
+    # subshell, so the traps still cover the build.
+    pushd "$REPO_ROOT" >/dev/null
+    run_fg cargo build --release -p mortar-server || die "cargo build failed"
+    popd >/dev/null
     MORTAR_BIN="$CARGO_TARGET_DIR/release/mortar"
     [[ -x "$MORTAR_BIN" ]] || die "binary not found: $MORTAR_BIN"
     MORTAR_VERSION="$("$MORTAR_BIN" --version 2>/dev/null || echo mortar)"
@@ -244,10 +262,10 @@ to_ms() {
 run_wrk() {
     local label=$1 url=$2
     log "$label: warm-up ${BENCH_WARMUP}"
-    "$WRK_BIN" "-t$BENCH_THREADS" "-c$BENCH_CONNECTIONS" "-d$BENCH_WARMUP" "$url" >/dev/null
+    run_fg "$WRK_BIN" "-t$BENCH_THREADS" "-c$BENCH_CONNECTIONS" "-d$BENCH_WARMUP" "$url" >/dev/null
     log "$label: $(wrk_cmd "$url")"
     WRK_OUT="$BENCH_TMP/wrk-$label.txt"
-    "$WRK_BIN" "-t$BENCH_THREADS" "-c$BENCH_CONNECTIONS" "-d$BENCH_DURATION" --latency "$url" >"$WRK_OUT"
+    run_fg "$WRK_BIN" "-t$BENCH_THREADS" "-c$BENCH_CONNECTIONS" "-d$BENCH_DURATION" --latency "$url" >"$WRK_OUT"
     sed 's/^/    /' "$WRK_OUT" >&2
 
     WRK_RPS="$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$WRK_OUT")"

@@ -14,7 +14,7 @@ mod node;
 mod services;
 
 pub use node::{Node, NodeConfig, mortar_bin};
-pub use services::{Services, TestDatabase, services};
+pub use services::{Services, TestDatabase, redis_url, services};
 
 use anyhow::Result;
 

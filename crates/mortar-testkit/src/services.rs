@@ -41,6 +41,25 @@ pub fn services(test: &str) -> Option<Services> {
     }
 }
 
+/// Only Redis (`MORTAR_TEST_REDIS_URL`), with the same skip/CI rules as [`services`].
+pub fn redis_url(test: &str) -> Option<String> {
+    match std::env::var("MORTAR_TEST_REDIS_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
+        Some(url) => Some(url),
+        None => {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            assert!(
+                !ci,
+                "{test}: MORTAR_TEST_REDIS_URL must be set when CI=true (scripts/test sets it)"
+            );
+            eprintln!("SKIPPED {test}: set MORTAR_TEST_REDIS_URL to run it");
+            None
+        }
+    }
+}
+
 impl Services {
     /// Creates a fresh, uniquely named database; it is dropped when the handle is.
     pub async fn create_database(&self) -> Result<TestDatabase> {
