@@ -255,11 +255,7 @@ fn sliding_counter(
     } else if cost <= limit.limit {
         // Next window: its previous count is our `curr`.
         let room = limit.limit - cost;
-        let e = if curr == 0 {
-            0
-        } else {
-            w.saturating_sub((room * w) / curr)
-        };
+        let e = (room * w).checked_div(curr).map_or(0, |x| w.saturating_sub(x));
         window_end + e
     } else {
         window_end
