@@ -255,7 +255,9 @@ fn sliding_counter(
     } else if cost <= limit.limit {
         // Next window: its previous count is our `curr`.
         let room = limit.limit - cost;
-        let e = (room * w).checked_div(curr).map_or(0, |x| w.saturating_sub(x));
+        let e = (room * w)
+            .checked_div(curr)
+            .map_or(0, |x| w.saturating_sub(x));
         window_end + e
     } else {
         window_end

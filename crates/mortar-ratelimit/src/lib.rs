@@ -37,7 +37,18 @@
 //! [`RateLimitService`] (what HTTP, the CLI, the tower layer and other blocks call),
 //! [`api::router`], [`layer::RateLimitLayer`], [`store::RateLimitStore`] (backends).
 
+pub mod api;
+pub mod cli;
+pub mod config;
 pub mod engine;
+pub mod error;
+pub mod layer;
+pub mod policy;
+pub mod service;
 pub mod store;
 
+pub use config::RateLimitConfig;
 pub use engine::{Algorithm, Decision, Limit};
+pub use error::RateLimitError;
+pub use policy::{FailureMode, Policy};
+pub use service::{Outcome, RateLimitService};

@@ -231,6 +231,7 @@ macro_rules! conformance {
     };
 }
 
+#[allow(clippy::unused_async)] // the same shape as the other backends
 async fn memory() -> Option<(Arc<dyn RateLimitStore>, ManualClock)> {
     let clock = ManualClock::at(T0);
     Some((Arc::new(MemoryStore::new(Arc::new(clock.clone()))), clock))

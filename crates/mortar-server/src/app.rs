@@ -7,7 +7,8 @@ use std::time::Instant;
 use axum::Router;
 use mortar_core::auth::{Auth, KeyStore};
 use mortar_core::clock::{Clock, SystemClock};
-use mortar_core::storage::{Storage, StorageError, core_migrations};
+use mortar_core::storage::{Storage, core_migrations};
+use mortar_ratelimit::RateLimitService;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -28,6 +29,7 @@ pub struct Node {
 pub struct App {
     pub router: Router,
     pub node: Arc<Node>,
+    pub ratelimit: Arc<RateLimitService>,
 }
 
 #[derive(OpenApi)]
@@ -52,12 +54,15 @@ impl utoipa::Modify for BearerAuth {
 }
 
 /// Connects to the configured backends, migrates, and builds the application.
-pub async fn build(config: &Config) -> Result<App, StorageError> {
+pub async fn build(config: &Config) -> anyhow::Result<App> {
     let storage = Storage::connect(&config.storage()).await?;
-    storage.migrate(&core_migrations()).await?;
+    for migrations in [core_migrations(), mortar_ratelimit::service::migrations()] {
+        storage.migrate(&migrations).await?;
+    }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let keys = KeyStore::new(storage.durable.clone(), clock.clone());
     let auth = Arc::new(Auth::new(config.auth.admin_token.clone(), keys.clone()));
+    let ratelimit = RateLimitService::start(&storage, &config.ratelimit, clock.clone()).await?;
     let node = Arc::new(Node {
         storage,
         started: Instant::now(),
@@ -68,11 +73,16 @@ pub async fn build(config: &Config) -> Result<App, StorageError> {
     let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(system::router(node.clone()))
         .merge(mortar_core::auth::api::router(keys))
+        .merge(mortar_ratelimit::api::router(ratelimit.clone()))
         .split_for_parts();
     mortar_core::VERSION.clone_into(&mut openapi.info.version);
     let json = openapi.to_pretty_json().unwrap_or_else(|_| "{}".into());
     let _ = node.openapi.set(json);
 
     let router = mortar_core::http::finish(router, config.http.max_body_bytes, auth);
-    Ok(App { router, node })
+    Ok(App {
+        router,
+        node,
+        ratelimit,
+    })
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use mortar_core::config::{AuthConfig, ConfigError, HttpConfig, KeyDoc, LogConfig, LogFormat};
 use mortar_core::storage::StorageConfig;
+use mortar_ratelimit::RateLimitConfig;
 use serde::{Deserialize, Serialize};
 
 /// Everything `mortar serve` reads. Every key is optional.
@@ -21,6 +22,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    pub ratelimit: RateLimitConfig,
 }
 
 impl Default for Config {
@@ -34,6 +36,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             auth: AuthConfig::default(),
             log: LogConfig::default(),
+            ratelimit: RateLimitConfig::default(),
         }
     }
 }
@@ -67,6 +70,7 @@ impl Config {
             HttpConfig::DOCS,
             AuthConfig::DOCS,
             LogConfig::DOCS,
+            RateLimitConfig::DOCS,
         ]
         .concat()
     }
@@ -75,6 +79,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.validate()?;
         self.auth.validate()?;
+        self.ratelimit.validate()?;
         if self.redis_prefix.is_empty() || self.redis_prefix.len() > 64 {
             return Err(ConfigError(
                 "key `redis_prefix`: must be 1 to 64 characters".into(),
@@ -131,11 +136,29 @@ mod tests {
 
     #[test]
     fn every_key_is_documented_and_every_doc_is_a_key() {
-        let mut keys = leaf_keys(&full());
-        let mut documented: Vec<String> = Config::docs().iter().map(|d| d.key.to_owned()).collect();
-        keys.sort();
-        documented.sort();
-        assert_eq!(keys, documented);
+        let mut cfg = full();
+        cfg.ratelimit.policies.insert(
+            "api".into(),
+            toml::from_str("algorithm = \"token_bucket\"\nlimit = 5\nwindow_ms = 1000\nburst = 2")
+                .unwrap(),
+        );
+        let keys = leaf_keys(&cfg);
+        let docs = Config::docs();
+        // A doc covers its key and, for tables of named entries, everything under it.
+        let covers = |doc: &str, key: &str| key == doc || key.starts_with(&format!("{doc}."));
+        for key in &keys {
+            assert!(
+                docs.iter().any(|d| covers(d.key, key)),
+                "`{key}` is not documented"
+            );
+        }
+        for doc in &docs {
+            assert!(
+                keys.iter().any(|k| covers(doc.key, k)),
+                "documented `{}` is not a key",
+                doc.key
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use mortar_core::client::ClientArgs;
 use mortar_core::config::{LogFormat, Sources, env_provider, load, render_documented};
+use mortar_ratelimit::cli::RateLimitCommand;
 use mortar_server::cli::{self, KeysCommand};
 use mortar_server::config::{Config, LogOverride, Overrides};
 
@@ -36,6 +37,13 @@ enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Rate limiter: policies, checks, peeks, resets.
+    Ratelimit {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: RateLimitCommand,
     },
 }
 
@@ -86,6 +94,19 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Status { client } => print(runtime.block_on(cli::status(&client))),
         Command::Keys { client, command } => print(runtime.block_on(cli::keys(&client, &command))),
+        Command::Ratelimit { client, command } => {
+            match runtime.block_on(mortar_ratelimit::cli::run(&client, &command)) {
+                Ok((out, denied)) => {
+                    print!("{out}");
+                    if denied {
+                        ExitCode::from(3)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => print(Err(e)),
+            }
+        }
     }
 }
 

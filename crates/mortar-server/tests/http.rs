@@ -400,12 +400,21 @@ async fn openapi_covers_every_route() {
             "/readyz",
             "/v1/keys",
             "/v1/keys/{id}",
+            "/v1/ratelimit/check",
+            "/v1/ratelimit/check/batch",
+            "/v1/ratelimit/policies",
+            "/v1/ratelimit/policies/{name}",
+            "/v1/ratelimit/{policy}/{key}",
             "/v1/status"
         ]
     );
     // Every documented path is routed (none falls through to the 404 fallback).
     for path in paths {
-        let concrete = path.replace("{id}", "01aaaaaaaaaaaaaaaaaaaaaaaa");
+        let concrete = path
+            .replace("{id}", "01aaaaaaaaaaaaaaaaaaaaaaaa")
+            .replace("{name}", "p")
+            .replace("{policy}", "p")
+            .replace("{key}", "k");
         let r = app
             .send(
                 Request::options(concrete.as_str())

@@ -1,0 +1,341 @@
+//! `/v1/ratelimit/…`: checks (with IETF and legacy rate-limit headers), peeks, resets, policies.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use mortar_core::Problem;
+use mortar_core::extract::{ApiJson, ApiPath};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::RateLimitError;
+use crate::policy::{FailureMode, Policy, PolicySpec, Source};
+use crate::service::{Outcome, RateLimitService};
+
+/// Most checks in one batch.
+pub const MAX_BATCH: usize = 1000;
+
+pub fn router(svc: Arc<RateLimitService>) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(check))
+        .routes(routes!(check_batch))
+        .routes(routes!(list_policies))
+        .routes(routes!(get_policy, put_policy, delete_policy))
+        .routes(routes!(peek, reset))
+        .with_state(svc)
+}
+
+impl From<RateLimitError> for Problem {
+    fn from(e: RateLimitError) -> Self {
+        match e {
+            RateLimitError::Invalid(errors) => Problem::invalid_body(errors),
+            RateLimitError::UnknownPolicy(name) => Problem::not_found(format!(
+                "no rate-limit policy named `{name}`; create it with PUT /v1/ratelimit/policies/{name}"
+            )),
+            e @ RateLimitError::ConfigPolicy(_) => Problem::conflict(e.to_string()),
+            RateLimitError::Unavailable(what) => Problem::unavailable(
+                &what,
+                format!("{what} did not answer in time; retry shortly"),
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckRequest {
+    /// Policy names; units are taken from all of them only if all allow.
+    pub policies: Vec<String>,
+    /// The caller-chosen key: a user id, an API key, an IP, `user:42:endpoint:/search`…
+    pub key: String,
+    /// Units to take (default 1).
+    #[serde(default = "one")]
+    pub cost: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckResponse {
+    pub allowed: bool,
+    /// The reported (most restrictive) policy's limit.
+    pub limit: u64,
+    pub remaining: u64,
+    /// Milliseconds until the reported policy's quota is whole again.
+    pub reset_ms: u64,
+    /// Milliseconds to wait before retrying (0 when allowed).
+    pub retry_after_ms: u64,
+    /// The most restrictive policy.
+    pub policy: String,
+    /// True when the shared backend was unreachable and failure modes decided.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub degraded: bool,
+    /// Every policy's own decision, in request order.
+    pub policies: Vec<PolicyDecision>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PolicyDecision {
+    pub policy: String,
+    pub allowed: bool,
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset_ms: u64,
+    pub retry_after_ms: u64,
+}
+
+impl From<&Outcome> for CheckResponse {
+    fn from(o: &Outcome) -> Self {
+        let (p, d) = o.decision();
+        Self {
+            allowed: o.allowed,
+            limit: d.limit,
+            remaining: d.remaining,
+            reset_ms: d.reset_ms,
+            retry_after_ms: d.retry_after_ms,
+            policy: p.name.clone(),
+            degraded: o.degraded,
+            policies: o
+                .results
+                .iter()
+                .map(|(p, d)| PolicyDecision {
+                    policy: p.name.clone(),
+                    allowed: d.allowed,
+                    limit: d.limit,
+                    remaining: d.remaining,
+                    reset_ms: d.reset_ms,
+                    retry_after_ms: d.retry_after_ms,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The rate-limit headers for an outcome: draft-ietf-httpapi-ratelimit-headers-11
+/// (`RateLimit-Policy`, `RateLimit`), the legacy `X-RateLimit-*`, and `Retry-After` when denied.
+pub fn headers(o: &Outcome) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let (p, d) = o.decision();
+    let secs = |ms: u64| ms.div_ceil(1000);
+    let policy_list: Vec<String> = o
+        .results
+        .iter()
+        .map(|(p, _)| {
+            format!(
+                "\"{}\";q={};w={}",
+                p.name,
+                p.limit.capacity(),
+                secs(p.limit.window_ms).max(1)
+            )
+        })
+        .collect();
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    };
+    set("ratelimit-policy", policy_list.join(", "));
+    set(
+        "ratelimit",
+        format!("\"{}\";r={};t={}", p.name, d.remaining, secs(d.reset_ms)),
+    );
+    set("x-ratelimit-limit", d.limit.to_string());
+    set("x-ratelimit-remaining", d.remaining.to_string());
+    set("x-ratelimit-reset", secs(d.reset_ms).to_string());
+    if !o.allowed {
+        set("retry-after", secs(d.retry_after_ms).max(1).to_string());
+    }
+    h
+}
+
+/// Check a key against one or more policies, consuming `cost` only if all allow.
+#[utoipa::path(post, path = "/v1/ratelimit/check", tag = "ratelimit", request_body = CheckRequest,
+    responses((status = 200, body = CheckResponse, description = "allowed"),
+        (status = 429, body = CheckResponse, description = "denied (with Retry-After)"),
+        (status = 400, body = Problem), (status = 404, body = Problem)))]
+async fn check(
+    State(svc): State<Arc<RateLimitService>>,
+    ApiJson(req): ApiJson<CheckRequest>,
+) -> Result<Response, Problem> {
+    let outcome = svc.check(&req.policies, &req.key, req.cost).await?;
+    let status = if outcome.allowed {
+        StatusCode::OK
+    } else {
+        StatusCode::TOO_MANY_REQUESTS
+    };
+    Ok((
+        status,
+        headers(&outcome),
+        ApiJson(CheckResponse::from(&outcome)),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// Up to 1000 independent checks (each atomic on its own).
+    pub checks: Vec<CheckRequest>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchResponse {
+    /// One result per check, in order: a decision, or a problem for that check alone.
+    pub results: Vec<BatchItem>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum BatchItem {
+    Decision(CheckResponse),
+    Problem(Problem),
+}
+
+/// Check many keys in one call. Always 200; each item says allowed or not, or why it failed.
+#[utoipa::path(post, path = "/v1/ratelimit/check/batch", tag = "ratelimit", request_body = BatchRequest,
+    responses((status = 200, body = BatchResponse), (status = 400, body = Problem)))]
+async fn check_batch(
+    State(svc): State<Arc<RateLimitService>>,
+    ApiJson(req): ApiJson<BatchRequest>,
+) -> Result<ApiJson<BatchResponse>, Problem> {
+    if req.checks.is_empty() || req.checks.len() > MAX_BATCH {
+        return Err(
+            RateLimitError::field("checks", format!("give 1 to {MAX_BATCH} checks")).into(),
+        );
+    }
+    let futures = req
+        .checks
+        .iter()
+        .map(|c| svc.check(&c.policies, &c.key, c.cost));
+    let results = futures_util::future::join_all(futures)
+        .await
+        .into_iter()
+        .map(|r| match r {
+            Ok(o) => BatchItem::Decision(CheckResponse::from(&o)),
+            Err(e) => BatchItem::Problem(e.into()),
+        })
+        .collect();
+    Ok(ApiJson(BatchResponse { results }))
+}
+
+/// A key's standing under a policy, without consuming anything.
+#[utoipa::path(get, path = "/v1/ratelimit/{policy}/{key}", tag = "ratelimit",
+    params(("policy" = String, Path), ("key" = String, Path, description = "the key; may contain `/`")),
+    responses((status = 200, body = CheckResponse), (status = 404, body = Problem)))]
+async fn peek(
+    State(svc): State<Arc<RateLimitService>>,
+    ApiPath((policy, key)): ApiPath<(String, String)>,
+) -> Result<Response, Problem> {
+    let outcome = svc.peek(&policy, &key).await?;
+    Ok((
+        StatusCode::OK,
+        headers(&outcome),
+        ApiJson(CheckResponse::from(&outcome)),
+    )
+        .into_response())
+}
+
+/// Forget a key's usage under a policy.
+#[utoipa::path(delete, path = "/v1/ratelimit/{policy}/{key}", tag = "ratelimit",
+    params(("policy" = String, Path), ("key" = String, Path)),
+    responses((status = 204), (status = 404, body = Problem)))]
+async fn reset(
+    State(svc): State<Arc<RateLimitService>>,
+    ApiPath((policy, key)): ApiPath<(String, String)>,
+) -> Result<StatusCode, Problem> {
+    svc.reset(&policy, &key).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PolicyView {
+    pub name: String,
+    pub algorithm: String,
+    pub limit: i64,
+    pub window_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<i64>,
+    pub failure_mode: FailureMode,
+    /// `config` (mortar.toml, read-only here) or `api`.
+    pub source: Source,
+}
+
+impl From<&Policy> for PolicyView {
+    fn from(p: &Policy) -> Self {
+        let s = p.spec();
+        Self {
+            name: p.name.clone(),
+            algorithm: s.algorithm,
+            limit: s.limit,
+            window_ms: s.window_ms,
+            burst: s.burst,
+            failure_mode: s.failure_mode,
+            source: p.source,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PolicyList {
+    pub items: Vec<PolicyView>,
+    pub next_cursor: Option<String>,
+}
+
+/// Every policy, by name.
+#[utoipa::path(get, path = "/v1/ratelimit/policies", tag = "ratelimit", responses((status = 200, body = PolicyList)))]
+async fn list_policies(State(svc): State<Arc<RateLimitService>>) -> ApiJson<PolicyList> {
+    let items = svc
+        .policies()
+        .iter()
+        .map(|p| PolicyView::from(&**p))
+        .collect();
+    ApiJson(PolicyList {
+        items,
+        next_cursor: None,
+    })
+}
+
+/// One policy.
+#[utoipa::path(get, path = "/v1/ratelimit/policies/{name}", tag = "ratelimit",
+    responses((status = 200, body = PolicyView), (status = 404, body = Problem)))]
+async fn get_policy(
+    State(svc): State<Arc<RateLimitService>>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<ApiJson<PolicyView>, Problem> {
+    Ok(ApiJson(PolicyView::from(&*svc.policy(&name)?)))
+}
+
+/// Create or replace a policy. 201 when created, 200 when replaced.
+#[utoipa::path(put, path = "/v1/ratelimit/policies/{name}", tag = "ratelimit", request_body = PolicySpec,
+    responses((status = 201, body = PolicyView), (status = 200, body = PolicyView),
+        (status = 400, body = Problem), (status = 409, body = Problem)))]
+async fn put_policy(
+    State(svc): State<Arc<RateLimitService>>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(spec): ApiJson<PolicySpec>,
+) -> Result<(StatusCode, ApiJson<PolicyView>), Problem> {
+    let (policy, created) = svc.put_policy(&name, &spec).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, ApiJson(PolicyView::from(&*policy))))
+}
+
+/// Delete a policy (config policies cannot be deleted here).
+#[utoipa::path(delete, path = "/v1/ratelimit/policies/{name}", tag = "ratelimit",
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn delete_policy(
+    State(svc): State<Arc<RateLimitService>>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<StatusCode, Problem> {
+    svc.delete_policy(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,207 @@
+//! `mortar ratelimit …`: policies and checks, as a client of the HTTP API.
+
+use clap::Subcommand;
+use mortar_core::client::{Client, ClientArgs, ClientError, cell, table};
+use serde_json::{Value, json};
+
+#[derive(Debug, Subcommand)]
+pub enum RateLimitCommand {
+    /// Manage policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Check (and consume from) a key: exit 0 when allowed, 3 when denied.
+    Check {
+        /// Policy name (comma-separated for several, checked atomically).
+        policy: String,
+        key: String,
+        #[arg(long, default_value_t = 1)]
+        cost: u64,
+    },
+    /// Show a key's standing without consuming.
+    Peek { policy: String, key: String },
+    /// Forget a key's usage under a policy.
+    Reset { policy: String, key: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Create or replace a policy.
+    Set {
+        name: String,
+        /// token_bucket, sliding_log, sliding_counter or fixed_window.
+        #[arg(long)]
+        algorithm: String,
+        #[arg(long)]
+        limit: i64,
+        /// Window in milliseconds.
+        #[arg(long)]
+        window_ms: i64,
+        /// Token bucket capacity (default: limit).
+        #[arg(long)]
+        burst: Option<i64>,
+        /// Deny while the backend is unreachable (default: allow).
+        #[arg(long)]
+        fail_closed: bool,
+    },
+    Get {
+        name: String,
+    },
+    List,
+    Delete {
+        name: String,
+    },
+}
+
+/// Runs a ratelimit command; returns its output and whether a check was denied.
+pub async fn run(args: &ClientArgs, cmd: &RateLimitCommand) -> Result<(String, bool), ClientError> {
+    let client = Client::new(args);
+    let enc = |s: &str| form_encode(s);
+    let (v, denied) = match cmd {
+        RateLimitCommand::Policy(PolicyCommand::Set {
+            name,
+            algorithm,
+            limit,
+            window_ms,
+            burst,
+            fail_closed,
+        }) => {
+            let mut body = json!({ "algorithm": algorithm, "limit": limit, "window_ms": window_ms,
+                "failure_mode": if *fail_closed { "fail_closed" } else { "fail_open" } });
+            if let Some(b) = burst {
+                body["burst"] = json!(b);
+            }
+            (
+                client
+                    .put(&format!("/v1/ratelimit/policies/{}", enc(name)), &body)
+                    .await?,
+                false,
+            )
+        }
+        RateLimitCommand::Policy(PolicyCommand::Get { name }) => (
+            client
+                .get(&format!("/v1/ratelimit/policies/{}", enc(name)))
+                .await?,
+            false,
+        ),
+        RateLimitCommand::Policy(PolicyCommand::List) => {
+            (client.get("/v1/ratelimit/policies").await?, false)
+        }
+        RateLimitCommand::Policy(PolicyCommand::Delete { name }) => (
+            client
+                .delete(&format!("/v1/ratelimit/policies/{}", enc(name)))
+                .await?,
+            false,
+        ),
+        RateLimitCommand::Check { policy, key, cost } => {
+            let policies: Vec<&str> = policy.split(',').map(str::trim).collect();
+            let body = json!({ "policies": policies, "key": key, "cost": cost });
+            match client.post("/v1/ratelimit/check", &body).await {
+                Ok(v) => (v, false),
+                Err(ClientError::Problem {
+                    status: 429, body, ..
+                }) => (body, true),
+                Err(e) => return Err(e),
+            }
+        }
+        RateLimitCommand::Peek { policy, key } => (
+            client
+                .get(&format!("/v1/ratelimit/{}/{}", enc(policy), enc(key)))
+                .await?,
+            false,
+        ),
+        RateLimitCommand::Reset { policy, key } => (
+            client
+                .delete(&format!("/v1/ratelimit/{}/{}", enc(policy), enc(key)))
+                .await?,
+            false,
+        ),
+    };
+    if args.json {
+        return Ok((
+            format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default()),
+            denied,
+        ));
+    }
+    let out = match cmd {
+        RateLimitCommand::Policy(PolicyCommand::List) => {
+            let rows: Vec<Vec<String>> = v["items"]
+                .as_array()
+                .map(|a| a.iter().map(policy_row).collect())
+                .unwrap_or_default();
+            table(
+                &[
+                    "NAME",
+                    "ALGORITHM",
+                    "LIMIT",
+                    "WINDOW_MS",
+                    "BURST",
+                    "FAILURE_MODE",
+                    "SOURCE",
+                ],
+                &rows,
+            )
+        }
+        RateLimitCommand::Policy(PolicyCommand::Set { .. } | PolicyCommand::Get { .. }) => table(
+            &[
+                "NAME",
+                "ALGORITHM",
+                "LIMIT",
+                "WINDOW_MS",
+                "BURST",
+                "FAILURE_MODE",
+                "SOURCE",
+            ],
+            &[policy_row(&v)],
+        ),
+        RateLimitCommand::Policy(PolicyCommand::Delete { name }) => {
+            format!("deleted policy {name}\n")
+        }
+        RateLimitCommand::Reset { policy, key } => format!("reset {key} under {policy}\n"),
+        RateLimitCommand::Check { .. } | RateLimitCommand::Peek { .. } => format!(
+            "{} — policy {}: {} of {} left, resets in {} ms{}\n",
+            if v["allowed"] == json!(true) {
+                "allowed"
+            } else {
+                "DENIED"
+            },
+            cell(&v["policy"]),
+            cell(&v["remaining"]),
+            cell(&v["limit"]),
+            cell(&v["reset_ms"]),
+            if v["allowed"] == json!(true) {
+                String::new()
+            } else {
+                format!(", retry in {} ms", cell(&v["retry_after_ms"]))
+            }
+        ),
+    };
+    Ok((out, denied))
+}
+
+fn policy_row(p: &Value) -> Vec<String> {
+    [
+        "name",
+        "algorithm",
+        "limit",
+        "window_ms",
+        "burst",
+        "failure_mode",
+        "source",
+    ]
+    .iter()
+    .map(|f| cell(&p[*f]))
+    .collect()
+}
+
+/// Percent-encodes a path segment.
+fn form_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
