@@ -154,23 +154,44 @@ pub fn headers(o: &Outcome) -> HeaderMap {
     h
 }
 
+/// The 429 answer: a problem (`type` …/rate-limited) that also carries every field of
+/// [`CheckResponse`], with the rate-limit headers and `Retry-After`.
+pub fn denied(o: &Outcome) -> Problem {
+    let (p, d) = o.decision();
+    let mut problem = Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate-limited",
+        "too many requests",
+        format!(
+            "rate limit `{}` exceeded; retry in {} ms",
+            p.name, d.retry_after_ms
+        ),
+    );
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(CheckResponse::from(o)) {
+        problem.extensions = fields;
+    }
+    problem.headers = headers(o)
+        .into_iter()
+        .filter_map(|(k, v)| Some((k?, v)))
+        .collect();
+    problem
+}
+
 /// Check a key against one or more policies, consuming `cost` only if all allow.
 #[utoipa::path(post, path = "/v1/ratelimit/check", tag = "ratelimit", request_body = CheckRequest,
     responses((status = 200, body = CheckResponse, description = "allowed"),
-        (status = 429, body = CheckResponse, description = "denied (with Retry-After)"),
+        (status = 429, body = Problem, description = "denied: a problem carrying every CheckResponse field, with Retry-After"),
         (status = 400, body = Problem), (status = 404, body = Problem)))]
 async fn check(
     State(svc): State<Arc<RateLimitService>>,
     ApiJson(req): ApiJson<CheckRequest>,
 ) -> Result<Response, Problem> {
     let outcome = svc.check(&req.policies, &req.key, req.cost).await?;
-    let status = if outcome.allowed {
-        StatusCode::OK
-    } else {
-        StatusCode::TOO_MANY_REQUESTS
-    };
+    if !outcome.allowed {
+        return Err(denied(&outcome));
+    }
     Ok((
-        status,
+        StatusCode::OK,
         headers(&outcome),
         ApiJson(CheckResponse::from(&outcome)),
     )

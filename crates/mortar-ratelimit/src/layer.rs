@@ -17,8 +17,6 @@ use std::task::{Context, Poll};
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
-use http::StatusCode;
-use mortar_core::Problem;
 
 use crate::error::RateLimitError;
 use crate::policy::Policy;
@@ -115,25 +113,12 @@ where
                 return inner.call(req).await;
             }
             let outcome = layer.svc.check_resolved(&policies, &key, 1).await;
-            let headers = crate::api::headers(&outcome);
             if outcome.allowed {
                 let mut res = inner.call(req).await?;
-                res.headers_mut().extend(headers);
+                res.headers_mut().extend(crate::api::headers(&outcome));
                 return Ok(res);
             }
-            let (p, d) = outcome.decision();
-            let problem = Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate-limited",
-                "too many requests",
-                format!(
-                    "rate limit `{}` exceeded; retry in {} ms",
-                    p.name, d.retry_after_ms
-                ),
-            );
-            let mut res = problem.into_response();
-            res.headers_mut().extend(headers);
-            Ok(res)
+            Ok(crate::api::denied(&outcome).into_response())
         })
     }
 }
