@@ -413,3 +413,73 @@ async fn config_policies_apply() {
     assert_eq!(app.check(&["fromconfig"], "k", 1).await.status, 200);
     assert_eq!(app.check(&["fromconfig"], "k", 1).await.status, 429);
 }
+
+#[tokio::test]
+async fn the_tower_layer_limits_a_route_and_sets_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::connect(&StorageConfig {
+        data_dir: dir.path().into(),
+        database_url: None,
+        redis_url: None,
+        redis_prefix: "mortar:".into(),
+    })
+    .await
+    .unwrap();
+    storage
+        .migrate(&mortar_ratelimit::service::migrations())
+        .await
+        .unwrap();
+    let config: RateLimitConfig = toml::from_str(
+        "[policies.per-user]\nalgorithm = \"sliding_log\"\nlimit = 2\nwindow_ms = 60000\n",
+    )
+    .unwrap();
+    let svc = RateLimitService::start(&storage, &config, Arc::new(ManualClock::at(5_000_000)))
+        .await
+        .unwrap();
+    let layer = mortar_ratelimit::layer::RateLimitLayer::new(
+        svc.clone(),
+        &["per-user"],
+        |req: &axum::extract::Request| {
+            req.headers()
+                .get("x-user")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        },
+    )
+    .unwrap();
+    let app = Router::new()
+        .route("/search", axum::routing::get(|| async { "results" }))
+        .layer(layer);
+    let call = |user: Option<&str>| {
+        let mut req = Request::get("/search");
+        if let Some(u) = user {
+            req = req.header("x-user", u);
+        }
+        app.clone().oneshot(req.body(Body::empty()).unwrap())
+    };
+    let r = call(Some("ann")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ratelimit-remaining"], "1");
+    call(Some("ann")).await.unwrap();
+    let r = call(Some("ann")).await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        r.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    assert_eq!(r.headers()["retry-after"], "60");
+    assert_eq!(
+        call(Some("bob")).await.unwrap().status(),
+        200,
+        "keys are independent"
+    );
+    assert_eq!(call(None).await.unwrap().status(), 200, "no key, no limit");
+    assert!(
+        mortar_ratelimit::layer::RateLimitLayer::new(
+            svc,
+            &["missing"],
+            |_: &axum::extract::Request| None
+        )
+        .is_err()
+    );
+}

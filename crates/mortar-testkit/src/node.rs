@@ -283,6 +283,22 @@ impl Node {
             .clone()
     }
 
+    /// Waits until the node's log contains `needle` (logs arrive asynchronously).
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.logs().contains(needle) {
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "node {} never logged {needle:?}:\n{}",
+                    self.config.name,
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
     pub fn print_logs(&self) {
         eprintln!(
             "----- logs of {} ({}) -----\n{}",
