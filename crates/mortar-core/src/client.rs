@@ -201,3 +201,112 @@ mod tests {
         assert!(err.to_string().contains("cannot reach"), "{err}");
     }
 }
+
+/// What a `mortar bench …` run measured.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub requests: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Latencies in microseconds, sorted.
+    latencies_us: Vec<u64>,
+}
+
+impl BenchReport {
+    pub fn per_second(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The `p`-th percentile latency in milliseconds (`p` in 0..=100).
+    pub fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((p / 100.0) * (self.latencies_us.len() - 1) as f64).round() as usize;
+        self.latencies_us[i.min(self.latencies_us.len() - 1)] as f64 / 1000.0
+    }
+
+    /// The human summary (like `redis-benchmark -q` plus percentiles).
+    pub fn render(&self, what: &str) -> String {
+        format!(
+            "{what}: {:.0} requests/s over {:.1} s ({} requests, {} errors)\n\
+             latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}\n",
+            self.per_second(),
+            self.elapsed.as_secs_f64(),
+            self.requests,
+            self.errors,
+            self.percentile_ms(50.0),
+            self.percentile_ms(90.0),
+            self.percentile_ms(99.0),
+            self.percentile_ms(99.9),
+            self.percentile_ms(100.0),
+        )
+    }
+}
+
+/// Drives `concurrency` keep-alive workers for `duration`, each sending `request(worker, n)`
+/// back to back. A response counts as an error when `ok(status)` is false or it fails.
+pub async fn bench<F>(
+    args: &ClientArgs,
+    concurrency: usize,
+    duration: Duration,
+    request: F,
+    ok: fn(u16) -> bool,
+) -> BenchReport
+where
+    F: Fn(&reqwest::Client, &str, usize, u64) -> reqwest::RequestBuilder + Send + Sync + 'static,
+{
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .tcp_nodelay(true)
+        .build()
+        .unwrap_or_default();
+    let base: std::sync::Arc<str> = args.url.trim_end_matches('/').into();
+    let token = args.token.clone();
+    let request = std::sync::Arc::new(request);
+    let start = std::time::Instant::now();
+    let deadline = start + duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let (http, base, token, request) =
+                (http.clone(), base.clone(), token.clone(), request.clone());
+            tokio::spawn(async move {
+                let (mut lat, mut errors, mut n) = (Vec::new(), 0u64, 0u64);
+                while std::time::Instant::now() < deadline {
+                    let mut req = request(&http, &base, w, n);
+                    if let Some(t) = &token {
+                        req = req.bearer_auth(t);
+                    }
+                    let t0 = std::time::Instant::now();
+                    let good = match req.send().await {
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            r.bytes().await.is_ok() && ok(status)
+                        }
+                        Err(_) => false,
+                    };
+                    lat.push(t0.elapsed().as_micros() as u64);
+                    errors += u64::from(!good);
+                    n += 1;
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut latencies_us = Vec::new();
+    let mut errors = 0;
+    for w in workers {
+        if let Ok((lat, e)) = w.await {
+            latencies_us.extend(lat);
+            errors += e;
+        }
+    }
+    let elapsed = start.elapsed();
+    latencies_us.sort_unstable();
+    BenchReport {
+        requests: latencies_us.len() as u64,
+        errors,
+        elapsed,
+        latencies_us,
+    }
+}

@@ -52,6 +52,67 @@ pub enum PolicyCommand {
     },
 }
 
+/// `mortar bench ratelimit`: checks against a running server.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Concurrent connections.
+    #[arg(long, short = 'c', default_value_t = 50)]
+    pub concurrency: usize,
+    /// Seconds to run.
+    #[arg(long, short = 'd', default_value_t = 10)]
+    pub duration: u64,
+    /// Distinct keys, spread over the workers.
+    #[arg(long, default_value_t = 1000)]
+    pub keys: u64,
+    /// Policy to check (default: a temporary token bucket that always allows, deleted after).
+    #[arg(long)]
+    pub policy: Option<String>,
+}
+
+/// Runs `mortar bench ratelimit`: throughput and latency percentiles of `POST /v1/ratelimit/check`.
+pub async fn bench(args: &ClientArgs, b: &BenchArgs) -> Result<String, ClientError> {
+    let client = Client::new(args);
+    let temporary = b.policy.is_none();
+    let policy = b
+        .policy
+        .clone()
+        .unwrap_or_else(|| format!("bench-{}", mortar_core::ids::new_id()));
+    if temporary {
+        let spec = json!({"algorithm": "token_bucket", "limit": 1_000_000_000, "window_ms": 1000});
+        client
+            .put(&format!("/v1/ratelimit/policies/{policy}"), &spec)
+            .await?;
+    } else {
+        client
+            .get(&format!("/v1/ratelimit/policies/{}", form_encode(&policy)))
+            .await?;
+    }
+    let keys = b.keys.max(1);
+    let p = policy.clone();
+    let report = mortar_core::client::bench(
+        args,
+        b.concurrency.max(1),
+        std::time::Duration::from_secs(b.duration.max(1)),
+        move |http, base, worker, n| {
+            let key = (worker as u64 * 7919 + n) % keys;
+            http.post(format!("{base}/v1/ratelimit/check"))
+                .json(&json!({"policies": [&p], "key": format!("bench:{key}")}))
+        },
+        |status| status == 200 || status == 429,
+    )
+    .await;
+    if temporary {
+        client
+            .delete(&format!("/v1/ratelimit/policies/{policy}"))
+            .await?;
+    }
+    let what = format!(
+        "ratelimit check ({} connections, {} keys, policy {policy})",
+        b.concurrency, keys
+    );
+    Ok(report.render(&what))
+}
+
 /// Runs a ratelimit command; returns its output and whether a check was denied.
 pub async fn run(args: &ClientArgs, cmd: &RateLimitCommand) -> Result<(String, bool), ClientError> {
     let client = Client::new(args);

@@ -38,6 +38,13 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Drive load against a running server and print throughput and latency percentiles.
+    Bench {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        block: BenchCommand,
+    },
     /// Rate limiter: policies, checks, peeks, resets.
     Ratelimit {
         #[command(flatten)]
@@ -45,6 +52,12 @@ enum Command {
         #[command(subcommand)]
         command: RateLimitCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// `POST /v1/ratelimit/check` with a temporary always-allowing policy (or --policy).
+    Ratelimit(mortar_ratelimit::cli::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -94,6 +107,10 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Status { client } => print(runtime.block_on(cli::status(&client))),
         Command::Keys { client, command } => print(runtime.block_on(cli::keys(&client, &command))),
+        Command::Bench {
+            client,
+            block: BenchCommand::Ratelimit(b),
+        } => print(runtime.block_on(mortar_ratelimit::cli::bench(&client, &b))),
         Command::Ratelimit { client, command } => {
             match runtime.block_on(mortar_ratelimit::cli::run(&client, &command)) {
                 Ok((out, denied)) => {
