@@ -9,6 +9,8 @@
 #   nginx_start 18790 'location / { return 200; }'   # sets NGINX_PID, NGINX_CONF
 #   mortar_start 18700                                # sets MORTAR_PID, MORTAR_CMD
 #   run_wrk nginx http://127.0.0.1:18790/             # sets WRK_RPS, WRK_P99_MS, ...
+#   run_wrk mortar http://127.0.0.1:18700/x "$lua"    # ... optionally with a wrk Lua script
+#   run_redis_benchmark redis INCR "$key"             # sets RB_RPS, RB_P99_MS (redis-benchmark)
 #   results_append <<EOF ... EOF                      # appends to bench/RESULTS.md
 #
 # Everything started through `start_bg` is stopped (by PID) when the script
@@ -30,6 +32,16 @@ WRK_BIN="${WRK_BIN:-/usr/bin/wrk}"
 # PIDs started by this script, stopped in reverse order on exit.
 BENCH_PIDS=()
 BENCH_TMP=""
+# Commands (already quoted, see on_exit) run on exit after the processes are stopped.
+BENCH_ON_EXIT=()
+# Extra VAR=value environment for the next mortar_start (e.g. the Redis backend).
+MORTAR_ENV=()
+
+# Redis used by Redis-backed comparisons (a shared instance: only our own keys are touched).
+BENCH_REDIS_HOST="${BENCH_REDIS_HOST:-127.0.0.1}"
+BENCH_REDIS_PORT="${BENCH_REDIS_PORT:-6379}"
+REDIS_CLI_BIN="${REDIS_CLI_BIN:-redis-cli}"
+REDIS_BENCHMARK_BIN="${REDIS_BENCHMARK_BIN:-redis-benchmark}"
 
 # ---------------------------------------------------------------- logging --
 
@@ -60,6 +72,10 @@ bench_cleanup() {
         stop_process "${BENCH_PIDS[i]}"
     done
     BENCH_PIDS=()
+    for ((i = ${#BENCH_ON_EXIT[@]} - 1; i >= 0; i--)); do
+        eval "${BENCH_ON_EXIT[i]}" || log "cleanup step failed: ${BENCH_ON_EXIT[i]}"
+    done
+    BENCH_ON_EXIT=()
     if [[ -n "$BENCH_TMP" && -d "$BENCH_TMP" ]]; then
         if [[ "${BENCH_KEEP_TMP:-0}" == 1 || $rc -ne 0 ]]; then
             log "scratch dir kept: $BENCH_TMP"
@@ -68,6 +84,14 @@ bench_cleanup() {
         fi
     fi
     return "$rc"
+}
+
+# on_exit <cmd> [args...]: run this command when the script exits (after every
+# process started here is stopped; last registered runs first), also on failure.
+on_exit() {
+    local q
+    printf -v q '%q ' "$@"
+    BENCH_ON_EXIT+=("$q")
 }
 
 # ------------------------------------------------------------- processes --
@@ -171,7 +195,8 @@ build_mortar() {
 # 127.0.0.1:<port> with a fresh data dir, wait for /readyz, set MORTAR_PID and
 # MORTAR_CMD (the command line, for the results file).
 # Runs from its own directory so no stray ./mortar.toml is picked up; only
-# MORTAR_LOG__LEVEL is set (override with MORTAR_BENCH_LOG_LEVEL).
+# MORTAR_LOG__LEVEL is set (override with MORTAR_BENCH_LOG_LEVEL), plus whatever
+# VAR=value entries the caller put in the MORTAR_ENV array (shown in MORTAR_CMD).
 mortar_start() {
     local port=$1
     shift
@@ -180,20 +205,22 @@ mortar_start() {
     mkdir -p "$dir/data"
     local level="${MORTAR_BENCH_LOG_LEVEL:-warn}"
     local -a cmd=("$MORTAR_BIN" serve --listen "127.0.0.1:$port" --data-dir "$dir/data" "$@")
-    MORTAR_CMD="MORTAR_LOG__LEVEL=$level mortar serve --listen 127.0.0.1:$port --data-dir <tmp>${*:+ $*}"
+    MORTAR_CMD="${MORTAR_ENV[*]:+${MORTAR_ENV[*]} }MORTAR_LOG__LEVEL=$level mortar serve --listen 127.0.0.1:$port --data-dir <tmp>${*:+ $*}"
     log "starting: $MORTAR_CMD"
-    start_bg "$dir/mortar.log" "$dir" env MORTAR_LOG__LEVEL="$level" "${cmd[@]}"
+    start_bg "$dir/mortar.log" "$dir" env "${MORTAR_ENV[@]}" MORTAR_LOG__LEVEL="$level" "${cmd[@]}"
     MORTAR_PID=$BG_PID
     wait_for_http "http://127.0.0.1:$port/readyz" "$MORTAR_PID"
 }
 
 # ------------------------------------------------------------------ nginx --
 
-# nginx_start <port> <server-body>: run a private nginx (never the system one)
-# with a generated config in the scratch dir; <server-body> goes inside
-# `server { listen 127.0.0.1:<port>; ... }`. Sets NGINX_PID and NGINX_CONF.
+# nginx_start <port> <server-body> [http-body]: run a private nginx (never the
+# system one) with a generated config in the scratch dir; <server-body> goes
+# inside `server { listen 127.0.0.1:<port>; ... }`, the optional [http-body]
+# in `http { ... }` before it (for http-level directives such as
+# limit_req_zone). Sets NGINX_PID and NGINX_CONF.
 nginx_start() {
-    local port=$1 body=$2
+    local port=$1 body=$2 http_body=${3:-}
     require_free_port "$port"
     local dir="$BENCH_TMP/nginx-$port"
     mkdir -p "$dir/tmp"
@@ -219,6 +246,7 @@ http {
     fastcgi_temp_path $dir/tmp/fastcgi;
     uwsgi_temp_path $dir/tmp/uwsgi;
     scgi_temp_path $dir/tmp/scgi;
+    $http_body
 
     server {
         listen 127.0.0.1:$port;
@@ -237,9 +265,10 @@ EOF
 
 # -------------------------------------------------------------------- wrk --
 
-# wrk_cmd <url>: the measurement command line (same settings for everyone).
+# wrk_cmd <url> [lua-script]: the measurement command line (same settings for
+# everyone); the script is shown by its file name.
 wrk_cmd() {
-    echo "wrk -t$BENCH_THREADS -c$BENCH_CONNECTIONS -d$BENCH_DURATION --latency $1"
+    echo "wrk -t$BENCH_THREADS -c$BENCH_CONNECTIONS -d$BENCH_DURATION --latency${2:+ -s $(basename "$2")} $1"
 }
 
 # to_ms <value-with-unit>: wrk latency ("850.00us", "1.23ms", "2.00s", "1.00m") → ms.
@@ -256,16 +285,19 @@ to_ms() {
     }'
 }
 
-# run_wrk <label> <url>: warm up for $BENCH_WARMUP, then measure.
+# run_wrk <label> <url> [lua-script]: warm up for $BENCH_WARMUP, then measure
+# (both with the script, e.g. one setting wrk.method/body/headers for a POST).
 # Sets WRK_RPS, WRK_P99_MS, WRK_ERRORS (socket errors + non-2xx/3xx, as text,
 # empty when none) and WRK_OUT (the raw output file, also logged to stderr).
 run_wrk() {
-    local label=$1 url=$2
+    local label=$1 url=$2 script=${3:-}
+    local -a extra=()
+    [[ -z "$script" ]] || extra=(-s "$script")
     log "$label: warm-up ${BENCH_WARMUP}"
-    run_fg "$WRK_BIN" "-t$BENCH_THREADS" "-c$BENCH_CONNECTIONS" "-d$BENCH_WARMUP" "$url" >/dev/null
-    log "$label: $(wrk_cmd "$url")"
+    run_fg "$WRK_BIN" "-t$BENCH_THREADS" "-c$BENCH_CONNECTIONS" "-d$BENCH_WARMUP" "${extra[@]}" "$url" >/dev/null
+    log "$label: $(wrk_cmd "$url" "$script")"
     WRK_OUT="$BENCH_TMP/wrk-$label.txt"
-    run_fg "$WRK_BIN" "-t$BENCH_THREADS" "-c$BENCH_CONNECTIONS" "-d$BENCH_DURATION" --latency "$url" >"$WRK_OUT"
+    run_fg "$WRK_BIN" "-t$BENCH_THREADS" "-c$BENCH_CONNECTIONS" "-d$BENCH_DURATION" --latency "${extra[@]}" "$url" >"$WRK_OUT"
     sed 's/^/    /' "$WRK_OUT" >&2
 
     WRK_RPS="$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$WRK_OUT")"
@@ -276,6 +308,117 @@ run_wrk() {
     WRK_ERRORS="$(grep -E '^ *(Socket errors|Non-2xx or 3xx responses):' "$WRK_OUT" |
         sed 's/^ *//' | paste -sd';' - || true)"
     [[ -z "$WRK_ERRORS" ]] || log "$label: WARNING: $WRK_ERRORS"
+}
+
+# duration_seconds <wrk-duration>: "10s", "1m", "500ms", "10" → whole seconds (≥ 1).
+duration_seconds() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "" || u == "s") s = n
+        else if (u == "ms") s = n / 1000
+        else if (u == "m") s = n * 60
+        else if (u == "h") s = n * 3600
+        else { print "NaN"; exit 1 }
+        s = int(s + 0.5); if (s < 1) s = 1
+        print s
+    }'
+}
+
+# ------------------------------------------------------------------ redis --
+
+# redis_cli [args...]: redis-cli against the benchmark Redis.
+redis_cli() {
+    "$REDIS_CLI_BIN" -h "$BENCH_REDIS_HOST" -p "$BENCH_REDIS_PORT" "$@"
+}
+
+# redis_url: the redis:// URL of the benchmark Redis.
+redis_url() {
+    echo "redis://$BENCH_REDIS_HOST:$BENCH_REDIS_PORT"
+}
+
+# redis_require: the benchmark Redis answers PING and the tools exist. Never
+# starts or stops Redis (it is shared with other users).
+redis_require() {
+    local tool
+    for tool in "$REDIS_CLI_BIN" "$REDIS_BENCHMARK_BIN"; do
+        command -v "$tool" >/dev/null || die "required tool not found: $tool"
+    done
+    [[ "$(redis_cli ping 2>/dev/null)" == PONG ]] ||
+        die "no Redis answering at $BENCH_REDIS_HOST:$BENCH_REDIS_PORT"
+}
+
+# redis_prefix_new: a fresh key prefix owned by this run, mortar-bench:<random>:
+# (sets REDIS_PREFIX) whose keys are deleted on exit.
+redis_prefix_new() {
+    REDIS_PREFIX="mortar-bench:$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n'):"
+    on_exit redis_delete_prefix "$REDIS_PREFIX"
+}
+
+# redis_delete_prefix <prefix>: delete every key starting with <prefix> (SCAN,
+# never KEYS/FLUSH*). Refuses an empty or wildcard prefix.
+redis_delete_prefix() {
+    local prefix=$1 n=0 key
+    if [[ -z "$prefix" || "$prefix" == *[*?[]* ]]; then
+        log "error: refusing to delete keys for prefix '$prefix'"
+        return 1
+    fi
+    while IFS= read -r key; do
+        [[ -n "$key" ]] || continue
+        redis_cli del "$key" >/dev/null && n=$((n + 1))
+    done < <(redis_cli --scan --pattern "${prefix}*")
+    log "redis: deleted $n key(s) under $prefix"
+}
+
+# redis_cmdstat <command>: "<calls> <usec>" for one command from INFO commandstats
+# (server-wide, so other clients of a shared Redis are counted too; "0 0" if unused).
+redis_cmdstat() {
+    redis_cli info commandstats | tr -d '\r' |
+        awk -F'[:,=]' -v c="cmdstat_$1" '$1 == c { calls = $3; usec = $5 } END { printf "%d %d", calls, usec }'
+}
+
+# redis_usec_per_call <before> <after>: server time per call between two
+# redis_cmdstat readings, in µs with two decimals ("n/a" without calls).
+redis_usec_per_call() {
+    awk -v b="$1" -v a="$2" 'BEGIN {
+        split(b, x, " "); split(a, y, " "); n = y[1] - x[1]
+        if (n <= 0) print "n/a"; else printf "%.2f", (y[2] - x[2]) / n
+    }'
+}
+
+# redis_benchmark_cmd <n> <command...>: the measurement command line.
+redis_benchmark_cmd() {
+    local n=$1
+    shift
+    echo "redis-benchmark -h $BENCH_REDIS_HOST -p $BENCH_REDIS_PORT -c $BENCH_CONNECTIONS -n $n --csv $*"
+}
+
+# run_redis_benchmark <label> <command...>: redis-benchmark (no pipelining,
+# $BENCH_CONNECTIONS clients) running one command against the benchmark Redis.
+# The warm-up doubles as calibration: the measured run's -n is chosen so it
+# lasts about $BENCH_DURATION (redis-benchmark has no duration option).
+# Sets RB_RPS, RB_P99_MS, RB_N, RB_CMD (command line) and RB_OUT (raw CSV).
+run_redis_benchmark() {
+    local label=$1
+    shift
+    local secs warm_n=50000 warm_out="$BENCH_TMP/redis-benchmark-$label-warmup.csv"
+    secs="$(duration_seconds "$BENCH_DURATION")" || die "bad BENCH_DURATION '$BENCH_DURATION'"
+    log "$label: warm-up/calibration $(redis_benchmark_cmd "$warm_n" "$@")"
+    run_fg "$REDIS_BENCHMARK_BIN" -h "$BENCH_REDIS_HOST" -p "$BENCH_REDIS_PORT" \
+        -c "$BENCH_CONNECTIONS" -n "$warm_n" --csv "$@" >"$warm_out"
+    local warm_rps
+    warm_rps="$(awk -F'"' 'NR == 2 { printf "%.0f", $4 }' "$warm_out")"
+    [[ -n "$warm_rps" && "$warm_rps" -gt 0 ]] || die "could not parse redis-benchmark output ($warm_out)"
+    RB_N=$((warm_rps * secs))
+    RB_CMD="$(redis_benchmark_cmd "$RB_N" "$@")"
+    log "$label: $RB_CMD (~${secs}s at the warm-up's $warm_rps req/s)"
+    RB_OUT="$BENCH_TMP/redis-benchmark-$label.csv"
+    run_fg "$REDIS_BENCHMARK_BIN" -h "$BENCH_REDIS_HOST" -p "$BENCH_REDIS_PORT" \
+        -c "$BENCH_CONNECTIONS" -n "$RB_N" --csv "$@" >"$RB_OUT"
+    sed 's/^/    /' "$RB_OUT" >&2
+    # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+    RB_RPS="$(awk -F'"' 'NR == 2 { printf "%.0f", $4 }' "$RB_OUT")"
+    RB_P99_MS="$(awk -F'"' 'NR == 2 { printf "%.3f", $14 }' "$RB_OUT")"
+    [[ -n "$RB_RPS" && -n "$RB_P99_MS" ]] || die "could not parse redis-benchmark output ($RB_OUT)"
 }
 
 # ---------------------------------------------------------------- results --

@@ -10,7 +10,7 @@
 //! * `clock/*` — what the clocks cost alone (Mortar reads `SystemClock` on every check;
 //!   governor reads quanta's TSC clock).
 //!
-//! Run: `cargo bench -p mortar-ratelimit --bench decide` (about a minute and a half).
+//! Run: `cargo bench -p mortar-ratelimit --bench decide` (under a minute on 2 cores).
 //! Results and the mortar/governor ratio are recorded in `bench/RESULTS.md`.
 
 use std::hint::black_box;
@@ -172,7 +172,7 @@ fn scaling(c: &mut Criterion) {
     });
     let lim = governor();
     g.bench_function("governor/1000_keys_each", |b| {
-        b.iter_custom(|iters| two_threads(&lim, &per_thread, iters, |l, k| governor_check(l, k)));
+        b.iter_custom(|iters| two_threads(&lim, &per_thread, iters, governor_check));
     });
     g.finish();
 }
