@@ -78,6 +78,9 @@ impl MemoryStore {
 
     /// The synchronous core (also what benchmarks call).
     pub fn check_now(&self, checks: &[Check<'_>], cost: u64) -> Vec<Decision> {
+        if let [one] = checks {
+            return vec![self.check_one(one, cost)];
+        }
         let now = self.clock.now_ms();
         let idx: Vec<usize> = checks
             .iter()
@@ -144,6 +147,45 @@ impl MemoryStore {
             }
         }
         decisions
+    }
+}
+
+impl MemoryStore {
+    /// The common case, one policy: one lock, one lookup, the state updated in place.
+    pub fn check_one(&self, c: &Check<'_>, cost: u64) -> Decision {
+        let now = self.clock.now_ms();
+        let i = self.shard_of(c.policy, c.key);
+        let mut shard = lock(&self.shards[i]);
+        let entry = shard.map.get_mut(c.policy).and_then(|m| m.get_mut(c.key));
+        let decision = match entry {
+            Some(e) => {
+                let current = (e.expires_at_ms > now).then_some(&e.state);
+                let (d, state) = engine::decide(&c.limit, current, now, cost);
+                if d.allowed && cost > 0 {
+                    e.expires_at_ms = now + engine::ttl_ms(&c.limit, &state, now);
+                    e.state = state;
+                }
+                d
+            }
+            None => {
+                let (d, state) = engine::decide(&c.limit, None, now, cost);
+                if d.allowed && cost > 0 {
+                    let expires_at_ms = now + engine::ttl_ms(&c.limit, &state, now);
+                    shard.map.entry(c.policy.into()).or_default().insert(
+                        c.key.into(),
+                        Entry {
+                            state,
+                            expires_at_ms,
+                        },
+                    );
+                }
+                d
+            }
+        };
+        if self.ops[i].fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            sweep(&mut shard, now);
+        }
+        decision
     }
 }
 
