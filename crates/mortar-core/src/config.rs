@@ -192,6 +192,7 @@ pub struct HttpConfig {
     pub idle_timeout_ms: u64,
     pub max_connections: usize,
     pub shutdown_grace_ms: u64,
+    pub threads: usize,
 }
 
 impl Default for HttpConfig {
@@ -202,6 +203,7 @@ impl Default for HttpConfig {
             idle_timeout_ms: 60_000,
             max_connections: 10_000,
             shutdown_grace_ms: 30_000,
+            threads: 0,
         }
     }
 }
@@ -229,7 +231,20 @@ impl HttpConfig {
             "http.shutdown_grace_ms",
             "on SIGINT/SIGTERM, in-flight requests get this long to finish",
         ),
+        KeyDoc::new(
+            "http.threads",
+            "HTTP event-loop threads, each with its own SO_REUSEPORT listener; 0 = one per CPU",
+        ),
     ];
+
+    /// The number of event-loop threads to run.
+    pub fn event_loops(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        }
+    }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let rules = [

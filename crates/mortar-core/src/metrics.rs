@@ -3,7 +3,12 @@
 //! Metric names follow `mortar_<block>_<what>_<unit>`; every metric is described (HELP) so the
 //! output passes `promtool check metrics`.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -63,4 +68,67 @@ fn describe() {
     );
     metrics::describe_gauge!(HTTP_CONNECTIONS, "open HTTP connections");
     metrics::describe_gauge!(HTTP_IN_FLIGHT, "HTTP requests being served right now");
+}
+
+/// The in-flight requests gauge (handle cached: no registry lookup per request).
+pub fn in_flight() -> &'static Gauge {
+    static GAUGE: OnceLock<Gauge> = OnceLock::new();
+    GAUGE.get_or_init(|| metrics::gauge!(HTTP_IN_FLIGHT))
+}
+
+/// The request counter and latency histogram of one (route template, method, status).
+#[derive(Clone)]
+pub struct HttpMetrics {
+    requests: Counter,
+    duration: Histogram,
+}
+
+impl HttpMetrics {
+    pub fn record(&self, elapsed: Duration) {
+        self.requests.increment(1);
+        self.duration.record(elapsed.as_secs_f64());
+    }
+}
+
+type HandleKey = (Arc<str>, http::Method, u16);
+
+/// Handles by label set, so the hot path hashes three small values instead of building and
+/// registering a metrics key (and its label strings) on every request.
+type HandleMap = RwLock<HashMap<u64, Vec<(HandleKey, HttpMetrics)>>>;
+static HTTP_HANDLES: OnceLock<(RandomState, HandleMap)> = OnceLock::new();
+
+/// The metrics handles for a request's labels.
+pub fn http_request(
+    route: &Arc<str>,
+    method: &http::Method,
+    status: http::StatusCode,
+) -> HttpMetrics {
+    let (hasher, map) = HTTP_HANDLES.get_or_init(Default::default);
+    let h = hasher.hash_one((&**route, method.as_str(), status.as_u16()));
+    let matches = |k: &HandleKey| *k.0 == **route && k.1 == *method && k.2 == status.as_u16();
+    if let Some(m) = map
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&h)
+        .and_then(|v| v.iter().find(|(k, _)| matches(k)))
+    {
+        return m.1.clone();
+    }
+    let labels = [
+        ("route", route.to_string()),
+        ("method", method.as_str().to_owned()),
+        ("status", status.as_str().to_owned()),
+    ];
+    let m = HttpMetrics {
+        requests: metrics::counter!(HTTP_REQUESTS, &labels),
+        duration: metrics::histogram!(HTTP_DURATION, &labels),
+    };
+    let mut w = map
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let bucket = w.entry(h).or_default();
+    if !bucket.iter().any(|(k, _)| matches(k)) {
+        bucket.push(((route.clone(), method.clone(), status.as_u16()), m.clone()));
+    }
+    m
 }

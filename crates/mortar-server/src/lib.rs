@@ -14,10 +14,9 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let otlp = mortar_core::telemetry::init(&config.log)?;
     mortar_core::metrics::install();
     let app = app::build(&config).await?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listeners = mortar_core::http::Listeners::bind(config.listen, config.http.event_loops())
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
+    let addr = listeners.local_addr();
     let backends: Vec<String> = app
         .node
         .storage
@@ -34,7 +33,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         version = mortar_core::VERSION,
         "listening"
     );
-    mortar_core::http::serve(listener, app.router, &config.http, shutdown_signal()).await?;
+    mortar_core::http::serve(listeners, app.router, &config.http, shutdown_signal()).await?;
     tracing::info!("draining done; flushing storage");
     app.node.storage.close().await;
     mortar_core::telemetry::shutdown();

@@ -25,19 +25,14 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
 use crate::auth::Auth;
-use crate::metrics::{HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS};
 use crate::problem::{PROBLEM_JSON, Problem};
 use crate::telemetry::TraceContext;
 
-pub use server::serve;
+pub use server::{Listeners, serve};
 
 /// The request id header, read from callers and set on every response.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-
-/// The id of the request being served (in the request extensions).
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
 
 /// Wraps `app` in the standard stack (see the module docs).
 pub fn finish(app: Router, max_body_bytes: usize, auth: Arc<Auth>) -> Router {
@@ -72,10 +67,10 @@ fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 async fn observe(mut req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let route = req
+    let route: Arc<str> = req
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+        .map_or_else(|| Arc::from("unmatched"), |m| Arc::from(m.as_str()));
     let method = req.method().clone();
     let request_id = req
         .headers()
@@ -83,7 +78,7 @@ async fn observe(mut req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(new_request_id, str::to_owned);
-    let mut trace = TraceContext::from_headers(req.headers());
+    let trace = TraceContext::from_headers(req.headers());
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
@@ -91,12 +86,14 @@ async fn observe(mut req: Request, next: Next) -> Response {
         method = %method,
         route = %route,
     );
-    trace.attach(&span);
-    span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
+    let mut trace = trace;
+    if !span.is_disabled() {
+        trace.attach(&span);
+        span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
+    }
     req.extensions_mut().insert(trace);
-    req.extensions_mut().insert(RequestId(request_id.clone()));
 
-    let in_flight = metrics::gauge!(HTTP_IN_FLIGHT);
+    let in_flight = crate::metrics::in_flight();
     in_flight.increment(1.0);
     let mut res = next.run(req).instrument(span.clone()).await;
     in_flight.decrement(1.0);
@@ -112,13 +109,7 @@ async fn observe(mut req: Request, next: Next) -> Response {
         headers.insert(TRACEPARENT.clone(), v);
     }
     let elapsed = start.elapsed();
-    let labels = [
-        ("route", route),
-        ("method", method.as_str().to_owned()),
-        ("status", status.as_str().to_owned()),
-    ];
-    metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
-    metrics::histogram!(HTTP_DURATION, &labels).record(elapsed.as_secs_f64());
+    crate::metrics::http_request(&route, &method, status).record(elapsed);
     if status.is_server_error() {
         tracing::warn!(parent: &span, status = status.as_u16(), elapsed_us = elapsed.as_micros() as u64, "request failed");
     } else {

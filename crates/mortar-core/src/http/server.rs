@@ -1,15 +1,21 @@
 //! The HTTP server: HTTP/1.1 and HTTP/2 (prior knowledge) over hyper, with the hygiene a
 //! public-facing server needs and axum's `serve` lacks.
 //!
+//! * one event loop per thread (`http.threads`, default one per CPU), each a single-threaded
+//!   tokio runtime with its own `SO_REUSEPORT` listener on the same address: the kernel spreads
+//!   connections, and a request never hops threads (no work-stealing wake-ups — the way nginx
+//!   workers run). Handlers still reach shared state (pools, Redis) owned by the main runtime;
 //! * header-read timeout: a client that does not finish a request's headers in time is cut off
 //!   (the slowloris defence);
 //! * idle timeout: a connection with no bytes moving for a whole idle period is closed
 //!   gracefully (any in-flight response is finished first; precision is one to two periods);
-//! * connection limit: past `max_connections`, new clients wait in the kernel's accept backlog;
+//! * connection limit: past `max_connections` (over all threads), new clients wait unserved
+//!   (each loop holds at most one accepted connection waiting; the rest stay in the backlog);
 //! * graceful shutdown: when `shutdown` resolves, stop accepting, let in-flight requests finish
 //!   for up to `shutdown_grace_ms`, then return.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,21 +29,94 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::config::HttpConfig;
 use crate::metrics::HTTP_CONNECTIONS;
 
-/// Serves `app` on `listener` until `shutdown` resolves, then drains (see the module docs).
+/// Listening sockets, one per event-loop thread, all on one address (`SO_REUSEPORT`).
+#[derive(Debug)]
+pub struct Listeners {
+    sockets: Vec<std::net::TcpListener>,
+    addr: SocketAddr,
+}
+
+impl Listeners {
+    /// Binds `threads` sockets on `addr` (port 0: the first picks a port, the rest share it).
+    pub fn bind(addr: SocketAddr, threads: usize) -> io::Result<Self> {
+        let mut sockets = Vec::with_capacity(threads.max(1));
+        let mut bound = addr;
+        for _ in 0..threads.max(1) {
+            let socket = if bound.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.bind(bound)?;
+            let listener = socket.listen(4096)?;
+            bound = listener.local_addr()?;
+            sockets.push(listener.into_std()?);
+        }
+        Ok(Self {
+            sockets,
+            addr: bound,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// Serves `app` on every listener until `shutdown` resolves, then drains (see the module docs).
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     app: Router,
     cfg: &HttpConfig,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    let permits = Arc::new(Semaphore::new(cfg.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut done = Vec::new();
+    for (i, socket) in listeners.sockets.into_iter().enumerate() {
+        let (tx, rx) = oneshot::channel();
+        let (app, cfg, permits, stop) =
+            (app.clone(), cfg.clone(), permits.clone(), stop_rx.clone());
+        std::thread::Builder::new()
+            .name(format!("mortar-http-{i}"))
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|rt| rt.block_on(event_loop(socket, app, &cfg, permits, stop)));
+                let _ = tx.send(result);
+            })?;
+        done.push(rx);
+    }
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    for rx in done {
+        if let Ok(Err(e)) = rx.await {
+            tracing::error!(error = %e, "http event loop failed");
+        }
+    }
+    Ok(())
+}
+
+/// One thread's accept loop and its connections.
+async fn event_loop(
+    socket: std::net::TcpListener,
+    app: Router,
+    cfg: &HttpConfig,
+    permits: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let listener = TcpListener::from_std(socket)?;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -47,16 +126,15 @@ pub async fn serve(
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     let idle = Duration::from_millis(cfg.idle_timeout_ms);
-    let permits = Arc::new(Semaphore::new(cfg.max_connections));
     let tracker = TaskTracker::new();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::pin!(shutdown);
+    let stopped = async |stop: &mut watch::Receiver<bool>| {
+        let _ = stop.wait_for(|s| *s).await;
+    };
 
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
-            () = &mut shutdown => break,
-        };
+        // Accept first, then wait for a slot: with one loop per thread, a loop holding a slot
+        // while its own listener is quiet would starve the others. So each loop keeps at most
+        // one accepted-but-waiting connection; the rest stay in the kernel's backlog.
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(conn) => conn,
@@ -67,7 +145,11 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = stopped(&mut stop) => break,
+        };
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            () = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
         let active = Arc::new(AtomicBool::new(true));
@@ -83,7 +165,7 @@ pub async fn serve(
             });
         let svc = TowerToHyperService::new(svc);
         let builder = builder.clone();
-        let mut stop = stop_rx.clone();
+        let mut stop = stop.clone();
         tracker.spawn(async move {
             let _permit = permit;
             metrics::gauge!(HTTP_CONNECTIONS).increment(1.0);
@@ -99,7 +181,7 @@ pub async fn serve(
                         }
                         break;
                     }
-                    _ = stop.changed(), if !draining => {
+                    _ = stop.wait_for(|s| *s), if !draining => {
                         draining = true;
                         conn.as_mut().graceful_shutdown();
                     }
@@ -116,7 +198,6 @@ pub async fn serve(
     }
 
     drop(listener);
-    let _ = stop_tx.send(true);
     tracker.close();
     let grace = Duration::from_millis(cfg.shutdown_grace_ms);
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
