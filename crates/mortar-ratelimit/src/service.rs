@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use mortar_core::FieldError;
@@ -532,9 +532,24 @@ fn db_error(e: sqlx::Error) -> RateLimitError {
 }
 
 fn record(outcome: &Outcome) {
+    type Counters = RwLock<HashMap<String, [metrics::Counter; 2]>>;
+    static COUNTERS: OnceLock<Counters> = OnceLock::new();
+    let counters = COUNTERS.get_or_init(Default::default);
     for (p, d) in &outcome.results {
-        let result = if d.allowed { "allowed" } else { "denied" };
-        metrics::counter!(DECISIONS, "policy" => p.name.clone(), "outcome" => result).increment(1);
+        let i = usize::from(!d.allowed);
+        let cached = counters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&p.name)
+            .map(|c| c[i].clone());
+        let counter = cached.unwrap_or_else(|| {
+            let pair = ["allowed", "denied"]
+                .map(|outcome| metrics::counter!(DECISIONS, "policy" => p.name.clone(), "outcome" => outcome));
+            let c = pair[i].clone();
+            counters.write().unwrap_or_else(PoisonError::into_inner).insert(p.name.clone(), pair);
+            c
+        });
+        counter.increment(1);
     }
 }
 

@@ -11,6 +11,11 @@ use mortar_ratelimit::cli::RateLimitCommand;
 use mortar_server::cli::{self, KeysCommand};
 use mortar_server::config::{Config, LogOverride, Overrides};
 
+/// mimalloc: the request path allocates small short-lived objects; glibc malloc/free were
+/// ~10% of the server's CPU under load (bench/RESULTS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "mortar",
