@@ -9,6 +9,7 @@
 //! * [`auth`] — the admin token and scoped API keys (stored hashed), and the middleware that
 //!   enforces them on `/v1/*`.
 //! * [`telemetry`] — structured logs, W3C trace context, OTLP export.
+//! * [`deadline`] — request deadlines in the task context and the `Mortar-Deadline` header.
 //! * [`http`] — the middleware stack every route runs behind and the hardened HTTP server
 //!   (header-read and idle timeouts, connection limit, graceful shutdown).
 //! * [`metrics`] — the Prometheus recorder and the `/metrics` renderer.
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod deadline;
 pub mod extract;
 pub mod http;
 pub mod ids;

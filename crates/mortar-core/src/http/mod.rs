@@ -5,6 +5,7 @@
 //! 2. observation: request id (`x-request-id`, honoured or minted), W3C trace context, the
 //!    request span every log line inherits, metrics by route template, and a safety net that
 //!    turns any non-problem error response into problem+json (so no plain-text rejection leaks);
+//!    It also applies the caller's `Mortar-Deadline` (504 when it passes; see [`crate::deadline`]);
 //! 3. the body limit (413 via the extractors);
 //! 4. authentication and authorization (see [`crate::auth`]).
 //!
@@ -95,7 +96,18 @@ async fn observe(mut req: Request, next: Next) -> Response {
 
     let in_flight = crate::metrics::in_flight();
     in_flight.increment(1.0);
-    let mut res = next.run(req).instrument(span.clone()).await;
+    let mut res = match crate::deadline::from_headers(req.headers()) {
+        Err(problem) => problem.into_response(),
+        Ok(None) => next.run(req).instrument(span.clone()).await,
+        Ok(Some(deadline)) => {
+            let run =
+                crate::deadline::scope(Some(deadline), next.run(req).instrument(span.clone()));
+            match tokio::time::timeout_at(deadline, run).await {
+                Ok(res) => res,
+                Err(_) => crate::deadline::exceeded().into_response(),
+            }
+        }
+    };
     in_flight.decrement(1.0);
     if res.status().as_u16() >= 400 && !is_problem(&res) {
         res = problemize(res, &method).await;

@@ -1,0 +1,191 @@
+//! `/v1/resilience/…`: breakers (state, counts, rates, last transition; force open/close,
+//! disable, reset) and bulkheads (permits in use, queue).
+
+use std::sync::Arc;
+
+use axum::extract::State as AxumState;
+use mortar_core::Problem;
+use mortar_core::clock::rfc3339;
+use mortar_core::extract::{ApiJson, ApiPath};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::breaker::{Breaker, BreakerConfig, State};
+use crate::bulkhead::BulkheadConfig;
+use crate::service::ResilienceService;
+
+pub fn router(svc: Arc<ResilienceService>) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(list_breakers))
+        .routes(routes!(get_breaker))
+        .routes(routes!(force_open))
+        .routes(routes!(force_close))
+        .routes(routes!(disable))
+        .routes(routes!(reset))
+        .routes(routes!(list_bulkheads))
+        .with_state(svc)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BreakerView {
+    pub name: String,
+    pub state: State,
+    /// Calls in the sliding window.
+    pub calls: u64,
+    pub failures: u64,
+    pub slow_calls: u64,
+    /// Percent of calls in the window that failed.
+    pub failure_rate: f64,
+    /// Percent of calls in the window that were slow.
+    pub slow_call_rate: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_transition: Option<TransitionView>,
+    pub config: BreakerConfig,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransitionView {
+    pub from: State,
+    pub to: State,
+    pub at: String,
+}
+
+impl From<&Breaker> for BreakerView {
+    fn from(b: &Breaker) -> Self {
+        let s = b.snapshot();
+        Self {
+            name: s.name,
+            state: s.state,
+            calls: s.totals.calls,
+            failures: s.totals.failures,
+            slow_calls: s.totals.slow,
+            failure_rate: s.totals.failure_rate(),
+            slow_call_rate: s.totals.slow_rate(),
+            last_transition: s.last_transition.map(|t| TransitionView {
+                from: t.from,
+                to: t.to,
+                at: rfc3339(b.wall_ms(t.at_ms)),
+            }),
+            config: s.config,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BreakerList {
+    pub items: Vec<BreakerView>,
+    pub next_cursor: Option<String>,
+}
+
+/// Every breaker, by name (configured ones even before their first call).
+#[utoipa::path(get, path = "/v1/resilience/breakers", tag = "resilience", responses((status = 200, body = BreakerList)))]
+async fn list_breakers(AxumState(svc): AxumState<Arc<ResilienceService>>) -> ApiJson<BreakerList> {
+    ApiJson(BreakerList {
+        items: svc
+            .breakers()
+            .iter()
+            .map(|b| BreakerView::from(&**b))
+            .collect(),
+        next_cursor: None,
+    })
+}
+
+fn find(svc: &ResilienceService, name: &str) -> Result<Arc<Breaker>, Problem> {
+    svc.find_breaker(name)
+        .ok_or_else(|| Problem::not_found(format!("no circuit breaker named `{name}`")))
+}
+
+/// One breaker.
+#[utoipa::path(get, path = "/v1/resilience/breakers/{name}", tag = "resilience",
+    responses((status = 200, body = BreakerView), (status = 404, body = Problem)))]
+async fn get_breaker(
+    AxumState(svc): AxumState<Arc<ResilienceService>>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<ApiJson<BreakerView>, Problem> {
+    Ok(ApiJson(BreakerView::from(&*find(&svc, &name)?)))
+}
+
+/// Open the breaker until reset or force_close (it never probes meanwhile).
+#[utoipa::path(post, path = "/v1/resilience/breakers/{name}/force_open", tag = "resilience",
+    responses((status = 200, body = BreakerView), (status = 404, body = Problem)))]
+async fn force_open(
+    AxumState(svc): AxumState<Arc<ResilienceService>>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<ApiJson<BreakerView>, Problem> {
+    let b = find(&svc, &name)?;
+    b.force_open();
+    Ok(ApiJson(BreakerView::from(&*b)))
+}
+
+/// Close the breaker with an empty window (ends forced_open and disabled).
+#[utoipa::path(post, path = "/v1/resilience/breakers/{name}/force_close", tag = "resilience",
+    responses((status = 200, body = BreakerView), (status = 404, body = Problem)))]
+async fn force_close(
+    AxumState(svc): AxumState<Arc<ResilienceService>>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<ApiJson<BreakerView>, Problem> {
+    let b = find(&svc, &name)?;
+    b.reset();
+    Ok(ApiJson(BreakerView::from(&*b)))
+}
+
+/// Let every call through and record nothing, until reset.
+#[utoipa::path(post, path = "/v1/resilience/breakers/{name}/disable", tag = "resilience",
+    responses((status = 200, body = BreakerView), (status = 404, body = Problem)))]
+async fn disable(
+    AxumState(svc): AxumState<Arc<ResilienceService>>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<ApiJson<BreakerView>, Problem> {
+    let b = find(&svc, &name)?;
+    b.disable();
+    Ok(ApiJson(BreakerView::from(&*b)))
+}
+
+/// Back to closed with an empty window.
+#[utoipa::path(post, path = "/v1/resilience/breakers/{name}/reset", tag = "resilience",
+    responses((status = 200, body = BreakerView), (status = 404, body = Problem)))]
+async fn reset(
+    AxumState(svc): AxumState<Arc<ResilienceService>>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<ApiJson<BreakerView>, Problem> {
+    let b = find(&svc, &name)?;
+    b.reset();
+    Ok(ApiJson(BreakerView::from(&*b)))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkheadView {
+    pub name: String,
+    pub in_use: u32,
+    pub queued: usize,
+    pub config: BulkheadConfig,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkheadList {
+    pub items: Vec<BulkheadView>,
+    pub next_cursor: Option<String>,
+}
+
+/// Every bulkhead: permits in use and callers waiting.
+#[utoipa::path(get, path = "/v1/resilience/bulkheads", tag = "resilience", responses((status = 200, body = BulkheadList)))]
+async fn list_bulkheads(
+    AxumState(svc): AxumState<Arc<ResilienceService>>,
+) -> ApiJson<BulkheadList> {
+    let items = svc
+        .bulkheads()
+        .iter()
+        .map(|b| BulkheadView {
+            name: b.name().to_owned(),
+            in_use: b.in_use(),
+            queued: b.queued(),
+            config: b.config().clone(),
+        })
+        .collect();
+    ApiJson(BulkheadList {
+        items,
+        next_cursor: None,
+    })
+}
