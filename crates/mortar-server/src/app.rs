@@ -9,6 +9,7 @@ use mortar_core::auth::{Auth, KeyStore};
 use mortar_core::clock::{Clock, SystemClock};
 use mortar_core::storage::{Storage, core_migrations};
 use mortar_ratelimit::RateLimitService;
+use mortar_resilience::ResilienceService;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -30,6 +31,7 @@ pub struct App {
     pub router: Router,
     pub node: Arc<Node>,
     pub ratelimit: Arc<RateLimitService>,
+    pub resilience: Arc<ResilienceService>,
 }
 
 #[derive(OpenApi)]
@@ -63,6 +65,7 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
     let keys = KeyStore::new(storage.durable.clone(), clock.clone());
     let auth = Arc::new(Auth::new(config.auth.admin_token.clone(), keys.clone()));
     let ratelimit = RateLimitService::start(&storage, &config.ratelimit, clock.clone()).await?;
+    let resilience = ResilienceService::new(&config.resilience)?;
     let node = Arc::new(Node {
         storage,
         started: Instant::now(),
@@ -74,6 +77,7 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         .merge(system::router(node.clone()))
         .merge(mortar_core::auth::api::router(keys))
         .merge(mortar_ratelimit::api::router(ratelimit.clone()))
+        .merge(mortar_resilience::api::router(resilience.clone()))
         .split_for_parts();
     mortar_core::VERSION.clone_into(&mut openapi.info.version);
     let json = openapi.to_pretty_json().unwrap_or_else(|_| "{}".into());
@@ -84,5 +88,6 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         router,
         node,
         ratelimit,
+        resilience,
     })
 }

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use mortar_core::config::{AuthConfig, ConfigError, HttpConfig, KeyDoc, LogConfig, LogFormat};
 use mortar_core::storage::StorageConfig;
 use mortar_ratelimit::RateLimitConfig;
+use mortar_resilience::ResilienceConfig;
 use serde::{Deserialize, Serialize};
 
 /// Everything `mortar serve` reads. Every key is optional.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -23,6 +24,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub log: LogConfig,
     pub ratelimit: RateLimitConfig,
+    pub resilience: ResilienceConfig,
 }
 
 impl Default for Config {
@@ -37,6 +39,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             log: LogConfig::default(),
             ratelimit: RateLimitConfig::default(),
+            resilience: ResilienceConfig::default(),
         }
     }
 }
@@ -71,6 +74,7 @@ impl Config {
             AuthConfig::DOCS,
             LogConfig::DOCS,
             RateLimitConfig::DOCS,
+            ResilienceConfig::DOCS,
         ]
         .concat()
     }
@@ -80,6 +84,7 @@ impl Config {
         self.http.validate()?;
         self.auth.validate()?;
         self.ratelimit.validate()?;
+        self.resilience.validate()?;
         if self.redis_prefix.is_empty() || self.redis_prefix.len() > 64 {
             return Err(ConfigError(
                 "key `redis_prefix`: must be 1 to 64 characters".into(),
@@ -142,6 +147,15 @@ mod tests {
             toml::from_str("algorithm = \"token_bucket\"\nlimit = 5\nwindow_ms = 1000\nburst = 2")
                 .unwrap(),
         );
+        cfg.resilience
+            .breakers
+            .insert("db".into(), mortar_resilience::BreakerConfig::default());
+        cfg.resilience
+            .bulkheads
+            .insert("db".into(), mortar_resilience::BulkheadConfig::default());
+        cfg.resilience
+            .retries
+            .insert("db".into(), mortar_resilience::RetryConfig::default());
         let keys = leaf_keys(&cfg);
         let docs = Config::docs();
         // A doc covers its key and, for tables of named entries, everything under it.

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use mortar_core::client::ClientArgs;
 use mortar_core::config::{LogFormat, Sources, env_provider, load, render_documented};
 use mortar_ratelimit::cli::RateLimitCommand;
+use mortar_resilience::cli::ResilienceCommand;
 use mortar_server::cli::{self, KeysCommand};
 use mortar_server::config::{Config, LogOverride, Overrides};
 
@@ -56,6 +57,13 @@ enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: RateLimitCommand,
+    },
+    /// Circuit breakers and bulkheads: list, show, force open/close, disable, reset.
+    Resilience {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ResilienceCommand,
     },
 }
 
@@ -118,6 +126,9 @@ fn main() -> ExitCode {
             client,
             block: BenchCommand::Ratelimit(b),
         } => print(runtime.block_on(mortar_ratelimit::cli::bench(&client, &b))),
+        Command::Resilience { client, command } => {
+            print(runtime.block_on(mortar_resilience::cli::run(&client, &command)))
+        }
         Command::Ratelimit { client, command } => {
             match runtime.block_on(mortar_ratelimit::cli::run(&client, &command)) {
                 Ok((out, denied)) => {
