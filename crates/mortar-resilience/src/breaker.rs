@@ -245,12 +245,11 @@ impl Core {
         }
         let slow = elapsed_ms >= self.cfg.slow_call_ms;
         match (ticket.kind, failed) {
-            (TicketKind::Untracked, _) => None,
+            (TicketKind::Untracked, _) | (TicketKind::Normal, None) => None,
             (TicketKind::Probe, None) => {
                 self.probes_admitted -= 1;
                 None
             }
-            (TicketKind::Normal, None) => None,
             (TicketKind::Normal, Some(failed)) => {
                 self.window.record(now_ms, failed, slow);
                 let t = self.window.totals(now_ms);
@@ -349,7 +348,7 @@ impl std::fmt::Debug for Breaker {
         f.debug_struct("Breaker")
             .field("name", &self.name)
             .field("state", &self.state())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 

@@ -106,10 +106,10 @@ impl Bulkhead {
             return Err(BulkheadError::TooHeavy(weight));
         }
         // Only take the fast path when nobody waits: a waiter is never overtaken.
-        if self.waiting.load(Ordering::SeqCst) == 0 {
-            if let Ok(p) = self.sem.clone().try_acquire_many_owned(weight) {
-                return Ok(BulkheadPermit { _permit: p });
-            }
+        if self.waiting.load(Ordering::SeqCst) == 0
+            && let Ok(p) = self.sem.clone().try_acquire_many_owned(weight)
+        {
+            return Ok(BulkheadPermit { _permit: p });
         }
         // Join the queue if there is room (compare-and-swap: the bound is exact).
         let mut n = self.waiting.load(Ordering::SeqCst);

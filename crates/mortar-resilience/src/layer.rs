@@ -185,7 +185,7 @@ impl<Req, Res, E> std::fmt::Debug for RetryLayer<Req, Res, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RetryLayer")
             .field("retry", &self.retry.name())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 

@@ -196,10 +196,10 @@ impl Retry {
             return Err(GiveUp::NotIdempotent);
         }
         let delay = self.cfg.backoff(attempt);
-        if let Some(left) = mortar_core::deadline::remaining() {
-            if delay >= left {
-                return Err(GiveUp::Deadline);
-            }
+        if let Some(left) = mortar_core::deadline::remaining()
+            && delay >= left
+        {
+            return Err(GiveUp::Deadline);
         }
         let mut budget = self.lock();
         let (requests, retries) = budget.totals();
@@ -231,7 +231,7 @@ mod tests {
         };
         assert_eq!(cfg.ceiling(1), Duration::from_millis(100));
         assert_eq!(cfg.ceiling(3), Duration::from_millis(400));
-        assert_eq!(cfg.ceiling(10), Duration::from_millis(1000));
+        assert_eq!(cfg.ceiling(10), Duration::from_secs(1));
         let samples: Vec<u64> = (0..2000)
             .map(|_| cfg.backoff(3).as_millis() as u64)
             .collect();
@@ -324,7 +324,7 @@ mod tests {
         })
         .await;
         // A backoff as long as (or longer than) what is left is never slept.
-        assert!(Instant::now() - started < Duration::from_millis(1000));
+        assert!(Instant::now() - started < Duration::from_secs(1));
         assert!(n.load(Ordering::SeqCst) <= 2);
     }
 

@@ -1,0 +1,188 @@
+//! The resilience API through the router, and the tower layers on a real axum router.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::{get, post};
+use http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use mortar_resilience::layer::{BreakerLayer, BulkheadLayer, TimeoutLayer};
+use mortar_resilience::{
+    BreakerConfig, Bulkhead, BulkheadConfig, ResilienceConfig, ResilienceService,
+};
+use serde_json::Value;
+use tower::ServiceExt;
+
+async fn send(router: &Router, method: &str, uri: &str) -> (StatusCode, http::HeaderMap, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::empty())
+        .unwrap();
+    let res = router.clone().oneshot(req).await.unwrap();
+    let (status, headers) = (res.status(), res.headers().clone());
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        headers,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn api(svc: Arc<ResilienceService>) -> Router {
+    let (router, _) = utoipa_axum::router::OpenApiRouter::new()
+        .merge(mortar_resilience::api::router(svc))
+        .split_for_parts();
+    router
+}
+
+#[tokio::test]
+async fn configured_breakers_are_listed_and_can_be_steered() {
+    let cfg: ResilienceConfig = toml::from_str(
+        "[breakers.payments]\nwindow = \"time\"\nwindow_ms = 10000\nminimum_calls = 5\n[bulkheads.db]\nmax_permits = 4\n",
+    )
+    .unwrap();
+    let svc = ResilienceService::new(&cfg).unwrap();
+    let router = api(svc.clone());
+    let (status, _, body) = send(&router, "GET", "/v1/resilience/breakers").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["items"][0]["name"], "payments");
+    assert_eq!(body["items"][0]["state"], "closed");
+    assert_eq!(body["items"][0]["config"]["window"], "time");
+
+    let (_, _, b) = send(
+        &router,
+        "POST",
+        "/v1/resilience/breakers/payments/force_open",
+    )
+    .await;
+    assert_eq!(b["state"], "forced_open");
+    assert_eq!(b["last_transition"]["from"], "closed");
+    assert!(b["last_transition"]["at"].as_str().unwrap().ends_with('Z'));
+    assert!(svc.breaker("payments").try_acquire().is_err());
+    let (_, _, b) = send(&router, "POST", "/v1/resilience/breakers/payments/disable").await;
+    assert_eq!(b["state"], "disabled");
+    let (_, _, b) = send(
+        &router,
+        "POST",
+        "/v1/resilience/breakers/payments/force_close",
+    )
+    .await;
+    assert_eq!(b["state"], "closed");
+    let (_, _, b) = send(&router, "POST", "/v1/resilience/breakers/payments/reset").await;
+    assert_eq!(b["state"], "closed");
+
+    let (status, _, _) = send(&router, "GET", "/v1/resilience/breakers/nope").await;
+    assert_eq!(status, 404);
+    let (_, _, b) = send(&router, "GET", "/v1/resilience/bulkheads").await;
+    assert_eq!(b["items"][0]["name"], "db");
+    assert_eq!(b["items"][0]["config"]["max_permits"], 4);
+}
+
+#[test]
+fn bad_config_names_the_key() {
+    let cfg: ResilienceConfig =
+        toml::from_str("[breakers.x]\nfailure_rate_threshold = 0\n").unwrap();
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("resilience.breakers.x.failure_rate_threshold"),
+        "{err}"
+    );
+    let cfg: ResilienceConfig =
+        toml::from_str("[retries.r]\nbase_ms = 100\nmax_ms = 10\n").unwrap();
+    assert!(
+        cfg.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("resilience.retries.r.max_ms")
+    );
+    assert!(toml::from_str::<ResilienceConfig>("[breakers.x]\nwindw = \"count\"\n").is_err());
+}
+
+#[tokio::test]
+async fn the_breaker_layer_opens_on_5xx_but_never_on_4xx() {
+    let breaker = mortar_resilience::Breaker::new(
+        "upstream",
+        BreakerConfig {
+            minimum_calls: 3,
+            wait_open_ms: 60_000,
+            ..BreakerConfig::default()
+        },
+    );
+    let app = Router::new()
+        .route("/bad-request", get(|| async { StatusCode::BAD_REQUEST }))
+        .route("/fail", get(|| async { StatusCode::BAD_GATEWAY }))
+        .layer(BreakerLayer::new(breaker.clone()));
+    for _ in 0..10 {
+        assert_eq!(send(&app, "GET", "/bad-request").await.0, 400);
+    }
+    assert_eq!(
+        breaker.state(),
+        mortar_resilience::State::Closed,
+        "4xx are the caller's fault"
+    );
+    // 10 successes in the window: the 10th failure makes 50% and opens it.
+    for _ in 0..10 {
+        assert_eq!(send(&app, "GET", "/fail").await.0, 502);
+    }
+    let (status, headers, body) = send(&app, "GET", "/fail").await;
+    assert_eq!(status, 503);
+    assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+    assert_eq!(body["breaker"], "upstream");
+    assert_eq!(headers[header::RETRY_AFTER], "60");
+}
+
+#[tokio::test]
+async fn the_bulkhead_layer_rejects_when_full_and_the_timeout_layer_answers_504() {
+    let bulkhead = Arc::new(Bulkhead::new(
+        "one",
+        BulkheadConfig {
+            max_permits: 1,
+            max_queue: 0,
+            queue_timeout_ms: 10,
+        },
+    ));
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let app = Router::new()
+        .route(
+            "/slow",
+            post({
+                let gate = gate.clone();
+                move || async move {
+                    gate.notified().await;
+                    "done"
+                }
+            }),
+        )
+        .layer(BulkheadLayer::new(bulkhead.clone()));
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, "POST", "/slow").await.0 }
+    });
+    while bulkhead.in_use() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let (status, headers, body) = send(&app, "POST", "/slow").await;
+    assert_eq!(status, 503);
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    assert_eq!(body["bulkhead"], "one");
+    gate.notify_one();
+    assert_eq!(first.await.unwrap(), 200);
+
+    let app = Router::new()
+        .route(
+            "/hang",
+            get(|| async { tokio::time::sleep(Duration::from_secs(30)).await }),
+        )
+        .layer(TimeoutLayer::new(Duration::from_millis(20)));
+    let (status, _, body) = send(&app, "GET", "/hang").await;
+    assert_eq!(status, 504);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 20 ms")
+    );
+}
