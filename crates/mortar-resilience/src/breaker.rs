@@ -339,7 +339,7 @@ pub struct Breaker {
     name: String,
     counters: crate::metrics::CallCounters,
     core: Mutex<Core>,
-    epoch: tokio::time::Instant,
+    epoch: quanta::Instant,
     listeners: Mutex<Vec<Listener>>,
 }
 
@@ -366,15 +366,17 @@ pub struct Snapshot {
 pub struct Permit<'a> {
     breaker: &'a Breaker,
     ticket: Option<Ticket>,
-    started: tokio::time::Instant,
+    started: quanta::Instant,
 }
 
 impl Permit<'_> {
     /// Records the outcome (`failed`).
     pub fn finish(mut self, failed: bool) {
         if let Some(t) = self.ticket.take() {
-            let elapsed = self.started.elapsed().as_millis() as u64;
-            self.breaker.record(t, Some(failed), elapsed);
+            let end = quanta::Instant::now();
+            let elapsed = end.duration_since(self.started).as_millis() as u64;
+            self.breaker
+                .record_at(self.breaker.ms_since_epoch(end), t, Some(failed), elapsed);
         }
     }
 }
@@ -393,7 +395,7 @@ impl Breaker {
             name: name.to_owned(),
             counters: crate::metrics::CallCounters::new(name),
             core: Mutex::new(Core::new(cfg)),
-            epoch: tokio::time::Instant::now(),
+            epoch: quanta::Instant::now(),
             listeners: Mutex::default(),
         });
         crate::metrics::breaker_state(&b.name, State::Closed);
@@ -418,14 +420,15 @@ impl Breaker {
 
     /// Asks to make a call.
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejected> {
-        let now = self.now_ms();
-        let (result, t) = self.lock().acquire(now);
+        // One clock read serves the state check and the call's start time.
+        let started = quanta::Instant::now();
+        let (result, t) = self.lock().acquire(self.ms_since_epoch(started));
         self.announce(t);
         match result {
             Ok(ticket) => Ok(Permit {
                 breaker: self,
                 ticket: Some(ticket),
-                started: tokio::time::Instant::now(),
+                started,
             }),
             Err(r) => {
                 self.counters.rejected.increment(1);
@@ -498,9 +501,13 @@ impl Breaker {
         }
     }
 
-    /// Monotonic milliseconds since this breaker was made (tokio time, so tests can pause it).
+    /// Monotonic milliseconds since this breaker was made.
     pub fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.ms_since_epoch(quanta::Instant::now())
+    }
+
+    fn ms_since_epoch(&self, at: quanta::Instant) -> u64 {
+        at.duration_since(self.epoch).as_millis() as u64
     }
 
     /// Converts a monotonic timestamp of this breaker to wall-clock epoch milliseconds.
@@ -512,8 +519,11 @@ impl Breaker {
     }
 
     fn record(&self, ticket: Ticket, failed: Option<bool>, elapsed_ms: u64) {
-        let now = self.now_ms();
-        let t = self.lock().record(now, ticket, failed, elapsed_ms);
+        self.record_at(self.now_ms(), ticket, failed, elapsed_ms);
+    }
+
+    fn record_at(&self, now_ms: u64, ticket: Ticket, failed: Option<bool>, elapsed_ms: u64) {
+        let t = self.lock().record(now_ms, ticket, failed, elapsed_ms);
         self.announce(t);
     }
 

@@ -3,11 +3,10 @@
 //! (dropping the future leaves the queue) and fair (first come, first served — a waiter is
 //! never overtaken, even by a lighter request that would fit).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// Bulkhead settings (`[resilience.bulkheads.<name>]`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -53,14 +52,14 @@ pub enum BulkheadError {
 pub struct Bulkhead {
     name: String,
     cfg: BulkheadConfig,
-    sem: Arc<Semaphore>,
+    sem: Semaphore,
     waiting: AtomicUsize,
 }
 
 /// Permits held; released on drop.
 #[derive(Debug)]
-pub struct BulkheadPermit {
-    _permit: OwnedSemaphorePermit,
+pub struct BulkheadPermit<'a> {
+    _permit: SemaphorePermit<'a>,
 }
 
 struct Waiting<'a>(&'a Bulkhead);
@@ -76,7 +75,7 @@ impl Bulkhead {
     pub fn new(name: &str, cfg: BulkheadConfig) -> Self {
         Self {
             name: name.to_owned(),
-            sem: Arc::new(Semaphore::new(cfg.max_permits as usize)),
+            sem: Semaphore::new(cfg.max_permits as usize),
             cfg,
             waiting: AtomicUsize::new(0),
         }
@@ -101,13 +100,13 @@ impl Bulkhead {
     }
 
     /// Takes `weight` permits, waiting in line if needed.
-    pub async fn acquire(&self, weight: u32) -> Result<BulkheadPermit, BulkheadError> {
+    pub async fn acquire(&self, weight: u32) -> Result<BulkheadPermit<'_>, BulkheadError> {
         if weight == 0 || weight > self.cfg.max_permits {
             return Err(BulkheadError::TooHeavy(weight));
         }
         // Only take the fast path when nobody waits: a waiter is never overtaken.
         if self.waiting.load(Ordering::SeqCst) == 0
-            && let Ok(p) = self.sem.clone().try_acquire_many_owned(weight)
+            && let Ok(p) = self.sem.try_acquire_many(weight)
         {
             return Ok(BulkheadPermit { _permit: p });
         }
@@ -129,7 +128,7 @@ impl Bulkhead {
         crate::metrics::queue_depth(&self.name, n + 1);
         let _waiting = Waiting(self);
         let wait = Duration::from_millis(self.cfg.queue_timeout_ms);
-        match tokio::time::timeout(wait, self.sem.clone().acquire_many_owned(weight)).await {
+        match tokio::time::timeout(wait, self.sem.acquire_many(weight)).await {
             Ok(Ok(p)) => Ok(BulkheadPermit { _permit: p }),
             Ok(Err(_)) => Err(BulkheadError::Full),
             Err(_) => {
@@ -153,6 +152,7 @@ impl Bulkhead {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[tokio::test(start_paused = true)]
     async fn rejects_when_permits_and_queue_are_full() {
