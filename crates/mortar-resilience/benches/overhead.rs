@@ -41,10 +41,10 @@ fn bench(c: &mut Criterion) {
     let (breaker, bulkhead) = setup();
     let mut g = c.benchmark_group("one_thread");
     g.bench_function("bare_call", |b| {
-        b.iter(|| black_box(noop().now_or_never().unwrap().unwrap()))
+        b.iter(|| black_box(noop().now_or_never().unwrap().unwrap()));
     });
     g.bench_function("breaker", |b| {
-        b.iter(|| black_box(breaker.call(noop).now_or_never().unwrap().unwrap()))
+        b.iter(|| black_box(breaker.call(noop).now_or_never().unwrap().unwrap()));
     });
     g.bench_function("bulkhead", |b| {
         b.iter(|| {
@@ -53,7 +53,7 @@ fn bench(c: &mut Criterion) {
         });
     });
     g.bench_function("breaker_and_bulkhead", |b| {
-        b.iter(|| guarded(&breaker, &bulkhead))
+        b.iter(|| guarded(&breaker, &bulkhead));
     });
     g.finish();
 
