@@ -186,3 +186,72 @@ async fn the_bulkhead_layer_rejects_when_full_and_the_timeout_layer_answers_504(
             .contains("timed out after 20 ms")
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_retry_layer_retries_idempotent_requests_only() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tower::{Layer, Service};
+    let retry = Arc::new(mortar_resilience::Retry::new(
+        "flaky",
+        mortar_resilience::RetryConfig {
+            max_attempts: 3,
+            base_ms: 10,
+            max_ms: 10,
+            ..Default::default()
+        },
+    ));
+    let calls = Arc::new(AtomicU32::new(0));
+    let flaky = tower::service_fn({
+        let calls = calls.clone();
+        move |_req: (&'static str, u32)| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n % 3 < 2 {
+                    Err("unavailable")
+                } else {
+                    Ok("ok")
+                }
+            }
+        }
+    });
+    let layer = mortar_resilience::layer::RetryLayer::new(
+        retry,
+        |req: &(&str, u32)| req.0 == "GET",
+        |r: &Result<&str, &str>| r.is_err(),
+    );
+    let mut svc = layer.layer(flaky);
+    assert_eq!(svc.call(("GET", 1)).await, Ok("ok"));
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "two retries");
+    assert_eq!(svc.call(("POST", 2)).await, Err("unavailable"));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        4,
+        "a non-idempotent request is sent once"
+    );
+}
+
+#[tokio::test]
+async fn transitions_reach_listeners() {
+    let breaker = mortar_resilience::Breaker::new(
+        "events",
+        BreakerConfig {
+            minimum_calls: 1,
+            ..BreakerConfig::default()
+        },
+    );
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    breaker.on_transition({
+        let seen = seen.clone();
+        move |name, t| {
+            seen.lock()
+                .unwrap()
+                .push(format!("{name}: {} -> {}", t.from.as_str(), t.to.as_str()))
+        }
+    });
+    let _ = breaker.call(|| async { Err::<(), _>("boom") }).await;
+    breaker.reset();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["events: closed -> open", "events: open -> closed"]
+    );
+}
