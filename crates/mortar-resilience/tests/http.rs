@@ -245,7 +245,7 @@ async fn transitions_reach_listeners() {
         move |name, t| {
             seen.lock()
                 .unwrap()
-                .push(format!("{name}: {} -> {}", t.from.as_str(), t.to.as_str()))
+                .push(format!("{name}: {} -> {}", t.from.as_str(), t.to.as_str()));
         }
     });
     let _ = breaker.call(|| async { Err::<(), _>("boom") }).await;
