@@ -57,7 +57,54 @@ macro_rules! http_layer {
     };
 }
 
-http_layer!(BreakerLayer, BreakerService, breaker: Arc<Breaker>);
+/// Counts a response as a failure: any 5xx (which includes the 502/504 a proxy or a
+/// `TimeoutLayer` below produces for connection errors and timeouts), never a 4xx.
+pub fn server_error(res: &Response) -> bool {
+    res.status().is_server_error()
+}
+
+/// A circuit breaker around an HTTP service; `is_failure` (default [`server_error`]) decides.
+#[derive(Clone, Debug)]
+pub struct BreakerLayer {
+    breaker: Arc<Breaker>,
+    is_failure: fn(&Response) -> bool,
+}
+
+impl BreakerLayer {
+    pub fn new(breaker: Arc<Breaker>) -> Self {
+        Self {
+            breaker,
+            is_failure: server_error,
+        }
+    }
+
+    /// Uses another failure predicate (e.g. also count 429 from an overloaded dependency).
+    #[must_use]
+    pub fn with_classifier(mut self, is_failure: fn(&Response) -> bool) -> Self {
+        self.is_failure = is_failure;
+        self
+    }
+}
+
+impl<S> tower::Layer<S> for BreakerLayer {
+    type Service = BreakerService<S>;
+
+    fn layer(&self, inner: S) -> BreakerService<S> {
+        BreakerService {
+            inner,
+            breaker: self.breaker.clone(),
+            is_failure: self.is_failure,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BreakerService<S> {
+    inner: S,
+    breaker: Arc<Breaker>,
+    is_failure: fn(&Response) -> bool,
+}
+
 http_layer!(BulkheadLayer, BulkheadService, bulkhead: Arc<Bulkhead>);
 http_layer!(TimeoutLayer, TimeoutService, timeout: Duration);
 
@@ -76,7 +123,7 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let mut inner = take(&mut self.inner);
-        let breaker = self.breaker.clone();
+        let (breaker, is_failure) = (self.breaker.clone(), self.is_failure);
         Box::pin(async move {
             let permit = match breaker.try_acquire() {
                 Ok(p) => p,
@@ -97,7 +144,7 @@ where
                 }
             };
             let res = inner.call(req).await?;
-            permit.finish(res.status().is_server_error());
+            permit.finish(is_failure(&res));
             Ok(res)
         })
     }

@@ -132,6 +132,24 @@ async fn the_breaker_layer_opens_on_5xx_but_never_on_4xx() {
     assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
     assert_eq!(body["breaker"], "upstream");
     assert_eq!(headers[header::RETRY_AFTER], "60");
+
+    // A custom predicate: 429 from an overloaded dependency counts too.
+    let strict = mortar_resilience::Breaker::new(
+        "strict",
+        BreakerConfig {
+            minimum_calls: 2,
+            ..BreakerConfig::default()
+        },
+    );
+    let app = Router::new()
+        .route("/busy", get(|| async { StatusCode::TOO_MANY_REQUESTS }))
+        .layer(
+            BreakerLayer::new(strict.clone())
+                .with_classifier(|r| r.status() == StatusCode::TOO_MANY_REQUESTS),
+        );
+    send(&app, "GET", "/busy").await;
+    send(&app, "GET", "/busy").await;
+    assert_eq!(strict.state(), mortar_resilience::State::Open);
 }
 
 #[tokio::test]
