@@ -1,0 +1,50 @@
+//! # mortar-lock — distributed locks and semaphores with leases and fencing tokens
+//!
+//! `POST /v1/locks/{name}/acquire {ttl_ms, owner, wait_ms, permits}` grants a **lease** (renew it
+//! before `ttl_ms` runs out, or lose it) and a **fencing token**: a 64-bit number that strictly
+//! increases on every grant of that name — across nodes, restarts and backends. Waiters
+//! (`wait_ms > 0`) are served first come, first served. `permits: N` makes the name a counting
+//! semaphore with N holders, each with its own lease and token.
+//!
+//! ## Why fencing tokens
+//!
+//! A lease alone cannot give mutual exclusion: a holder paused (GC, swap, a stopped VM) past
+//! its TTL wakes up believing it still holds the lock while a new holder writes. The protected
+//! resource must check the token:
+//!
+//! ```text
+//! client A: acquire → token 33 … (paused 15 s; lease expires)
+//! client B: acquire → token 34 → storage.write(key, value, token = 34)   // storage: max = 34
+//! client A: wakes → storage.write(key, value, token = 33)                // 33 < 34: REJECTED
+//! ```
+//!
+//! The storage keeps the highest token it has seen (per key or per lock) and rejects writes
+//! with a smaller one (`UPDATE … SET v = $1, token = $2 WHERE token < $2`). The cluster test does
+//! exactly this. Losing a lease is reported at once: renew answers 410 Gone, and the Rust
+//! client's guard fires `lost()`; `mortar lock run` stops its command.
+//!
+//! ## Backends and their safety model
+//!
+//! * **Embedded** (memory + SQLite): leases and waiters in memory; the fencing counter in SQLite,
+//!   reserved in blocks written before use, so tokens keep increasing after a restart. A restart
+//!   drops leases: holders learn it on their next renew (410).
+//! * **PostgreSQL** (cluster mode; the safe choice): leases, waiters and counters in tables,
+//!   every change to a name in one transaction under an advisory lock, time from the database's
+//!   clock. Nothing acknowledged is lost by a node or database restart.
+//!
+//! Waiters are woken at once by releases on the same node, and re-check every `lock.poll_ms`
+//! (default 10 ms) for releases on other nodes and at the next lease expiry.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod service;
+pub mod store;
+
+pub use client::{AcquireOptions, LockClient, LockGuard};
+pub use config::LockConfig;
+pub use error::LockError;
+pub use service::{AcquireRequest, LockService};

@@ -1,0 +1,301 @@
+//! Cluster backend: leases, waiters and fencing counters in PostgreSQL — the safe choice.
+//!
+//! Every change to one name runs in a transaction holding
+//! `pg_advisory_xact_lock(hashtextextended(name, 0))`: the rows are loaded into the pure
+//! [`crate::engine::Lock`], the engine decides, the difference is written back, and the fencing
+//! counter is bumped in the same transaction. Time is the database's clock, so nodes with
+//! skewed clocks agree. A grant is durable when the call returns; a PostgreSQL restart loses
+//! nothing that was acknowledged.
+
+use futures_util::future::{BoxFuture, FutureExt};
+use sqlx::postgres::PgPool;
+use sqlx::{Postgres, Transaction};
+
+use super::{AcquireArgs, Acquired, LockInfo, LockStore, StoreError, db_err};
+use crate::engine::{Holder, Lock, Refusal, Waiter};
+
+/// The database's clock in epoch milliseconds, as an SQL expression.
+macro_rules! now {
+    () => {
+        "(SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint)"
+    };
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+type HolderRow = (String, String, i64, i32, i64, i64);
+type WaiterRow = (String, String, i32, i64);
+
+impl PostgresStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Opens a transaction serialised on `name`, with expired rows gone; returns it, the lock
+    /// as the engine sees it, and the database's time.
+    async fn load(
+        &self,
+        name: &str,
+    ) -> Result<(Transaction<'static, Postgres>, Lock, u64), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let now: i64 = sqlx::query_scalar(concat!("SELECT ", now!()))
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM lock_holders WHERE name = $1 AND expires_at_ms <= $2")
+            .bind(name)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM lock_waiters WHERE name = $1 AND until_ms <= $2")
+            .bind(name)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let holders: Vec<HolderRow> = sqlx::query_as(
+            "SELECT lease_id, owner, token, permits, acquired_at_ms, expires_at_ms FROM lock_holders WHERE name = $1 ORDER BY token",
+        )
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await?;
+        let waiters: Vec<WaiterRow> =
+            sqlx::query_as("SELECT ticket, owner, permits, until_ms FROM lock_waiters WHERE name = $1 ORDER BY seq")
+                .bind(name)
+                .fetch_all(&mut *tx)
+                .await?;
+        let permits = holders
+            .first()
+            .map(|h| h.3)
+            .or_else(|| waiters.first().map(|w| w.2))
+            .unwrap_or(0);
+        let lock = Lock {
+            permits: permits as u32,
+            holders: holders
+                .into_iter()
+                .map(|(lease_id, owner, token, _, acquired, expires)| Holder {
+                    lease_id,
+                    owner,
+                    token: token as u64,
+                    acquired_at_ms: acquired as u64,
+                    expires_at_ms: expires as u64,
+                })
+                .collect(),
+            waiters: waiters
+                .into_iter()
+                .map(|(ticket, owner, _, until)| Waiter {
+                    ticket,
+                    owner,
+                    until_ms: until as u64,
+                })
+                .collect(),
+        };
+        Ok((tx, lock, now as u64))
+    }
+
+    async fn try_acquire(&self, a: AcquireArgs<'_>) -> Result<Acquired, sqlx::Error> {
+        let (mut tx, mut lock, now) = self.load(a.name).await?;
+        match lock.may_grant(now, a.permits, a.ticket) {
+            Err(Refusal::Busy) => {
+                tx.commit().await?;
+                return Ok(Acquired::Busy(info(a.name, &lock, now)));
+            }
+            Err(Refusal::PermitsMismatch { existing }) => {
+                tx.commit().await?;
+                return Ok(Acquired::PermitsMismatch { existing });
+            }
+            Ok(()) => {}
+        }
+        let token: i64 = sqlx::query_scalar(
+            "INSERT INTO lock_fencing (name, token) VALUES ($1, 1) \
+             ON CONFLICT (name) DO UPDATE SET token = lock_fencing.token + 1 RETURNING token",
+        )
+        .bind(a.name)
+        .fetch_one(&mut *tx)
+        .await?;
+        let holder = Holder {
+            lease_id: mortar_core::ids::new_id(),
+            owner: a.owner.to_owned(),
+            token: token as u64,
+            acquired_at_ms: now,
+            expires_at_ms: now + a.ttl_ms,
+        };
+        sqlx::query(
+            "INSERT INTO lock_holders (lease_id, name, owner, token, permits, acquired_at_ms, expires_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&holder.lease_id)
+        .bind(a.name)
+        .bind(a.owner)
+        .bind(token)
+        .bind(a.permits as i32)
+        .bind(now as i64)
+        .bind(holder.expires_at_ms as i64)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(t) = a.ticket {
+            sqlx::query("DELETE FROM lock_waiters WHERE ticket = $1")
+                .bind(t)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Acquired::Granted(holder))
+    }
+}
+
+fn info(name: &str, lock: &Lock, now_ms: u64) -> LockInfo {
+    LockInfo {
+        name: name.to_owned(),
+        permits: lock.permits,
+        holders: lock.holders.clone(),
+        waiters: lock.waiters.iter().cloned().collect(),
+        now_ms,
+    }
+}
+
+impl LockStore for PostgresStore {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn acquire<'a>(&'a self, a: AcquireArgs<'a>) -> BoxFuture<'a, Result<Acquired, StoreError>> {
+        async move { self.try_acquire(a).await.map_err(db_err("postgres")) }.boxed()
+    }
+
+    fn enqueue<'a>(
+        &'a self,
+        name: &'a str,
+        waiter: Waiter,
+        permits: u32,
+        wait_ms: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            sqlx::query(concat!(
+                "INSERT INTO lock_waiters (ticket, name, owner, permits, until_ms) VALUES ($1, $2, $3, $4, ",
+                now!(),
+                " + $5)"
+            ))
+            .bind(&waiter.ticket)
+            .bind(name)
+            .bind(&waiter.owner)
+            .bind(permits as i32)
+            .bind(wait_ms as i64)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(db_err("postgres"))
+        }
+        .boxed()
+    }
+
+    fn dequeue<'a>(
+        &'a self,
+        _name: &'a str,
+        ticket: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            sqlx::query("DELETE FROM lock_waiters WHERE ticket = $1")
+                .bind(ticket)
+                .execute(&self.pool)
+                .await
+                .map(drop)
+                .map_err(db_err("postgres"))
+        }
+        .boxed()
+    }
+
+    fn renew<'a>(
+        &'a self,
+        name: &'a str,
+        lease_id: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<Holder>, StoreError>> {
+        async move {
+            let row: Option<(String, i64, i64, i64)> = sqlx::query_as(concat!(
+                "UPDATE lock_holders SET expires_at_ms = ",
+                now!(),
+                " + $3 WHERE lease_id = $1 AND name = $2 AND expires_at_ms > ",
+                now!(),
+                " RETURNING owner, token, acquired_at_ms, expires_at_ms"
+            ))
+            .bind(lease_id)
+            .bind(name)
+            .bind(ttl_ms as i64)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err("postgres"))?;
+            Ok(row.map(|(owner, token, acquired, expires)| Holder {
+                lease_id: lease_id.to_owned(),
+                owner,
+                token: token as u64,
+                acquired_at_ms: acquired as u64,
+                expires_at_ms: expires as u64,
+            }))
+        }
+        .boxed()
+    }
+
+    fn release<'a>(
+        &'a self,
+        name: &'a str,
+        lease_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            let done = sqlx::query(concat!(
+                "DELETE FROM lock_holders WHERE lease_id = $1 AND name = $2 AND expires_at_ms > ",
+                now!()
+            ))
+            .bind(lease_id)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("postgres"))?;
+            Ok(done.rows_affected() == 1)
+        }
+        .boxed()
+    }
+
+    fn inspect<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<LockInfo>, StoreError>> {
+        async move {
+            let (tx, lock, now) = self.load(name).await.map_err(db_err("postgres"))?;
+            tx.commit().await.map_err(db_err("postgres"))?;
+            Ok((!lock.is_idle()).then(|| info(name, &lock, now)))
+        }
+        .boxed()
+    }
+
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<LockInfo>, StoreError>> {
+        async move {
+            let names: Vec<String> = sqlx::query_scalar(concat!(
+                "SELECT DISTINCT name FROM lock_holders WHERE starts_with(name, $1) AND name > $2 AND expires_at_ms > ",
+                now!(),
+                " ORDER BY name LIMIT $3"
+            ))
+            .bind(prefix)
+            .bind(after)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("postgres"))?;
+            let mut out = Vec::with_capacity(names.len());
+            for n in names {
+                if let Some(i) = self.inspect(&n).await? {
+                    out.push(i);
+                }
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+}
