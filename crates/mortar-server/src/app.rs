@@ -8,6 +8,7 @@ use axum::Router;
 use mortar_core::auth::{Auth, KeyStore};
 use mortar_core::clock::{Clock, SystemClock};
 use mortar_core::storage::{Storage, core_migrations};
+use mortar_lock::LockService;
 use mortar_ratelimit::RateLimitService;
 use mortar_resilience::ResilienceService;
 use utoipa::OpenApi;
@@ -32,6 +33,7 @@ pub struct App {
     pub node: Arc<Node>,
     pub ratelimit: Arc<RateLimitService>,
     pub resilience: Arc<ResilienceService>,
+    pub locks: Arc<LockService>,
 }
 
 #[derive(OpenApi)]
@@ -58,7 +60,11 @@ impl utoipa::Modify for BearerAuth {
 /// Connects to the configured backends, migrates, and builds the application.
 pub async fn build(config: &Config) -> anyhow::Result<App> {
     let storage = Storage::connect(&config.storage()).await?;
-    for migrations in [core_migrations(), mortar_ratelimit::service::migrations()] {
+    for migrations in [
+        core_migrations(),
+        mortar_ratelimit::service::migrations(),
+        mortar_lock::service::migrations(),
+    ] {
         storage.migrate(&migrations).await?;
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -66,6 +72,7 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
     let auth = Arc::new(Auth::new(config.auth.admin_token.clone(), keys.clone()));
     let ratelimit = RateLimitService::start(&storage, &config.ratelimit, clock.clone()).await?;
     let resilience = ResilienceService::new(&config.resilience)?;
+    let locks = LockService::start(&storage, &config.lock, clock.clone())?;
     let node = Arc::new(Node {
         storage,
         started: Instant::now(),
@@ -78,6 +85,7 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         .merge(mortar_core::auth::api::router(keys))
         .merge(mortar_ratelimit::api::router(ratelimit.clone()))
         .merge(mortar_resilience::api::router(resilience.clone()))
+        .merge(mortar_lock::api::router(locks.clone()))
         .split_for_parts();
     mortar_core::VERSION.clone_into(&mut openapi.info.version);
     let json = openapi.to_pretty_json().unwrap_or_else(|_| "{}".into());
@@ -89,5 +97,6 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         node,
         ratelimit,
         resilience,
+        locks,
     })
 }

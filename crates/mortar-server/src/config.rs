@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use mortar_core::config::{AuthConfig, ConfigError, HttpConfig, KeyDoc, LogConfig, LogFormat};
 use mortar_core::storage::StorageConfig;
+use mortar_lock::LockConfig;
 use mortar_ratelimit::RateLimitConfig;
 use mortar_resilience::ResilienceConfig;
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,7 @@ pub struct Config {
     pub log: LogConfig,
     pub ratelimit: RateLimitConfig,
     pub resilience: ResilienceConfig,
+    pub lock: LockConfig,
 }
 
 impl Default for Config {
@@ -40,6 +42,7 @@ impl Default for Config {
             log: LogConfig::default(),
             ratelimit: RateLimitConfig::default(),
             resilience: ResilienceConfig::default(),
+            lock: LockConfig::default(),
         }
     }
 }
@@ -75,6 +78,7 @@ impl Config {
             LogConfig::DOCS,
             RateLimitConfig::DOCS,
             ResilienceConfig::DOCS,
+            LockConfig::DOCS,
         ]
         .concat()
     }
@@ -85,6 +89,7 @@ impl Config {
         self.auth.validate()?;
         self.ratelimit.validate()?;
         self.resilience.validate()?;
+        self.lock.validate()?;
         if self.redis_prefix.is_empty() || self.redis_prefix.len() > 64 {
             return Err(ConfigError(
                 "key `redis_prefix`: must be 1 to 64 characters".into(),

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use mortar_core::client::ClientArgs;
 use mortar_core::config::{LogFormat, Sources, env_provider, load, render_documented};
+use mortar_lock::cli::LockCommand;
 use mortar_ratelimit::cli::RateLimitCommand;
 use mortar_resilience::cli::ResilienceCommand;
 use mortar_server::cli::{self, KeysCommand};
@@ -57,6 +58,13 @@ enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: RateLimitCommand,
+    },
+    /// Distributed locks and semaphores: acquire, renew, release, status, list, run.
+    Lock {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: LockCommand,
     },
     /// Circuit breakers and bulkheads: list, show, force open/close, disable, reset.
     Resilience {
@@ -126,6 +134,15 @@ fn main() -> ExitCode {
             client,
             block: BenchCommand::Ratelimit(b),
         } => print(runtime.block_on(mortar_ratelimit::cli::bench(&client, &b))),
+        Command::Lock { client, command } => {
+            match runtime.block_on(mortar_lock::cli::run(&client, &command)) {
+                Ok((out, code)) => {
+                    print!("{out}");
+                    ExitCode::from(u8::try_from(code).unwrap_or(1))
+                }
+                Err(e) => print(Err(e)),
+            }
+        }
         Command::Resilience { client, command } => {
             print(runtime.block_on(mortar_resilience::cli::run(&client, &command)))
         }
