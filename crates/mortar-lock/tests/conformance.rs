@@ -11,10 +11,21 @@ use mortar_lock::store::postgres::PostgresStore;
 use mortar_lock::store::{AcquireArgs, Acquired, LockStore};
 
 fn args<'a>(name: &'a str, ttl_ms: u64, permits: u32, ticket: Option<&'a str>) -> AcquireArgs<'a> {
-    AcquireArgs { name, owner: "t", ttl_ms, permits, ticket }
+    AcquireArgs {
+        name,
+        owner: "t",
+        ttl_ms,
+        permits,
+        ticket,
+    }
 }
 
-async fn grant(s: &dyn LockStore, name: &str, ttl_ms: u64, permits: u32) -> Option<mortar_lock::engine::Holder> {
+async fn grant(
+    s: &dyn LockStore,
+    name: &str,
+    ttl_ms: u64,
+    permits: u32,
+) -> Option<mortar_lock::engine::Holder> {
     match s.acquire(args(name, ttl_ms, permits, None)).await.unwrap() {
         Acquired::Granted(h) => Some(h),
         _ => None,
@@ -29,13 +40,22 @@ async fn mutual_exclusion_and_increasing_tokens(s: &dyn LockStore) {
         other => panic!("{other:?}"),
     }
     assert!(s.release("m", &a.lease_id).await.unwrap());
-    assert!(!s.release("m", &a.lease_id).await.unwrap(), "released twice");
+    assert!(
+        !s.release("m", &a.lease_id).await.unwrap(),
+        "released twice"
+    );
     let b = grant(s, "m", 60_000, 1).await.unwrap();
     assert!(b.token > a.token);
     let other = grant(s, "other", 60_000, 1).await.unwrap();
     assert!(other.token >= 1, "names have their own counters");
     assert!(s.renew("m", &b.lease_id, 120_000).await.unwrap().is_some());
-    assert!(s.renew("m", "01aaaaaaaaaaaaaaaaaaaaaaaa", 1000).await.unwrap().is_none(), "unknown lease");
+    assert!(
+        s.renew("m", "01aaaaaaaaaaaaaaaaaaaaaaaa", 1000)
+            .await
+            .unwrap()
+            .is_none(),
+        "unknown lease"
+    );
 }
 
 async fn semaphores_and_permit_mismatch(s: &dyn LockStore) {
@@ -47,7 +67,10 @@ async fn semaphores_and_permit_mismatch(s: &dyn LockStore) {
         v
     };
     assert!(grant(s, "sem", 60_000, 3).await.is_none(), "4th waits");
-    assert_eq!(s.acquire(args("sem", 60_000, 2, None)).await.unwrap(), Acquired::PermitsMismatch { existing: 3 });
+    assert_eq!(
+        s.acquire(args("sem", 60_000, 2, None)).await.unwrap(),
+        Acquired::PermitsMismatch { existing: 3 }
+    );
     let tokens: Vec<u64> = holders.iter().map(|h| h.token).collect();
     assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
     let info = s.inspect("sem").await.unwrap().unwrap();
@@ -55,19 +78,54 @@ async fn semaphores_and_permit_mismatch(s: &dyn LockStore) {
     for h in &holders {
         assert!(s.release("sem", &h.lease_id).await.unwrap());
     }
-    assert!(s.inspect("sem").await.unwrap().is_none(), "idle locks are not listed");
-    assert!(grant(s, "sem", 60_000, 1).await.is_some(), "idle: the permit count can change");
+    assert!(
+        s.inspect("sem").await.unwrap().is_none(),
+        "idle locks are not listed"
+    );
+    assert!(
+        grant(s, "sem", 60_000, 1).await.is_some(),
+        "idle: the permit count can change"
+    );
 }
 
 async fn waiters_are_served_first_come_first_served(s: &dyn LockStore) {
     let h = grant(s, "fifo", 60_000, 1).await.unwrap();
     for t in ["w1", "w2"] {
-        s.enqueue("fifo", Waiter { ticket: t.into(), owner: t.into(), until_ms: 0 }, 1, 60_000).await.unwrap();
+        s.enqueue(
+            "fifo",
+            Waiter {
+                ticket: t.into(),
+                owner: t.into(),
+                until_ms: 0,
+            },
+            1,
+            60_000,
+        )
+        .await
+        .unwrap();
     }
     s.release("fifo", &h.lease_id).await.unwrap();
-    assert!(matches!(s.acquire(args("fifo", 60_000, 1, Some("w2"))).await.unwrap(), Acquired::Busy(_)), "w1 first");
-    assert!(matches!(s.acquire(args("fifo", 60_000, 1, None)).await.unwrap(), Acquired::Busy(_)), "no jumping the line");
-    let w1 = match s.acquire(args("fifo", 60_000, 1, Some("w1"))).await.unwrap() {
+    assert!(
+        matches!(
+            s.acquire(args("fifo", 60_000, 1, Some("w2")))
+                .await
+                .unwrap(),
+            Acquired::Busy(_)
+        ),
+        "w1 first"
+    );
+    assert!(
+        matches!(
+            s.acquire(args("fifo", 60_000, 1, None)).await.unwrap(),
+            Acquired::Busy(_)
+        ),
+        "no jumping the line"
+    );
+    let w1 = match s
+        .acquire(args("fifo", 60_000, 1, Some("w1")))
+        .await
+        .unwrap()
+    {
         Acquired::Granted(h) => h,
         other => panic!("{other:?}"),
     };
@@ -76,15 +134,23 @@ async fn waiters_are_served_first_come_first_served(s: &dyn LockStore) {
     assert_eq!(info.waiters[0].ticket, "w2");
     s.dequeue("fifo", "w2").await.unwrap();
     s.release("fifo", &w1.lease_id).await.unwrap();
-    assert!(grant(s, "fifo", 60_000, 1).await.is_some(), "line empty again");
+    assert!(
+        grant(s, "fifo", 60_000, 1).await.is_some(),
+        "line empty again"
+    );
 }
 
 async fn leases_expire_by_themselves(s: &dyn LockStore, advance: &(dyn Fn(u64) + Sync)) {
     let a = grant(s, "ttl", 50, 1).await.unwrap();
     advance(60);
-    let b = grant(s, "ttl", 60_000, 1).await.expect("the first lease expired");
+    let b = grant(s, "ttl", 60_000, 1)
+        .await
+        .expect("the first lease expired");
     assert!(b.token > a.token);
-    assert!(s.renew("ttl", &a.lease_id, 1000).await.unwrap().is_none(), "an expired lease cannot be renewed");
+    assert!(
+        s.renew("ttl", &a.lease_id, 1000).await.unwrap().is_none(),
+        "an expired lease cannot be renewed"
+    );
     assert!(!s.release("ttl", &a.lease_id).await.unwrap());
 }
 
@@ -92,17 +158,36 @@ async fn list_by_prefix(s: &dyn LockStore) {
     for n in ["jobs/a", "jobs/b", "jobsx"] {
         grant(s, n, 60_000, 1).await.unwrap();
     }
-    let names: Vec<String> = s.list("jobs/", "", 10).await.unwrap().into_iter().map(|i| i.name).collect();
+    let names: Vec<String> = s
+        .list("jobs/", "", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
     assert_eq!(names, ["jobs/a", "jobs/b"]);
-    let names: Vec<String> = s.list("jobs/", "jobs/a", 10).await.unwrap().into_iter().map(|i| i.name).collect();
+    let names: Vec<String> = s
+        .list("jobs/", "jobs/a", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
     assert_eq!(names, ["jobs/b"]);
 }
 
 async fn storage(dir: &std::path::Path, database_url: Option<String>) -> Storage {
-    let s = Storage::connect(&StorageConfig { data_dir: dir.into(), database_url, redis_url: None, redis_prefix: "mortar:".into() })
+    let s = Storage::connect(&StorageConfig {
+        data_dir: dir.into(),
+        database_url,
+        redis_url: None,
+        redis_prefix: "mortar:".into(),
+    })
+    .await
+    .unwrap();
+    s.migrate(&mortar_lock::service::migrations())
         .await
         .unwrap();
-    s.migrate(&mortar_lock::service::migrations()).await.unwrap();
     s
 }
 
@@ -130,23 +215,32 @@ async fn memory_tokens_keep_increasing_after_a_restart() {
     // A new process: leases are gone, the counter is not.
     let st = storage(dir.path(), None).await;
     let second = MemoryStore::new(st.durable.clone(), Arc::new(SystemClock));
-    let b = grant(&second, "r", 60_000, 1).await.expect("leases do not survive a restart");
+    let b = grant(&second, "r", 60_000, 1)
+        .await
+        .expect("leases do not survive a restart");
     assert!(b.token > a.token, "{} then {}", a.token, b.token);
 }
 
 #[tokio::test]
 async fn postgres_backend() {
-    let Some(svc) = mortar_testkit::services("lock postgres conformance") else { return };
+    let Some(svc) = mortar_testkit::services("lock postgres conformance") else {
+        return;
+    };
     let db = svc.create_database().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let st = storage(dir.path(), Some(db.url.clone())).await;
-    let mortar_core::storage::Durable::Postgres(pool) = &st.durable else { panic!("postgres") };
+    let mortar_core::storage::Durable::Postgres(pool) = &st.durable else {
+        panic!("postgres")
+    };
     let s = PostgresStore::new(pool.clone());
     mutual_exclusion_and_increasing_tokens(&s).await;
     semaphores_and_permit_mismatch(&s).await;
     waiters_are_served_first_come_first_served(&s).await;
     // The database's clock drives expiry: wait for real.
-    leases_expire_by_themselves(&s, &|ms| std::thread::sleep(std::time::Duration::from_millis(ms))).await;
+    leases_expire_by_themselves(&s, &|ms| {
+        std::thread::sleep(std::time::Duration::from_millis(ms))
+    })
+    .await;
     list_by_prefix(&s).await;
     st.close().await;
 }
@@ -155,7 +249,8 @@ async fn postgres_backend() {
 async fn concurrent_acquires_never_overlap() {
     let dir = tempfile::tempdir().unwrap();
     let st = storage(dir.path(), None).await;
-    let s: Arc<dyn LockStore> = Arc::new(MemoryStore::new(st.durable.clone(), Arc::new(SystemClock)));
+    let s: Arc<dyn LockStore> =
+        Arc::new(MemoryStore::new(st.durable.clone(), Arc::new(SystemClock)));
     let holders = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let tasks: Vec<_> = (0..16)
         .map(|_| {
@@ -163,7 +258,9 @@ async fn concurrent_acquires_never_overlap() {
             tokio::spawn(async move {
                 let mut tokens = Vec::new();
                 for _ in 0..50 {
-                    if let Acquired::Granted(h) = s.acquire(args("hot", 60_000, 2, None)).await.unwrap() {
+                    if let Acquired::Granted(h) =
+                        s.acquire(args("hot", 60_000, 2, None)).await.unwrap()
+                    {
                         let now = holders.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                         assert!(now <= 2, "{now} holders of a 2-permit semaphore");
                         tokio::task::yield_now().await;
