@@ -1,5 +1,6 @@
 //! `mortar lock …` and `mortar lock run NAME -- COMMAND…`.
 
+use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use clap::Subcommand;
@@ -190,7 +191,6 @@ async fn run_command(
     if !guard.is_lost() {
         let _ = guard.release().await;
     }
-    use std::os::unix::process::ExitStatusExt;
     let code = status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));

@@ -32,8 +32,7 @@ impl Default for AcquireOptions {
 /// `host:pid`, so holders are recognisable in `mortar lock status`.
 pub fn default_owner() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "host".into());
+        .map_or_else(|_| "host".into(), |h| h.trim().to_owned());
     format!("{host}:{}", std::process::id())
 }
 

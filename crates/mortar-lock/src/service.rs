@@ -123,7 +123,7 @@ impl LockService {
             ticket: None,
         };
         match self.store.acquire(args).await.map_err(unavailable)? {
-            Acquired::Granted(h) => return Ok(self.granted(h, None)),
+            Acquired::Granted(h) => return Ok(Self::granted(h, None)),
             Acquired::PermitsMismatch { existing } => {
                 return Err(mismatch(name, existing, req.permits));
             }
@@ -165,7 +165,7 @@ impl LockService {
             let info = match self.store.acquire(args).await.map_err(unavailable)? {
                 Acquired::Granted(h) => {
                     line.armed = false;
-                    return Ok(self.granted(h, Some(started)));
+                    return Ok(Self::granted(h, Some(started)));
                 }
                 Acquired::PermitsMismatch { existing } => {
                     return Err(mismatch(name, existing, req.permits));
@@ -200,7 +200,7 @@ impl LockService {
         lease_id: &str,
         ttl_ms: u64,
     ) -> Result<Holder, LockError> {
-        self.check_name(name)?;
+        Self::check_name(name)?;
         self.check_ttl(ttl_ms)?;
         match self
             .store
@@ -220,7 +220,7 @@ impl LockService {
     }
 
     pub async fn release(&self, name: &str, lease_id: &str) -> Result<(), LockError> {
-        self.check_name(name)?;
+        Self::check_name(name)?;
         if self
             .store
             .release(name, lease_id)
@@ -239,7 +239,7 @@ impl LockService {
     }
 
     pub async fn inspect(&self, name: &str) -> Result<Option<LockInfo>, LockError> {
-        self.check_name(name)?;
+        Self::check_name(name)?;
         self.store.inspect(name).await.map_err(unavailable)
     }
 
@@ -255,7 +255,7 @@ impl LockService {
             .map_err(unavailable)
     }
 
-    fn granted(&self, h: Holder, waited_since: Option<tokio::time::Instant>) -> Holder {
+    fn granted(h: Holder, waited_since: Option<tokio::time::Instant>) -> Holder {
         metrics::counter!(GRANTS).increment(1);
         if let Some(t) = waited_since {
             metrics::histogram!(WAIT_SECONDS).record(t.elapsed().as_secs_f64());
@@ -316,7 +316,7 @@ impl LockService {
         }
     }
 
-    fn check_name(&self, name: &str) -> Result<(), LockError> {
+    fn check_name(name: &str) -> Result<(), LockError> {
         check_name(name).map_err(|e| LockError::Invalid(vec![e]))
     }
 

@@ -238,7 +238,7 @@ async fn postgres_backend() {
     waiters_are_served_first_come_first_served(&s).await;
     // The database's clock drives expiry: wait for real.
     leases_expire_by_themselves(&s, &|ms| {
-        std::thread::sleep(std::time::Duration::from_millis(ms))
+        std::thread::sleep(std::time::Duration::from_millis(ms));
     })
     .await;
     list_by_prefix(&s).await;

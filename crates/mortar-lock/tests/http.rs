@@ -75,6 +75,7 @@ impl App {
 }
 
 #[tokio::test]
+#[allow(clippy::many_single_char_names)]
 async fn acquire_conflict_renew_release() {
     let app = app().await;
     let (s, a) = app

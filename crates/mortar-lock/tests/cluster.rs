@@ -1,0 +1,234 @@
+//! Real nodes: the cluster safety test (3 nodes on PostgreSQL, 50 clients each, a resource
+//! that checks fencing tokens), a lost lease reaching the Rust client and `mortar lock run`,
+//! and a crashed holder's lock passing to the next waiter after its TTL.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mortar_core::client::ClientArgs;
+use mortar_lock::{AcquireOptions, LockClient};
+use mortar_testkit::{Cluster, Node, NodeConfig, mortar_bin};
+use tokio::sync::Mutex;
+
+fn args(node: &Node) -> ClientArgs {
+    ClientArgs {
+        url: node.url(""),
+        token: None,
+        json: false,
+    }
+}
+
+/// The protected resource: it remembers the highest token it has seen and rejects older ones.
+#[derive(Default)]
+struct Resource {
+    max_token: u64,
+    accepted: Vec<(u64, usize)>,
+    rejected: u64,
+}
+
+impl Resource {
+    fn write(&mut self, token: u64, client: usize) -> bool {
+        if token < self.max_token {
+            self.rejected += 1;
+            return false;
+        }
+        self.max_token = token;
+        self.accepted.push((token, client));
+        true
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_fifty_clients_each_never_overlap() {
+    let Some(cluster) = Cluster::start_with(3, &[("MORTAR_LOCK__POLL_MS", "25")])
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let resource = Arc::new(Mutex::new(Resource::default()));
+    let inside = Arc::new(AtomicU32::new(0));
+    let max_inside = Arc::new(AtomicU32::new(0));
+    let grants = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut tasks = Vec::new();
+    for n in 0..3 {
+        for c in 0..50 {
+            let client = LockClient::new(&args(&cluster.nodes[n]));
+            let (resource, inside, max_inside, grants) = (
+                resource.clone(),
+                inside.clone(),
+                max_inside.clone(),
+                grants.clone(),
+            );
+            let id = n * 50 + c;
+            tasks.push(tokio::spawn(async move {
+                let opts = AcquireOptions {
+                    ttl: Duration::from_secs(10),
+                    wait: Duration::from_secs(2),
+                    permits: 1,
+                    owner: format!("client-{id}"),
+                };
+                while Instant::now() < deadline {
+                    let Ok(guard) = client.acquire("shared-log", &opts).await else {
+                        continue;
+                    };
+                    let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    max_inside.fetch_max(now, Ordering::SeqCst);
+                    assert!(
+                        resource.lock().await.write(guard.fencing_token(), id),
+                        "stale token {}",
+                        guard.fencing_token()
+                    );
+                    tokio::task::yield_now().await;
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    grants.fetch_add(1, Ordering::SeqCst);
+                    guard.release().await.unwrap();
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let r = resource.lock().await;
+    assert!(
+        grants.load(Ordering::SeqCst) >= 20,
+        "only {} grants",
+        grants.load(Ordering::SeqCst)
+    );
+    assert_eq!(max_inside.load(Ordering::SeqCst), 1, "two holders at once");
+    assert_eq!(r.rejected, 0, "no write with a stale token");
+    assert!(
+        r.accepted.windows(2).all(|w| w[0].0 < w[1].0),
+        "tokens strictly increase in grant order"
+    );
+    let clients: std::collections::HashSet<usize> = r.accepted.iter().map(|a| a.1).collect();
+    assert!(
+        clients.len() > 3,
+        "grants spread over clients of several nodes"
+    );
+}
+
+#[tokio::test]
+async fn the_client_learns_at_once_that_its_lease_is_lost() {
+    // Embedded mode keeps leases in memory: a restart loses them, which the renewals see.
+    let mut node = Node::start(NodeConfig::named("lost")).await.unwrap();
+    let client = LockClient::new(&args(&node));
+    let opts = AcquireOptions {
+        ttl: Duration::from_millis(600),
+        ..AcquireOptions::default()
+    };
+    let guard = client.acquire("job", &opts).await.unwrap();
+    let first_token = guard.fencing_token();
+    node.restart().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), guard.lost())
+        .await
+        .expect("lost() fired");
+    assert!(guard.is_lost());
+    let again = client.acquire("job", &opts).await.unwrap();
+    assert!(
+        again.fencing_token() > first_token,
+        "tokens survive the restart"
+    );
+}
+
+#[tokio::test]
+async fn lock_run_passes_the_token_and_stops_the_command_when_the_lease_is_lost() {
+    let mut node = Node::start(NodeConfig::named("run")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("token");
+    let script = format!(
+        "echo $MORTAR_FENCING_TOKEN > {}; trap 'echo stopped >> {}; exit 7' TERM; sleep 30 & wait",
+        out.display(),
+        out.display()
+    );
+    let mut run = tokio::process::Command::new(mortar_bin())
+        .args([
+            "lock", "run", "nightly", "--ttl", "600ms", "--grace", "2s", "--", "sh", "-c", &script,
+        ])
+        .env("MORTAR_URL", node.url(""))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !std::fs::read_to_string(&out).is_ok_and(|s| !s.trim().is_empty()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the command never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let token: u64 = std::fs::read_to_string(&out)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(token >= 1);
+    node.restart().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), run.wait())
+        .await
+        .expect("stopped")
+        .unwrap();
+    assert_eq!(status.code(), Some(7), "the exit code is the command's");
+    assert!(
+        std::fs::read_to_string(&out).unwrap().contains("stopped"),
+        "the command got SIGTERM"
+    );
+}
+
+#[tokio::test]
+async fn a_crashed_holder_releases_after_its_ttl() {
+    let node = Node::start(NodeConfig::named("crash")).await.unwrap();
+    let mut holder = tokio::process::Command::new(mortar_bin())
+        .args([
+            "lock",
+            "run",
+            "singleton",
+            "--ttl",
+            "800ms",
+            "--",
+            "sleep",
+            "30",
+        ])
+        .env("MORTAR_URL", node.url(""))
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        let r = http
+            .get(node.url("/v1/locks/singleton"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SIGKILL the holder and its command together (a crashed host): nobody releases.
+    let pgid = nix::unistd::Pid::from_raw(holder.id().unwrap() as i32);
+    nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    holder.wait().await.unwrap();
+    let killed = Instant::now();
+    let client = LockClient::new(&args(&node));
+    let opts = AcquireOptions {
+        ttl: Duration::from_secs(5),
+        wait: Duration::from_secs(5),
+        ..AcquireOptions::default()
+    };
+    let guard = client.acquire("singleton", &opts).await.unwrap();
+    let waited = killed.elapsed();
+    assert!(
+        waited < Duration::from_millis(800 + 500),
+        "granted {waited:?} after the kill (TTL 800 ms)"
+    );
+    drop(guard);
+}
