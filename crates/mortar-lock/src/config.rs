@@ -3,9 +3,18 @@
 use mortar_core::config::{ConfigError, KeyDoc};
 use serde::{Deserialize, Serialize};
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Auto,
+    Redis,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LockConfig {
+    /// `auto` (embedded: memory + SQLite; cluster: PostgreSQL) or `redis`.
+    pub backend: Backend,
     pub max_ttl_ms: u64,
     pub max_wait_ms: u64,
     pub max_permits: u32,
@@ -16,6 +25,7 @@ pub struct LockConfig {
 impl Default for LockConfig {
     fn default() -> Self {
         Self {
+            backend: Backend::Auto,
             max_ttl_ms: 86_400_000,
             max_wait_ms: 300_000,
             max_permits: 10_000,
@@ -26,6 +36,11 @@ impl Default for LockConfig {
 
 impl LockConfig {
     pub const DOCS: &[KeyDoc] = &[
+        KeyDoc::new(
+            "lock.backend",
+            "\"auto\": memory with SQLite fencing counters (embedded) or PostgreSQL (cluster: the safe\n\
+             choice); \"redis\": Redis (needs redis_url; see the crate docs for its safety model)",
+        ),
         KeyDoc::new(
             "lock.max_ttl_ms",
             "longest lease a client may ask for (ttl_ms above it is a 400)",

@@ -9,11 +9,12 @@ use mortar_core::clock::Clock;
 use mortar_core::storage::{Durable, Storage};
 use tokio::sync::Notify;
 
-use crate::config::LockConfig;
+use crate::config::{Backend, LockConfig};
 use crate::engine::{Holder, Waiter};
 use crate::error::LockError;
 use crate::store::memory::MemoryStore;
 use crate::store::postgres::PostgresStore;
+use crate::store::redis::RedisStore;
 use crate::store::{AcquireArgs, Acquired, LockInfo, LockStore, StoreError};
 
 pub const GRANTS: &str = "mortar_lock_grants_total";
@@ -88,9 +89,19 @@ impl LockService {
     ) -> Result<Arc<Self>, LockError> {
         cfg.validate()
             .map_err(|e| LockError::Unavailable(e.to_string()))?;
-        let store: Arc<dyn LockStore> = match &storage.durable {
-            Durable::Postgres(pool) => Arc::new(PostgresStore::new(pool.clone())),
-            Durable::Sqlite(_) => Arc::new(MemoryStore::new(storage.durable.clone(), clock)),
+        let store: Arc<dyn LockStore> = match (cfg.backend, &storage.durable, &storage.redis) {
+            (Backend::Redis, _, Some(redis)) => Arc::new(RedisStore::new(redis.clone())),
+            (Backend::Redis, _, None) => {
+                return Err(LockError::Unavailable(
+                    "key `lock.backend`: \"redis\" needs redis_url".into(),
+                ));
+            }
+            (Backend::Auto, Durable::Postgres(pool), _) => {
+                Arc::new(PostgresStore::new(pool.clone()))
+            }
+            (Backend::Auto, Durable::Sqlite(_), _) => {
+                Arc::new(MemoryStore::new(storage.durable.clone(), clock))
+            }
         };
         Ok(Self::with_store(store, cfg.clone()))
     }

@@ -2,6 +2,7 @@
 
 pub mod memory;
 pub mod postgres;
+pub mod redis;
 
 use futures_util::future::BoxFuture;
 

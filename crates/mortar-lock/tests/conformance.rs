@@ -8,6 +8,7 @@ use mortar_core::storage::{Storage, StorageConfig};
 use mortar_lock::engine::Waiter;
 use mortar_lock::store::memory::MemoryStore;
 use mortar_lock::store::postgres::PostgresStore;
+use mortar_lock::store::redis::RedisStore;
 use mortar_lock::store::{AcquireArgs, Acquired, LockStore};
 
 fn args<'a>(name: &'a str, ttl_ms: u64, permits: u32, ticket: Option<&'a str>) -> AcquireArgs<'a> {
@@ -243,6 +244,53 @@ async fn postgres_backend() {
     .await;
     list_by_prefix(&s).await;
     st.close().await;
+}
+
+#[tokio::test]
+async fn redis_backend() {
+    let Some(url) = mortar_testkit::redis_url("lock redis conformance") else {
+        return;
+    };
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let prefix = format!("mortar-test:{}:", mortar_core::ids::new_id());
+    let s = RedisStore::new(mortar_core::storage::Redis {
+        conn: conn.clone(),
+        prefix: prefix.clone(),
+    });
+    mutual_exclusion_and_increasing_tokens(&s).await;
+    semaphores_and_permit_mismatch(&s).await;
+    waiters_are_served_first_come_first_served(&s).await;
+    leases_expire_by_themselves(&s, &|ms| {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    })
+    .await;
+    list_by_prefix(&s).await;
+    // A Redis that lost everything (restart without persistence) still issues larger tokens.
+    let before = grant(&s, "amnesia", 60_000, 1).await.unwrap().token;
+    let mut c = conn.clone();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let after = grant(&s, "amnesia", 60_000, 1).await.unwrap().token;
+    assert!(after > before, "{before} then {after}");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut c)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
