@@ -110,6 +110,24 @@ async fn three_nodes_fifty_clients_each_never_overlap() {
         clients.len() > 3,
         "grants spread over clients of several nodes"
     );
+    let last = r.max_token;
+    drop(r);
+
+    // kill -9 one node: the others keep serving, tokens keep growing.
+    let mut cluster = cluster;
+    cluster.node(1).kill();
+    for n in [0, 2] {
+        let opts = AcquireOptions {
+            wait: Duration::from_secs(5),
+            ..AcquireOptions::default()
+        };
+        let guard = LockClient::new(&args(&cluster.nodes[n]))
+            .acquire("shared-log", &opts)
+            .await
+            .unwrap();
+        assert!(guard.fencing_token() > last);
+        guard.release().await.unwrap();
+    }
 }
 
 #[tokio::test]
@@ -231,4 +249,100 @@ async fn a_crashed_holder_releases_after_its_ttl() {
         "granted {waited:?} after the kill (TTL 800 ms)"
     );
     drop(guard);
+}
+
+#[tokio::test]
+async fn a_redis_restart_gives_clear_503s_then_larger_tokens() {
+    let Some(svc) = mortar_testkit::services("lock redis restart") else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let start_redis = || {
+        std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server")
+    };
+    let wait_port = || {
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(10));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut redis = start_redis();
+    wait_port();
+    let db = svc.create_database().await.unwrap();
+    let node = Node::start(
+        NodeConfig::named("lock-redis")
+            .env("MORTAR_DATABASE_URL", &db.url)
+            .env("MORTAR_REDIS_URL", &format!("redis://127.0.0.1:{port}"))
+            .env("MORTAR_LOCK__BACKEND", "redis"),
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let acquire = |name: &'static str| {
+        let http = http.clone();
+        let url = node.url(&format!("/v1/locks/{name}/acquire"));
+        async move {
+            let r = http
+                .post(url)
+                .json(&serde_json::json!({"ttl_ms": 60_000}))
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (s, first) = acquire("r1").await;
+    assert_eq!(s, 200, "{first}");
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    let t = Instant::now();
+    let (s, p) = acquire("r2").await;
+    assert_eq!(s, 503, "{p}");
+    assert_eq!(p["dependency"], "redis");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "answered in {:?}",
+        t.elapsed()
+    );
+    let mut redis = start_redis();
+    wait_port();
+    let t = Instant::now();
+    let second = loop {
+        let (s, v) = acquire("r1").await;
+        if s == 200 {
+            break v;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "never recovered: {s} {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        second["fencing_token"].as_u64() > first["fencing_token"].as_u64(),
+        "{first} then {second}"
+    );
+    redis.kill().unwrap();
+    redis.wait().unwrap();
 }
