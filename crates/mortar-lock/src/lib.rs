@@ -36,6 +36,7 @@
 //! (default 10 ms) for releases on other nodes and at the next lease expiry.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -79,6 +79,8 @@ enum Command {
 enum BenchCommand {
     /// `POST /v1/ratelimit/check` with a temporary always-allowing policy (or --policy).
     Ratelimit(mortar_ratelimit::cli::BenchArgs),
+    /// Acquire + release pairs (or, with --contended, hand-off latency); --target drives a peer.
+    Lock(mortar_lock::bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -134,6 +136,19 @@ fn main() -> ExitCode {
             client,
             block: BenchCommand::Ratelimit(b),
         } => print(runtime.block_on(mortar_ratelimit::cli::bench(&client, &b))),
+        Command::Bench {
+            client,
+            block: BenchCommand::Lock(b),
+        } => match runtime.block_on(mortar_lock::bench::run(&client, &b)) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mortar: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Lock { client, command } => {
             match runtime.block_on(mortar_lock::cli::run(&client, &command)) {
                 Ok((out, code)) => {
