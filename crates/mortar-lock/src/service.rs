@@ -22,6 +22,8 @@ pub const WAITS: &str = "mortar_lock_waits_total";
 pub const WAIT_SECONDS: &str = "mortar_lock_wait_seconds";
 pub const LOST: &str = "mortar_lock_leases_lost_total";
 pub const BUSY: &str = "mortar_lock_busy_total";
+pub const EXPIRIES: &str = "mortar_lock_expiries_total";
+pub const HOLDERS: &str = "mortar_lock_holders";
 
 /// What a client asks for.
 #[derive(Debug, Clone)]
@@ -386,4 +388,12 @@ fn describe_metrics() {
         "renews and releases of leases that were already gone (expired)"
     );
     metrics::describe_counter!(BUSY, "acquires refused because the lock stayed held");
+    metrics::describe_counter!(
+        EXPIRIES,
+        "leases that ran out without being released (memory and PostgreSQL backends)"
+    );
+    metrics::describe_gauge!(
+        HOLDERS,
+        "leases held right now (embedded mode; cluster backends are shared by all nodes)"
+    );
 }

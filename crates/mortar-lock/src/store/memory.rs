@@ -79,6 +79,15 @@ impl MemoryStore {
     }
 }
 
+/// Drops expired leases and waiters, counting the leases that ran out.
+fn purge(lock: &mut Lock, now_ms: u64) {
+    let expired = lock.purge(now_ms).len();
+    if expired > 0 {
+        metrics::counter!(crate::service::EXPIRIES).increment(expired as u64);
+        metrics::gauge!(crate::service::HOLDERS).decrement(expired as f64);
+    }
+}
+
 fn info(name: &str, lock: &Lock, now_ms: u64) -> LockInfo {
     LockInfo {
         name: name.to_owned(),
@@ -99,6 +108,7 @@ impl LockStore for MemoryStore {
             let mut state = self.state.lock().await;
             let now = self.clock.now_ms();
             let lock = state.locks.entry(a.name.to_owned()).or_default();
+            purge(lock, now);
             match lock.may_grant(now, a.permits, a.ticket) {
                 Err(Refusal::Busy) => return Ok(Acquired::Busy(info(a.name, lock, now))),
                 Err(Refusal::PermitsMismatch { existing }) => {
@@ -119,6 +129,7 @@ impl LockStore for MemoryStore {
                 .get_mut(a.name)
                 .expect("entry made above")
                 .grant(holder.clone(), a.ticket);
+            metrics::gauge!(crate::service::HOLDERS).increment(1.0);
             Ok(Acquired::Granted(holder))
         }
         .boxed()
@@ -135,7 +146,7 @@ impl LockStore for MemoryStore {
             let mut state = self.state.lock().await;
             let now = self.clock.now_ms();
             let lock = state.locks.entry(name.to_owned()).or_default();
-            lock.purge(now);
+            purge(lock, now);
             if lock.is_idle() {
                 lock.permits = permits;
             }
@@ -175,10 +186,11 @@ impl LockStore for MemoryStore {
         async move {
             let mut state = self.state.lock().await;
             let now = self.clock.now_ms();
-            Ok(state
-                .locks
-                .get_mut(name)
-                .and_then(|l| l.renew(now, lease_id, ttl_ms).cloned()))
+            let Some(lock) = state.locks.get_mut(name) else {
+                return Ok(None);
+            };
+            purge(lock, now);
+            Ok(lock.renew(now, lease_id, ttl_ms).cloned())
         }
         .boxed()
     }
@@ -194,7 +206,11 @@ impl LockStore for MemoryStore {
             let Some(lock) = state.locks.get_mut(name) else {
                 return Ok(false);
             };
+            purge(lock, now);
             let released = lock.release(now, lease_id);
+            if released {
+                metrics::gauge!(crate::service::HOLDERS).decrement(1.0);
+            }
             if lock.is_idle() {
                 state.locks.remove(name);
             }
@@ -210,7 +226,7 @@ impl LockStore for MemoryStore {
             let Some(lock) = state.locks.get_mut(name) else {
                 return Ok(None);
             };
-            lock.purge(now);
+            purge(lock, now);
             Ok((!lock.is_idle()).then(|| info(name, lock, now)))
         }
         .boxed()
@@ -230,7 +246,7 @@ impl LockStore for MemoryStore {
                 if !name.starts_with(prefix) || out.len() >= limit {
                     break;
                 }
-                lock.purge(now);
+                purge(lock, now);
                 if name.as_str() > after && !lock.is_idle() {
                     out.push(info(name, lock, now));
                 }

@@ -48,11 +48,16 @@ impl PostgresStore {
         let now: i64 = sqlx::query_scalar(concat!("SELECT ", now!()))
             .fetch_one(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM lock_holders WHERE name = $1 AND expires_at_ms <= $2")
-            .bind(name)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        let expired =
+            sqlx::query("DELETE FROM lock_holders WHERE name = $1 AND expires_at_ms <= $2")
+                .bind(name)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if expired > 0 {
+            metrics::counter!(crate::service::EXPIRIES).increment(expired);
+        }
         sqlx::query("DELETE FROM lock_waiters WHERE name = $1 AND until_ms <= $2")
             .bind(name)
             .bind(now)
