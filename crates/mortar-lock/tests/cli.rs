@@ -1,0 +1,63 @@
+//! `mortar lock acquire|renew|release|status|list` against a real node.
+
+use std::process::Command;
+
+use mortar_testkit::{Node, NodeConfig, mortar_bin};
+
+#[tokio::test]
+async fn acquire_status_renew_release_list() {
+    let node = Node::start(NodeConfig::named("lock-cli")).await.unwrap();
+    let url = node.url("");
+    let out = tokio::task::spawn_blocking(move || {
+        let run = |args: &[&str]| {
+            let o = Command::new(mortar_bin())
+                .args(args)
+                .env("MORTAR_URL", &url)
+                .env_remove("MORTAR_TOKEN")
+                .output()
+                .unwrap();
+            (
+                o.status.code(),
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        };
+        let acquired = run(&[
+            "lock",
+            "acquire",
+            "jobs/daily",
+            "--ttl",
+            "30s",
+            "--owner",
+            "cli-test",
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&acquired.1).unwrap();
+        let lease = v["lease_id"].as_str().unwrap().to_owned();
+        let busy = run(&["lock", "acquire", "jobs/daily", "--ttl", "30s"]);
+        let status = run(&["lock", "status", "jobs/daily"]);
+        let list = run(&["lock", "list", "--prefix", "jobs/"]);
+        let renewed = run(&["lock", "renew", "jobs/daily", &lease, "--ttl", "60s"]);
+        let released = run(&["lock", "release", "jobs/daily", &lease]);
+        let again = run(&["lock", "release", "jobs/daily", &lease]);
+        let bad_ttl = run(&["lock", "acquire", "x", "--ttl", "soon"]);
+        (v, busy, status, list, renewed, released, again, bad_ttl)
+    })
+    .await
+    .unwrap();
+    let (v, busy, status, list, renewed, released, again, bad_ttl) = out;
+    assert_eq!(v["owner"], "cli-test");
+    assert_eq!(busy.0, Some(1));
+    assert!(busy.2.contains("held by `cli-test`"), "{}", busy.2);
+    assert!(
+        status.1.starts_with("NAME") && status.1.contains("cli-test"),
+        "{}",
+        status.1
+    );
+    assert!(list.1.contains("jobs/daily"), "{}", list.1);
+    assert!(renewed.1.contains("fencing token"), "{}", renewed.1);
+    assert_eq!(released.0, Some(0));
+    assert_eq!(again.0, Some(1));
+    assert!(again.2.contains("gone"), "{}", again.2);
+    assert_eq!(bad_ttl.0, Some(2), "clap rejects a bad duration");
+}
