@@ -346,3 +346,76 @@ async fn a_redis_restart_gives_clear_503s_then_larger_tokens() {
     redis.kill().unwrap();
     redis.wait().unwrap();
 }
+
+#[tokio::test]
+async fn a_postgres_restart_gives_clear_503s_then_larger_tokens() {
+    let Some(pg) = mortar_testkit::PrivatePostgres::start().unwrap() else {
+        return;
+    };
+    let node = Node::start(NodeConfig::named("lock-pg").env("MORTAR_DATABASE_URL", &pg.url()))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let acquire = |name: &'static str| {
+        let http = http.clone();
+        let url = node.url(&format!("/v1/locks/{name}/acquire"));
+        async move {
+            let r = http
+                .post(url)
+                .json(&serde_json::json!({"ttl_ms": 60_000}))
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (s, first) = acquire("p1").await;
+    assert_eq!(s, 200, "{first}");
+    pg.stop().unwrap();
+    let t = Instant::now();
+    let (s, p) = acquire("p2").await;
+    assert_eq!(s, 503, "{p}");
+    assert_eq!(p["dependency"], "postgres");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "answered in {:?}",
+        t.elapsed()
+    );
+    pg.restart().unwrap();
+    let t = Instant::now();
+    let (s, busy) = loop {
+        let (s, v) = acquire("p1").await;
+        if s != 503 {
+            break (s, v);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "never recovered: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        s, 409,
+        "the lease granted before the restart is still held (durable): {busy}"
+    );
+    let (s, second) = acquire("p3").await;
+    assert_eq!(s, 200, "{second}");
+    let (s, again) = acquire("p2").await;
+    assert_eq!(s, 200, "{again}");
+    let r = http
+        .post(node.url("/v1/locks/p1/release"))
+        .json(&serde_json::json!({"lease_id": first["lease_id"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (s, next) = acquire("p1").await;
+    assert_eq!(s, 200);
+    assert!(
+        next["fencing_token"].as_u64() > first["fencing_token"].as_u64(),
+        "{first} then {next}"
+    );
+}

@@ -8,12 +8,16 @@
 //! * [`services`] reads `MORTAR_TEST_DATABASE_URL` / `MORTAR_TEST_REDIS_URL`. Unset, tests
 //!   print that they skipped; with `CI=true`, an unset or unreachable service fails the test.
 //!
+//! * [`PrivatePostgres`] is a throwaway PostgreSQL server for tests that stop the database.
+//!
 //! When a test panics, every node's log is printed.
 
 mod node;
+mod private_pg;
 mod services;
 
 pub use node::{Node, NodeConfig, mortar_bin};
+pub use private_pg::PrivatePostgres;
 pub use services::{Services, TestDatabase, redis_url, services};
 
 use anyhow::Result;
