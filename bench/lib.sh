@@ -446,3 +446,183 @@ EOF
     { echo; cat; } >>"$RESULTS_FILE"
     log "appended to $RESULTS_FILE"
 }
+
+# ----------------------------------------------------- mortar bench lock --
+#
+# `mortar bench lock` is Mortar's own load driver for the lock block: each of
+# -c workers loops acquire + release (its own lock name, `bench-<worker>-<pid>`)
+# for -d seconds and prints pairs/s and latency percentiles. With
+# `--target redis://…` or `--target http://…` it drives raw Redis or etcd
+# instead, with the same Rust async client stack; with `--contended` every
+# worker queues on one lock and it reports release → next grant hand-off.
+
+# Workers for every lock-bench run in a comparison (`-c`).
+BENCH_LOCK_CONCURRENCY="${BENCH_LOCK_CONCURRENCY:-32}"
+
+# lock_bench_cmd <seconds> [args...]: the command line shown in results.
+lock_bench_cmd() {
+    local secs=$1
+    shift
+    echo "mortar bench lock${*:+ $*} -c $BENCH_LOCK_CONCURRENCY -d $secs"
+}
+
+# lock_bench_once <outfile> <seconds> [args...]: one `mortar bench lock` run,
+# interruptible like run_fg; sets LB_PID (the driver's PID, which is part of
+# its lock names). A raw-Redis run (`--target redis://…`) gets its
+# `bench-<worker>-<pid>` keys deleted on exit, should any be left.
+lock_bench_once() {
+    local out=$1 secs=$2
+    shift 2
+    "$MORTAR_BIN" bench lock "$@" -c "$BENCH_LOCK_CONCURRENCY" -d "$secs" >"$out" 2>"$out.err" </dev/null &
+    LB_PID=$!
+    BENCH_PIDS+=("$LB_PID")
+    if [[ " $* " == *" --target redis://"* ]]; then
+        on_exit redis_delete_lock_bench_keys "$LB_PID"
+    fi
+    local rc=0
+    wait "$LB_PID" || rc=$?
+    unset 'BENCH_PIDS[-1]'
+    ((rc == 0)) || die "mortar bench lock $* failed (exit $rc): $(cat "$out.err" "$out")"
+}
+
+# run_lock_bench <label> [args...]: lock_bench_warmup, then lock_bench_measure.
+run_lock_bench() {
+    lock_bench_warmup "$@"
+    lock_bench_measure "$@"
+}
+
+# lock_bench_warmup <label> [args...]: a $BENCH_WARMUP run (whole seconds, ≥ 1)
+# with the same arguments, not recorded.
+lock_bench_warmup() {
+    local label=$1 warm
+    shift
+    warm="$(duration_seconds "$BENCH_WARMUP")" || die "bad BENCH_WARMUP '$BENCH_WARMUP'"
+    log "$label: warm-up $(lock_bench_cmd "$warm" "$@")"
+    lock_bench_once "$BENCH_TMP/lock-$label-warmup.txt" "$warm" "$@"
+}
+
+# lock_bench_measure <label> [args...]: the measured run, $BENCH_DURATION
+# (whole seconds, ≥ 1) with $BENCH_LOCK_CONCURRENCY workers. Sets LB_RATE
+# (pairs/s; hand-offs/s with --contended), LB_PAIRS, LB_ERRORS, LB_P50, LB_P90,
+# LB_P99, LB_MAX (ms), LB_CMD (command line), LB_PID and LB_OUT (raw output,
+# also logged to stderr). Split from the warm-up so that counters read around
+# it (server metrics, INFO commandstats, etcd's revision) cover this run only.
+lock_bench_measure() {
+    local label=$1 secs
+    shift
+    secs="$(duration_seconds "$BENCH_DURATION")" || die "bad BENCH_DURATION '$BENCH_DURATION'"
+    LB_CMD="$(lock_bench_cmd "$secs" "$@")"
+    log "$label: $LB_CMD"
+    LB_OUT="$BENCH_TMP/lock-$label.txt"
+    lock_bench_once "$LB_OUT" "$secs" "$@"
+    sed 's/^/    /' "$LB_OUT" >&2
+    # "<target> <what>: 2144 pairs/s over 2.0 s (4293 pairs, 0 errors, 4 workers)"
+    # "latency ms: p50 1.697  p90 2.461  p99 4.562  max 19.386"
+    local parsed
+    parsed="$(awk '
+        NR == 1 {
+            for (i = 1; i < NF; i++) {
+                if ($(i + 1) == "pairs/s") rate = $i
+                if ($(i + 1) == "pairs,") { pairs = $i; sub(/^\(/, "", pairs) }
+                if ($(i + 1) == "errors,") errors = $i
+            }
+        }
+        $1 == "latency" && $2 == "ms:" {
+            for (i = 3; i < NF; i++) {
+                if ($i == "p50") p50 = $(i + 1)
+                if ($i == "p90") p90 = $(i + 1)
+                if ($i == "p99") p99 = $(i + 1)
+                if ($i == "max") max = $(i + 1)
+            }
+        }
+        END {
+            if (rate == "" || pairs == "" || errors == "" || p99 == "") exit 1
+            print rate, pairs, errors, p50, p90, p99, max
+        }' "$LB_OUT")" || die "could not parse mortar bench lock output ($LB_OUT)"
+    read -r LB_RATE LB_PAIRS LB_ERRORS LB_P50 LB_P90 LB_P99 LB_MAX <<<"$parsed"
+    ((LB_ERRORS == 0)) || log "$label: WARNING: $LB_ERRORS errors"
+}
+
+# redis_lock_bench_keys <pid>: the raw-Redis driver's keys (bench-<worker>-<pid>)
+# still in the benchmark Redis, one per line.
+redis_lock_bench_keys() {
+    local pid=$1
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    redis_cli --scan --pattern "bench-*-$pid" | grep -E "^bench-[0-9]+-$pid\$" || true
+}
+
+# redis_delete_lock_bench_keys <pid>: delete what redis_lock_bench_keys lists
+# (only exact bench-<number>-<pid> names; never a pattern delete).
+redis_delete_lock_bench_keys() {
+    local pid=$1 key n=0
+    [[ "$pid" =~ ^[0-9]+$ ]] || { log "error: refusing to delete keys for pid '$pid'"; return 1; }
+    while IFS= read -r key; do
+        [[ -n "$key" ]] || continue
+        redis_cli del "$key" >/dev/null && n=$((n + 1))
+    done < <(redis_lock_bench_keys "$pid")
+    ((n == 0)) || log "redis: deleted $n leftover key(s) bench-*-$pid"
+}
+
+# mortar_metric_sum <port> <name>: sum of a mortar metric's series from /metrics (0 when absent).
+mortar_metric_sum() {
+    { curl -sf "http://127.0.0.1:$1/metrics" || true; } |
+        awk -v m="$2" '$1 == m || index($1, m "{") == 1 { n += $NF } END { printf "%d", n }'
+}
+
+# ------------------------------------------------------------------- etcd --
+
+ETCD_BIN="${ETCD_BIN:-etcd}"
+
+# etcd_require: the etcd binary exists; if not, install Debian's etcd-server
+# (needs root; the package's own service, if any starts, is left alone and
+# never used: etcd_start runs a private instance on other ports).
+etcd_require() {
+    command -v "$ETCD_BIN" >/dev/null && return 0
+    [[ "$ETCD_BIN" == etcd ]] || die "etcd not found: $ETCD_BIN"
+    log "etcd not found: apt-get install -y etcd-server"
+    run_fg env DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server >"${BENCH_TMP:-/tmp}/apt-etcd.log" 2>&1 ||
+        die "apt-get install -y etcd-server failed (see ${BENCH_TMP:-/tmp}/apt-etcd.log)"
+    command -v "$ETCD_BIN" >/dev/null || die "etcd still not found after installing etcd-server"
+}
+
+# etcd_start <client-port> <peer-port>: a private single-node etcd on
+# 127.0.0.1 with a fresh data dir in the scratch dir; waits for /health.
+# Sets ETCD_PID, ETCD_CMD (for the results file), ETCD_URL, ETCD_VERSION.
+etcd_start() {
+    local cport=$1 pport=$2
+    require_free_port "$cport"
+    require_free_port "$pport"
+    local dir="$BENCH_TMP/etcd-$cport"
+    mkdir -p "$dir"
+    ETCD_URL="http://127.0.0.1:$cport"
+    local peer="http://127.0.0.1:$pport"
+    local -a args=(--name bench --data-dir "$dir/data"
+        --listen-client-urls "$ETCD_URL" --advertise-client-urls "$ETCD_URL"
+        --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer"
+        --initial-cluster "bench=$peer")
+    ETCD_CMD="etcd --name bench --data-dir <tmp> --listen-client-urls $ETCD_URL --advertise-client-urls $ETCD_URL --listen-peer-urls $peer --initial-advertise-peer-urls $peer --initial-cluster bench=$peer"
+    ETCD_VERSION="$("$ETCD_BIN" --version 2>/dev/null | awk '/^etcd Version:/ { print $3 }')"
+    log "starting: $ETCD_CMD (etcd ${ETCD_VERSION:-unknown})"
+    start_bg "$dir/etcd.log" "$dir" "$ETCD_BIN" "${args[@]}"
+    ETCD_PID=$BG_PID
+    local i
+    for ((i = 0; i < 300; i++)); do
+        curl -sf --max-time 1 "$ETCD_URL/health" 2>/dev/null | grep -q '"health": *"true"' && return 0
+        kill -0 "$ETCD_PID" 2>/dev/null || die "etcd exited before becoming healthy (see $dir/etcd.log)"
+        sleep 0.1
+    done
+    die "timed out waiting for $ETCD_URL/health (see $dir/etcd.log)"
+}
+
+# etcd_revision <url>: the store revision (grows by one per write; JSON gateway).
+etcd_revision() {
+    curl -sf -X POST "$1/v3/kv/range" -d '{"key":"AA==","range_end":"AA==","count_only":true}' |
+        sed -n 's/.*"revision":"\{0,1\}\([0-9]*\).*/\1/p'
+}
+
+# etcd_key_count <url>: how many keys the store holds (0 when none).
+etcd_key_count() {
+    local out
+    out="$(curl -sf -X POST "$1/v3/kv/range" -d '{"key":"AA==","range_end":"AA==","count_only":true}')" || return 1
+    echo "$out" | sed -n 's/.*"count":"\{0,1\}\([0-9]*\).*/\1/p' | grep . || echo 0
+}

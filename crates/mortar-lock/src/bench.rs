@@ -217,34 +217,35 @@ impl Driver {
                 Ok(None)
             }
             Driver::Etcd { http, base } => {
-                let post =
-                    |path: &str, body: Value| http.post(format!("{base}{path}")).json(&body).send();
-                let v: Value = post("/v3/lease/grant", json!({"TTL": 10}))
-                    .await
-                    .map_err(|x| e(&x))?
-                    .json()
-                    .await
-                    .map_err(|x| e(&x))?;
-                let lease = v["ID"].clone();
+                // Every gateway answer is checked: an error must not count as a pair.
+                let call = |path: &'static str, body: Value| async move {
+                    let r = http
+                        .post(format!("{base}{path}"))
+                        .json(&body)
+                        .send()
+                        .await
+                        .map_err(|x| x.to_string())?;
+                    let status = r.status();
+                    let v: Value = r.json().await.map_err(|x| x.to_string())?;
+                    if !status.is_success() || v.get("error").is_some() || v.get("code").is_some() {
+                        return Err(format!("etcd {path}: {status} {v}"));
+                    }
+                    Ok::<_, String>(v)
+                };
+                let lease = call("/v3/lease/grant", json!({"TTL": 10})).await?["ID"].clone();
                 let key = base64(name.as_bytes());
-                let v: Value = post("/v3/lock/lock", json!({"name": key, "lease": lease}))
-                    .await
-                    .map_err(|x| e(&x))?
-                    .json()
-                    .await
-                    .map_err(|x| e(&x))?;
+                let v = call("/v3/lock/lock", json!({"name": key, "lease": lease})).await?;
+                if v["key"].is_null() {
+                    return Err(format!("etcd lock: no key in {v}"));
+                }
                 let granted = Instant::now();
                 let h = handoff(granted);
                 last_release.store(
                     Instant::now().duration_since(epoch).as_micros() as u64,
                     Ordering::SeqCst,
                 );
-                post("/v3/lock/unlock", json!({"key": v["key"]}))
-                    .await
-                    .map_err(|x| e(&x))?;
-                post("/v3/lease/revoke", json!({"ID": lease}))
-                    .await
-                    .map_err(|x| e(&x))?;
+                call("/v3/lock/unlock", json!({"key": v["key"]})).await?;
+                call("/v3/lease/revoke", json!({"ID": lease})).await?;
                 Ok(h)
             }
         }
