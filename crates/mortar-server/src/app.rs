@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::Router;
+use mortar_cache::CacheService;
 use mortar_core::auth::{Auth, KeyStore};
 use mortar_core::clock::{Clock, SystemClock};
 use mortar_core::storage::{Storage, core_migrations};
@@ -34,6 +35,7 @@ pub struct App {
     pub ratelimit: Arc<RateLimitService>,
     pub resilience: Arc<ResilienceService>,
     pub locks: Arc<LockService>,
+    pub cache: Arc<CacheService>,
 }
 
 #[derive(OpenApi)]
@@ -73,6 +75,7 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
     let ratelimit = RateLimitService::start(&storage, &config.ratelimit, clock.clone()).await?;
     let resilience = ResilienceService::new(&config.resilience)?;
     let locks = LockService::start(&storage, &config.lock, clock.clone())?;
+    let cache = CacheService::new(&config.cache, config.auth.admin_token.clone());
     let node = Arc::new(Node {
         storage,
         started: Instant::now(),
@@ -86,6 +89,7 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         .merge(mortar_ratelimit::api::router(ratelimit.clone()))
         .merge(mortar_resilience::api::router(resilience.clone()))
         .merge(mortar_lock::api::router(locks.clone()))
+        .merge(mortar_cache::api::router(cache.clone()))
         .split_for_parts();
     mortar_core::VERSION.clone_into(&mut openapi.info.version);
     let json = openapi.to_pretty_json().unwrap_or_else(|_| "{}".into());
@@ -98,5 +102,6 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         ratelimit,
         resilience,
         locks,
+        cache,
     })
 }

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use mortar_cache::CacheConfig;
 use mortar_core::config::{AuthConfig, ConfigError, HttpConfig, KeyDoc, LogConfig, LogFormat};
 use mortar_core::storage::StorageConfig;
 use mortar_lock::LockConfig;
@@ -27,6 +28,7 @@ pub struct Config {
     pub ratelimit: RateLimitConfig,
     pub resilience: ResilienceConfig,
     pub lock: LockConfig,
+    pub cache: CacheConfig,
 }
 
 impl Default for Config {
@@ -43,6 +45,7 @@ impl Default for Config {
             ratelimit: RateLimitConfig::default(),
             resilience: ResilienceConfig::default(),
             lock: LockConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -79,6 +82,7 @@ impl Config {
             RateLimitConfig::DOCS,
             ResilienceConfig::DOCS,
             LockConfig::DOCS,
+            CacheConfig::DOCS,
         ]
         .concat()
     }
@@ -90,6 +94,7 @@ impl Config {
         self.ratelimit.validate()?;
         self.resilience.validate()?;
         self.lock.validate()?;
+        self.cache.validate()?;
         if self.redis_prefix.is_empty() || self.redis_prefix.len() > 64 {
             return Err(ConfigError(
                 "key `redis_prefix`: must be 1 to 64 characters".into(),

@@ -17,6 +17,20 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let listeners = mortar_core::http::Listeners::bind(config.listen, config.http.event_loops())
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listeners.local_addr();
+    let (stop_resp, resp_stopped) = tokio::sync::watch::channel(false);
+    let resp = match config.cache.resp_addr()? {
+        Some(resp_addr) => {
+            let l = mortar_core::http::Listeners::bind(resp_addr, config.http.event_loops())
+                .with_context(|| format!("cannot listen on {resp_addr} (cache.resp_listen)"))?;
+            tracing::info!(addr = %l.local_addr(), "cache RESP listening");
+            Some(tokio::spawn(mortar_cache::server::serve(
+                l,
+                app.cache.clone(),
+                resp_stopped,
+            )))
+        }
+        None => None,
+    };
     let backends: Vec<String> = app
         .node
         .storage
@@ -34,6 +48,10 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         "listening"
     );
     mortar_core::http::serve(listeners, app.router, &config.http, shutdown_signal()).await?;
+    let _ = stop_resp.send(true);
+    if let Some(resp) = resp {
+        let _ = resp.await;
+    }
     tracing::info!("draining done; flushing storage");
     app.node.storage.close().await;
     mortar_core::telemetry::shutdown();

@@ -398,6 +398,9 @@ async fn openapi_covers_every_route() {
             "/metrics",
             "/openapi.json",
             "/readyz",
+            "/v1/cache/stats",
+            "/v1/cache/{namespace}/mget",
+            "/v1/cache/{namespace}/{key}",
             "/v1/keys",
             "/v1/keys/{id}",
             "/v1/locks",
@@ -426,7 +429,8 @@ async fn openapi_covers_every_route() {
             .replace("{id}", "01aaaaaaaaaaaaaaaaaaaaaaaa")
             .replace("{name}", "p")
             .replace("{policy}", "p")
-            .replace("{key}", "k");
+            .replace("{key}", "k")
+            .replace("{namespace}", "ns");
         let r = app
             .send(
                 Request::options(concrete.as_str())

@@ -123,6 +123,8 @@ impl Node {
             .env_remove("MORTAR_AUTH__ADMIN_TOKEN")
             .env_remove("MORTAR_CONFIG")
             .env("MORTAR_LOG__LEVEL", "info")
+            // Every node gets its own free RESP port (the default 6380 would collide).
+            .env("MORTAR_CACHE__RESP_LISTEN", "127.0.0.1:0")
             .envs(
                 self.config
                     .env

@@ -47,6 +47,18 @@ pub struct Listeners {
 impl Listeners {
     /// Binds `threads` sockets on `addr` (port 0: the first picks a port, the rest share it).
     pub fn bind(addr: SocketAddr, threads: usize) -> io::Result<Self> {
+        // SO_REUSEPORT would let a second server started by mistake share the port silently.
+        // A plain probe bind fails if anyone listens there; then we take it for real.
+        if addr.port() != 0 {
+            let probe = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            probe.set_reuseaddr(true)?;
+            probe.bind(addr)?;
+            drop(probe.listen(1)?);
+        }
         let mut sockets = Vec::with_capacity(threads.max(1));
         let mut bound = addr;
         for _ in 0..threads.max(1) {
@@ -70,6 +82,11 @@ impl Listeners {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The sockets, for servers of other protocols (the cache's RESP listener).
+    pub fn into_sockets(self) -> Vec<std::net::TcpListener> {
+        self.sockets
     }
 }
 

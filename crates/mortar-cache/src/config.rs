@@ -1,0 +1,76 @@
+//! `[cache]` in `mortar.toml`.
+
+use mortar_core::config::{ConfigError, KeyDoc};
+use serde::{Deserialize, Serialize};
+
+use crate::store::Policy;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// `host:port` for the RESP listener, or `off`.
+    pub resp_listen: String,
+    pub max_memory: u64,
+    pub eviction: Policy,
+    pub max_bulk_bytes: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            resp_listen: "127.0.0.1:6380".into(),
+            max_memory: 256 * 1024 * 1024,
+            eviction: Policy::TinyLfu,
+            max_bulk_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl CacheConfig {
+    pub const DOCS: &[KeyDoc] = &[
+        KeyDoc::new(
+            "cache.resp_listen",
+            "address of the Redis-protocol (RESP) listener, or \"off\" (env MORTAR_CACHE__RESP_LISTEN)",
+        ),
+        KeyDoc::new(
+            "cache.max_memory",
+            "bytes the cache may hold (keys, values and per-entry overhead)",
+        ),
+        KeyDoc::new(
+            "cache.eviction",
+            "\"tiny_lfu\" (W-TinyLFU, the default) or \"lru\"",
+        ),
+        KeyDoc::new(
+            "cache.max_bulk_bytes",
+            "largest value or argument a client may send",
+        ),
+    ];
+
+    /// The RESP address, or `None` when off.
+    pub fn resp_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        if self.resp_listen == "off" {
+            return Ok(None);
+        }
+        self.resp_listen.parse().map(Some).map_err(|_| {
+            ConfigError(format!(
+                "key `cache.resp_listen`: `{}` is not host:port or \"off\"",
+                self.resp_listen
+            ))
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.resp_addr()?;
+        if self.max_memory < 1024 * 1024 {
+            return Err(ConfigError(
+                "key `cache.max_memory`: must be at least 1048576 (1 MiB)".into(),
+            ));
+        }
+        if self.max_bulk_bytes == 0 {
+            return Err(ConfigError(
+                "key `cache.max_bulk_bytes`: must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,32 @@
+//! # mortar-cache — a cache any Redis client can use
+//!
+//! * A **RESP server** (RESP2, and RESP3 after `HELLO 3`) on `127.0.0.1:6380` by default, so
+//!   `redis-cli`, `redis-benchmark` and every Redis client work unchanged: the string commands
+//!   (GET/SET with every option, MGET/MSET/MSETNX, INCR family, APPEND, GETRANGE/SETRANGE,
+//!   expiry commands with NX/XX/GT/LT, KEYS/SCAN, …) and the connection commands (PING, HELLO,
+//!   AUTH with the Mortar admin token, SELECT 0, CLIENT SETNAME/GETNAME, COMMAND, INFO, …),
+//!   pipelining, Redis's own error texts. Values are binary-safe.
+//! * An **HTTP API** on the same entries: `/v1/cache/{namespace}/{key}` is the RESP key
+//!   `{namespace}:{key}`.
+//! * A **memory-bounded store** ([`store`]): moka with W-TinyLFU (or LRU) eviction weighed in
+//!   bytes (`cache.max_memory`), per-entry TTLs, hit/miss/eviction/expiry counters in INFO and
+//!   /metrics.
+//!
+//! ## Limits (today)
+//!
+//! * One node's memory: the cluster tier (Redis as L2 with invalidation), origins
+//!   (read-through, write-through/behind) and singleflight loading are not built yet.
+//! * Strings only (as a cache needs): no lists, hashes or sets, so `-WRONGTYPE` never occurs.
+//! * MSETNX checks then sets: a concurrent writer of the same keys can interleave.
+//! * SCAN walks a snapshot ordered by a stable key hash: O(keys) per call.
+
+pub mod api;
+pub mod commands;
+pub mod config;
+pub mod resp;
+pub mod server;
+pub mod service;
+pub mod store;
+
+pub use config::CacheConfig;
+pub use service::CacheService;

@@ -1,0 +1,131 @@
+//! The RESP listener: one single-threaded event loop per CPU on `SO_REUSEPORT` sockets (like
+//! the HTTP server), pipelining (every complete command in a read is answered in one write),
+//! protocol errors answered and the connection closed, as Redis does.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::BytesMut;
+use mortar_core::http::Listeners;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+
+use crate::commands::{Session, execute};
+use crate::resp::{Reply, parse_command};
+use crate::service::CacheService;
+
+/// Serves RESP on `listeners` until `shutdown` turns true.
+pub async fn serve(
+    listeners: Listeners,
+    svc: Arc<CacheService>,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let mut done = Vec::new();
+    for (i, socket) in listeners.into_sockets().into_iter().enumerate() {
+        let (tx, rx) = oneshot::channel();
+        let (svc, stop) = (svc.clone(), shutdown.clone());
+        std::thread::Builder::new()
+            .name(format!("mortar-resp-{i}"))
+            .spawn(move || {
+                let r = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|rt| rt.block_on(event_loop(socket, svc, stop)));
+                let _ = tx.send(r);
+            })?;
+        done.push(rx);
+    }
+    for rx in done {
+        if let Ok(Err(e)) = rx.await {
+            tracing::error!(error = %e, "resp event loop failed");
+        }
+    }
+    Ok(())
+}
+
+async fn event_loop(
+    socket: std::net::TcpListener,
+    svc: Arc<CacheService>,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let listener = TcpListener::from_std(socket)?;
+    let tracker = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "resp accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (svc, stop) = (svc.clone(), stop.clone());
+        tracker.spawn(async move {
+            svc.clients.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = connection(stream, &svc, stop).await {
+                tracing::debug!(error = %e, "resp connection ended");
+            }
+            svc.clients.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    svc: &CacheService,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let mut wbuf = BytesMut::with_capacity(16 * 1024);
+    let mut session = Session {
+        proto: 2,
+        id: svc.next_client_id(),
+        ..Session::default()
+    };
+    loop {
+        if rbuf.capacity() - rbuf.len() < 4096 {
+            rbuf.reserve(16 * 1024);
+        }
+        let n = tokio::select! {
+            r = stream.read_buf(&mut rbuf) => r?,
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        loop {
+            match parse_command(&mut rbuf, &svc.limits) {
+                Ok(Some(args)) => {
+                    if args.is_empty() {
+                        continue;
+                    }
+                    svc.commands.fetch_add(1, Ordering::Relaxed);
+                    execute(&svc.store, svc, &mut session, &args).encode(&mut wbuf, session.proto);
+                    if session.quit {
+                        stream.write_all(&wbuf).await?;
+                        return Ok(());
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    Reply::err(format!("ERR {e}")).encode(&mut wbuf, session.proto);
+                    stream.write_all(&wbuf).await?;
+                    return Ok(());
+                }
+            }
+        }
+        if !wbuf.is_empty() {
+            stream.write_all(&wbuf).await?;
+            wbuf.clear();
+        }
+    }
+}

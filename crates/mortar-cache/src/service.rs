@@ -1,0 +1,105 @@
+//! `CacheService`: the store plus what INFO reports; what RESP, HTTP and the CLI call.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::commands::ServerInfo;
+use crate::config::CacheConfig;
+use crate::resp::Limits;
+use crate::store::{Store, now_ms};
+
+pub const HITS: &str = "mortar_cache_hits_total";
+pub const MISSES: &str = "mortar_cache_misses_total";
+pub const EVICTIONS: &str = "mortar_cache_evictions_total";
+pub const EXPIRATIONS: &str = "mortar_cache_expirations_total";
+pub const COMMANDS: &str = "mortar_cache_commands_total";
+pub const CLIENTS: &str = "mortar_cache_clients";
+pub const USED_BYTES: &str = "mortar_cache_used_bytes";
+
+#[derive(Debug)]
+pub struct CacheService {
+    pub store: Store,
+    pub limits: Limits,
+    password: Option<String>,
+    started_ms: u64,
+    pub clients: AtomicU64,
+    pub commands: AtomicU64,
+    next_client_id: AtomicU64,
+}
+
+impl CacheService {
+    pub fn new(cfg: &CacheConfig, password: Option<String>) -> Arc<Self> {
+        let svc = Arc::new(Self {
+            store: Store::new(cfg.max_memory, cfg.eviction),
+            limits: Limits {
+                max_bulk: cfg.max_bulk_bytes,
+                ..Limits::default()
+            },
+            password,
+            started_ms: now_ms(),
+            clients: AtomicU64::new(0),
+            commands: AtomicU64::new(0),
+            next_client_id: AtomicU64::new(1),
+        });
+        describe_metrics();
+        // Counters live in the store (no per-command metrics cost); publish them each second.
+        let weak = Arc::downgrade(&svc);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let Some(svc) = weak.upgrade() else { break };
+                    svc.publish_metrics();
+                }
+            });
+        }
+        svc
+    }
+
+    pub fn next_client_id(&self) -> u64 {
+        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn publish_metrics(&self) {
+        let s = &self.store.stats;
+        metrics::counter!(HITS).absolute(s.hits.load(Ordering::Relaxed));
+        metrics::counter!(MISSES).absolute(s.misses.load(Ordering::Relaxed));
+        metrics::counter!(EVICTIONS).absolute(s.evicted.load(Ordering::Relaxed));
+        metrics::counter!(EXPIRATIONS).absolute(s.expired.load(Ordering::Relaxed));
+        metrics::counter!(COMMANDS).absolute(self.commands.load(Ordering::Relaxed));
+        metrics::gauge!(CLIENTS).set(self.clients.load(Ordering::Relaxed) as f64);
+        metrics::gauge!(USED_BYTES).set(self.store.used_memory() as f64);
+    }
+}
+
+impl ServerInfo for CacheService {
+    fn connected_clients(&self) -> u64 {
+        self.clients.load(Ordering::Relaxed)
+    }
+
+    fn commands_processed(&self) -> u64 {
+        self.commands.load(Ordering::Relaxed)
+    }
+
+    fn started_ms(&self) -> u64 {
+        self.started_ms
+    }
+
+    fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+}
+
+fn describe_metrics() {
+    metrics::describe_counter!(HITS, "cache reads that found a live key");
+    metrics::describe_counter!(MISSES, "cache reads that found nothing");
+    metrics::describe_counter!(EVICTIONS, "entries evicted to stay under cache.max_memory");
+    metrics::describe_counter!(EXPIRATIONS, "entries removed because their TTL passed");
+    metrics::describe_counter!(COMMANDS, "RESP commands executed");
+    metrics::describe_gauge!(CLIENTS, "open RESP connections");
+    metrics::describe_gauge!(
+        USED_BYTES,
+        "bytes held by the cache (keys, values, per-entry overhead)"
+    );
+}
