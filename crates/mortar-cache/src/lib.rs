@@ -21,6 +21,7 @@
 //! * SCAN walks a snapshot ordered by a stable key hash: O(keys) per call.
 
 pub mod api;
+pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod resp;

@@ -63,6 +63,12 @@ impl Expiry<Bytes, Value> for Ttl {
     }
 }
 
+/// An owned copy. Arguments arrive as slices of a connection's read buffer; storing them as is
+/// would keep the whole buffer alive for as long as any value from it lives.
+fn compact(b: &Bytes) -> Bytes {
+    Bytes::copy_from_slice(b)
+}
+
 /// Wall-clock epoch milliseconds (TTLs are absolute so EXPIREAT and PXAT mean what they say).
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -72,7 +78,7 @@ pub fn now_ms() -> u64 {
 
 /// The local cache.
 pub struct Store {
-    cache: moka::sync::Cache<Bytes, Value>,
+    cache: moka::sync::Cache<Bytes, Value, foldhash::fast::RandomState>,
     pub stats: Arc<Stats>,
     max_memory: u64,
     policy: Policy,
@@ -111,7 +117,8 @@ impl Store {
                 }
                 RemovalCause::Explicit | RemovalCause::Replaced => {}
             })
-            .build();
+            // foldhash (keyed per process) instead of SipHash: a hit is mostly hashing the key.
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Self {
             cache,
             stats,
@@ -148,7 +155,13 @@ impl Store {
     }
 
     pub fn set(&self, key: Bytes, value: Value) {
-        self.cache.insert(key, value);
+        self.cache.insert(
+            compact(&key),
+            Value {
+                data: compact(&value.data),
+                ..value
+            },
+        );
     }
 
     pub fn remove(&self, key: &[u8]) -> Option<Value> {
@@ -161,7 +174,7 @@ impl Store {
     /// new value (`None` deletes) and a result.
     pub fn update<R>(&self, key: Bytes, f: impl FnOnce(Option<Value>) -> (Option<Value>, R)) -> R {
         let mut out = None;
-        let _ = self.cache.entry(key).and_compute_with(|entry| {
+        let _ = self.cache.entry(compact(&key)).and_compute_with(|entry| {
             let now = now_ms();
             let current = entry
                 .map(moka::Entry::into_value)
@@ -169,7 +182,10 @@ impl Store {
             let (next, r) = f(current);
             out = Some(r);
             match next {
-                Some(v) => Op::Put(v),
+                Some(v) => Op::Put(Value {
+                    data: compact(&v.data),
+                    ..v
+                }),
                 None => Op::Remove,
             }
         });

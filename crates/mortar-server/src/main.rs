@@ -59,6 +59,13 @@ enum Command {
         #[command(subcommand)]
         command: RateLimitCommand,
     },
+    /// The cache over HTTP: get, set, del, stats (any Redis client works on the RESP port too).
+    Cache {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: mortar_cache::cli::CacheCommand,
+    },
     /// Distributed locks and semaphores: acquire, renew, release, status, list, run.
     Lock {
         #[command(flatten)]
@@ -149,6 +156,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Cache { client, command } => {
+            match runtime.block_on(mortar_cache::cli::run(&client, &command)) {
+                Ok(out) => {
+                    use std::io::Write as _;
+                    let _ = std::io::stdout().write_all(&out);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => print(Err(e)),
+            }
+        }
         Command::Lock { client, command } => {
             match runtime.block_on(mortar_lock::cli::run(&client, &command)) {
                 Ok((out, code)) => {
