@@ -14,8 +14,8 @@ fn bench(c: &mut Criterion) {
         .collect();
     for k in &keys {
         store.set(
-            k.clone(),
-            Value {
+            k,
+            &Value {
                 data: Bytes::from(vec![b'x'; 100]),
                 expires_at_ms: None,
             },

@@ -85,8 +85,8 @@ async fn put_value(
         )]));
     }
     svc.store.set(
-        key,
-        Value {
+        &key,
+        &Value {
             data: body,
             expires_at_ms: p.ttl_ms.map(|t| now_ms().saturating_add(t)),
         },

@@ -120,8 +120,8 @@ pub fn execute(
                 match int(t) {
                     Some(n) if n > 0 => {
                         store.set(
-                            k.clone(),
-                            Value {
+                            k,
+                            &Value {
                                 data: v.clone(),
                                 expires_at_ms: Some(
                                     now_ms().saturating_add((n as u64).saturating_mul(unit)),
@@ -140,7 +140,7 @@ pub fn execute(
             _ => arity(&cmd.to_ascii_lowercase()),
         },
         "GETSET" => match a {
-            [k, v] => store.update(k.clone(), |old| {
+            [k, v] => store.update(k, |old| {
                 (
                     Some(Value {
                         data: v.clone(),
@@ -172,8 +172,8 @@ pub fn execute(
             }
             for kv in a.chunks_exact(2) {
                 store.set(
-                    kv[0].clone(),
-                    Value {
+                    &kv[0],
+                    &Value {
                         data: kv[1].clone(),
                         expires_at_ms: None,
                     },
@@ -191,8 +191,8 @@ pub fn execute(
             }
             for kv in a.chunks_exact(2) {
                 store.set(
-                    kv[0].clone(),
-                    Value {
+                    &kv[0],
+                    &Value {
                         data: kv[1].clone(),
                         expires_at_ms: None,
                     },
@@ -235,7 +235,7 @@ pub fn execute(
             _ => arity(&cmd.to_ascii_lowercase()),
         },
         "PERSIST" => match a {
-            [k] => store.update(k.clone(), |v| match v {
+            [k] => store.update(k, |v| match v {
                 Some(v) if v.expires_at_ms.is_some() => (
                     Some(Value {
                         expires_at_ms: None,
@@ -265,7 +265,7 @@ pub fn execute(
                 else {
                     return Reply::err("ERR value is not a valid float");
                 };
-                store.update(k.clone(), |v| {
+                store.update(k, |v| {
                     let (cur, ttl) = match &v {
                         Some(v) => match std::str::from_utf8(&v.data)
                             .ok()
@@ -298,7 +298,7 @@ pub fn execute(
             _ => arity("incrbyfloat"),
         },
         "APPEND" => match a {
-            [k, add] => store.update(k.clone(), |v| {
+            [k, add] => store.update(k, |v| {
                 let (mut data, ttl) = v.map_or((BytesMut::new(), None), |v| {
                     (BytesMut::from(&v.data[..]), v.expires_at_ms)
                 });
@@ -351,7 +351,7 @@ pub fn execute(
                         "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
                     );
                 }
-                store.update(k.clone(), |cur| {
+                store.update(k, |cur| {
                     if v.is_empty() {
                         let n = cur.as_ref().map_or(0, |c| c.data.len() as i64);
                         return (cur, Reply::Int(n));
@@ -461,7 +461,7 @@ enum Cond {
 
 /// Sets under a condition; returns whether it was set.
 fn set_if(store: &Store, k: &Bytes, data: Bytes, expires_at_ms: Option<u64>, cond: Cond) -> bool {
-    store.update(k.clone(), |cur| {
+    store.update(k, |cur| {
         let ok = match cond {
             Cond::Always => true,
             Cond::Nx => cur.is_none(),
@@ -523,7 +523,7 @@ fn set(store: &Store, a: &[Bytes]) -> Reply {
         i += 1;
     }
     let data = v.clone();
-    let (set, old) = store.update(k.clone(), |cur| {
+    let (set, old) = store.update(k, |cur| {
         let ok = match cond {
             Cond::Always => true,
             Cond::Nx => cur.is_none(),
@@ -575,7 +575,7 @@ fn getex(store: &Store, a: &[Bytes]) -> Reply {
     };
     match change {
         None => store.get(k).map_or(Reply::Null, |v| Reply::Bulk(v.data)),
-        Some(ttl) => store.update(k.clone(), |cur| match cur {
+        Some(ttl) => store.update(k, |cur| match cur {
             Some(v) => {
                 let reply = Reply::Bulk(v.data.clone());
                 (
@@ -619,7 +619,7 @@ fn expire(store: &Store, cmd: &str, a: &[Bytes]) -> Reply {
     if gt && lt {
         return Reply::err("ERR GT and LT options at the same time are not compatible");
     }
-    store.update(k.clone(), |cur| {
+    store.update(k, |cur| {
         let Some(v) = cur else {
             return (None, Reply::Int(0));
         };
@@ -658,7 +658,7 @@ fn incr(store: &Store, cmd: &str, a: &[Bytes]) -> Reply {
         },
         _ => return arity(&cmd.to_ascii_lowercase()),
     };
-    store.update(a[0].clone(), |v| {
+    store.update(&a[0], |v| {
         let (cur, ttl) = match &v {
             Some(v) => match int(&v.data) {
                 Some(n) => (n, v.expires_at_ms),

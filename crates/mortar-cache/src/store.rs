@@ -65,7 +65,7 @@ impl Expiry<Bytes, Value> for Ttl {
 
 /// An owned copy. Arguments arrive as slices of a connection's read buffer; storing them as is
 /// would keep the whole buffer alive for as long as any value from it lives.
-fn compact(b: &Bytes) -> Bytes {
+fn compact(b: &[u8]) -> Bytes {
     Bytes::copy_from_slice(b)
 }
 
@@ -154,12 +154,14 @@ impl Store {
             .filter(|v| v.expires_at_ms.is_none_or(|at| at > now_ms()))
     }
 
-    pub fn set(&self, key: Bytes, value: Value) {
+    /// Stores owned copies of `key` and the value (see [`compact`]).
+    pub fn set(&self, key: &[u8], value: &Value) {
+        let data = compact(&value.data);
         self.cache.insert(
-            compact(&key),
+            compact(key),
             Value {
-                data: compact(&value.data),
-                ..value
+                data,
+                expires_at_ms: value.expires_at_ms,
             },
         );
     }
@@ -172,23 +174,26 @@ impl Store {
 
     /// Atomically replaces a key's value: `f` sees the live value (or `None`) and returns the
     /// new value (`None` deletes) and a result.
-    pub fn update<R>(&self, key: Bytes, f: impl FnOnce(Option<Value>) -> (Option<Value>, R)) -> R {
+    pub fn update<R>(&self, key: &[u8], f: impl FnOnce(Option<Value>) -> (Option<Value>, R)) -> R {
         let mut out = None;
-        let _ = self.cache.entry(compact(&key)).and_compute_with(|entry| {
-            let now = now_ms();
-            let current = entry
-                .map(moka::Entry::into_value)
-                .filter(|v| v.expires_at_ms.is_none_or(|at| at > now));
-            let (next, r) = f(current);
-            out = Some(r);
-            match next {
-                Some(v) => Op::Put(Value {
-                    data: compact(&v.data),
-                    ..v
-                }),
-                None => Op::Remove,
-            }
-        });
+        let _ = self
+            .cache
+            .entry(Bytes::copy_from_slice(key))
+            .and_compute_with(|entry| {
+                let now = now_ms();
+                let current = entry
+                    .map(moka::Entry::into_value)
+                    .filter(|v| v.expires_at_ms.is_none_or(|at| at > now));
+                let (next, r) = f(current);
+                out = Some(r);
+                match next {
+                    Some(v) => Op::Put(Value {
+                        data: compact(&v.data),
+                        ..v
+                    }),
+                    None => Op::Remove,
+                }
+            });
         out.expect("compute ran")
     }
 
