@@ -14,8 +14,9 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::commands::Session;
+use crate::resp::Reply;
 use crate::service::CacheService;
-use crate::store::{Value, now_ms};
 
 pub fn router(svc: Arc<CacheService>) -> OpenApiRouter {
     OpenApiRouter::new()
@@ -48,6 +49,20 @@ pub struct PutParams {
     pub ttl_ms: Option<u64>,
 }
 
+/// Runs a command the way RESP clients do (so cluster mode applies to HTTP too).
+async fn run(svc: &CacheService, args: Vec<bytes::Bytes>) -> Result<Reply, Problem> {
+    let mut session = Session {
+        proto: 2,
+        authed: true,
+        ..Session::default()
+    };
+    match svc.run(&mut session, &args).await {
+        Reply::Error(e) if e.contains("unavailable") => Err(Problem::unavailable("redis", e)),
+        Reply::Error(e) => Err(Problem::bad_request(e)),
+        r => Ok(r),
+    }
+}
+
 /// The raw bytes of a value (404 when absent or expired).
 #[utoipa::path(get, path = "/v1/cache/{namespace}/{key}", tag = "cache",
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = Problem)))]
@@ -55,14 +70,17 @@ async fn get_value(
     State(svc): State<Arc<CacheService>>,
     ApiPath((ns, k)): ApiPath<(String, String)>,
 ) -> Result<Response, Problem> {
-    let v = svc
-        .store
-        .get(&key(&ns, &k)?)
-        .ok_or_else(|| Problem::not_found(format!("no key `{k}` in namespace `{ns}`")))?;
-    let mut res = ([(header::CONTENT_TYPE, "application/octet-stream")], v.data).into_response();
-    if let Some(at) = v.expires_at_ms {
-        res.headers_mut()
-            .insert("mortar-ttl-ms", at.saturating_sub(now_ms()).into());
+    let key = key(&ns, &k)?;
+    let Reply::Bulk(data) = run(&svc, vec!["GET".into(), key.clone()]).await? else {
+        return Err(Problem::not_found(format!(
+            "no key `{k}` in namespace `{ns}`"
+        )));
+    };
+    let mut res = ([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response();
+    if let Ok(Reply::Int(ms)) = run(&svc, vec!["PTTL".into(), key]).await
+        && ms > 0
+    {
+        res.headers_mut().insert("mortar-ttl-ms", ms.into());
     }
     Ok(res)
 }
@@ -78,19 +96,18 @@ async fn put_value(
     body: Bytes,
 ) -> Result<StatusCode, Problem> {
     let key = key(&ns, &k)?;
-    if p.ttl_ms == Some(0) {
-        return Err(Problem::validation(vec![mortar_core::FieldError::new(
-            "ttl_ms",
-            "must be at least 1",
-        )]));
+    let mut args = vec!["SET".into(), key, body];
+    match p.ttl_ms {
+        Some(0) => {
+            return Err(Problem::validation(vec![mortar_core::FieldError::new(
+                "ttl_ms",
+                "must be at least 1",
+            )]));
+        }
+        Some(t) => args.extend(["PX".into(), bytes::Bytes::from(t.to_string())]),
+        None => {}
     }
-    svc.store.set(
-        &key,
-        &Value {
-            data: body,
-            expires_at_ms: p.ttl_ms.map(|t| now_ms().saturating_add(t)),
-        },
-    );
+    run(&svc, args).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -100,7 +117,7 @@ async fn delete_value(
     State(svc): State<Arc<CacheService>>,
     ApiPath((ns, k)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, Problem> {
-    svc.store.remove(&key(&ns, &k)?);
+    run(&svc, vec!["DEL".into(), key(&ns, &k)?]).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -140,22 +157,32 @@ async fn mget(
             "give 1 to 1000 keys",
         )]));
     }
-    let mut items = Vec::with_capacity(body.keys.len());
-    for k in body.keys {
-        let v = svc.store.get(&key(&ns, &k)?);
-        let (value, encoding) = match v {
-            None => (None, None),
-            Some(v) => match String::from_utf8(v.data.to_vec()) {
-                Ok(s) => (Some(s), Some("utf8")),
-                Err(_) => (Some(base64(&v.data)), Some("base64")),
-            },
-        };
-        items.push(MgetItem {
-            key: k,
-            value,
-            encoding,
-        });
+    let mut args = vec![bytes::Bytes::from_static(b"MGET")];
+    for k in &body.keys {
+        args.push(key(&ns, k)?);
     }
+    let Reply::Array(values) = run(&svc, args).await? else {
+        return Err(Problem::internal());
+    };
+    let items = body
+        .keys
+        .into_iter()
+        .zip(values)
+        .map(|(key, v)| {
+            let (value, encoding) = match v {
+                Reply::Bulk(data) => match String::from_utf8(data.to_vec()) {
+                    Ok(s) => (Some(s), Some("utf8")),
+                    Err(_) => (Some(base64(&data)), Some("base64")),
+                },
+                _ => (None, None),
+            };
+            MgetItem {
+                key,
+                value,
+                encoding,
+            }
+        })
+        .collect();
     Ok(ApiJson(MgetResponse { items }))
 }
 

@@ -13,6 +13,10 @@ pub struct CacheConfig {
     pub max_memory: u64,
     pub eviction: Policy,
     pub max_bulk_bytes: usize,
+    /// Cluster mode: how long a node may serve a value from its near-cache.
+    pub l1_ttl_ms: u64,
+    /// Cluster mode: deadline of one Redis call.
+    pub redis_timeout_ms: u64,
 }
 
 impl Default for CacheConfig {
@@ -22,6 +26,8 @@ impl Default for CacheConfig {
             max_memory: 256 * 1024 * 1024,
             eviction: Policy::TinyLfu,
             max_bulk_bytes: 64 * 1024 * 1024,
+            l1_ttl_ms: 10_000,
+            redis_timeout_ms: 500,
         }
     }
 }
@@ -43,6 +49,15 @@ impl CacheConfig {
         KeyDoc::new(
             "cache.max_bulk_bytes",
             "largest value or argument a client may send",
+        ),
+        KeyDoc::new(
+            "cache.l1_ttl_ms",
+            "cluster mode: longest a node serves a value from its near-cache (caps staleness if an\n\
+             invalidation is lost)",
+        ),
+        KeyDoc::new(
+            "cache.redis_timeout_ms",
+            "cluster mode: deadline of one Redis call (then an error, never a hang)",
         ),
     ];
 

@@ -14,14 +14,16 @@
 //!
 //! ## Limits (today)
 //!
-//! * One node's memory: the cluster tier (Redis as L2 with invalidation), origins
-//!   (read-through, write-through/behind) and singleflight loading are not built yet.
+//! * Cluster mode ([`cluster`]): with `redis_url`, Redis is the shared tier and each node keeps
+//!   a near-cache; invalidations travel over Redis pub/sub and the L1 TTL (`l1_ttl_ms`) caps
+//!   staleness. Origins (read-through, write-through/behind) and singleflight are not built yet.
 //! * Strings only (as a cache needs): no lists, hashes or sets, so `-WRONGTYPE` never occurs.
 //! * MSETNX checks then sets: a concurrent writer of the same keys can interleave.
 //! * SCAN walks a snapshot ordered by a stable key hash: O(keys) per call.
 
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod resp;

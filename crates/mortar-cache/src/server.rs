@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
-use crate::commands::{Session, execute};
+use crate::commands::Session;
 use crate::resp::{Reply, parse_command};
 use crate::service::CacheService;
 
@@ -109,7 +109,9 @@ async fn connection(
                         continue;
                     }
                     svc.commands.fetch_add(1, Ordering::Relaxed);
-                    execute(&svc.store, svc, &mut session, &args).encode(&mut wbuf, session.proto);
+                    svc.run(&mut session, &args)
+                        .await
+                        .encode(&mut wbuf, session.proto);
                     if session.quit {
                         stream.write_all(&wbuf).await?;
                         return Ok(());

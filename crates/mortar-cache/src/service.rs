@@ -19,6 +19,8 @@ pub const USED_BYTES: &str = "mortar_cache_used_bytes";
 #[derive(Debug)]
 pub struct CacheService {
     pub store: Store,
+    /// The shared tier in cluster mode.
+    pub l2: Option<crate::cluster::L2>,
     pub limits: Limits,
     password: Option<String>,
     started_ms: u64,
@@ -28,8 +30,47 @@ pub struct CacheService {
 }
 
 impl CacheService {
+    /// Embedded: this node's memory only.
     pub fn new(cfg: &CacheConfig, password: Option<String>) -> Arc<Self> {
+        Self::build(cfg, password, None)
+    }
+
+    /// Cluster mode: Redis (at `redis_url`) as the shared tier, this node's memory as L1.
+    pub fn clustered(
+        cfg: &CacheConfig,
+        password: Option<String>,
+        redis: mortar_core::storage::Redis,
+        redis_url: &str,
+    ) -> Arc<Self> {
+        let l2 = crate::cluster::L2::new(
+            redis,
+            cfg.l1_ttl_ms,
+            std::time::Duration::from_millis(cfg.redis_timeout_ms),
+        );
+        let svc = Self::build(cfg, password, Some(l2.clone()));
+        crate::cluster::spawn_subscriber(&svc, l2, redis_url.to_owned());
+        svc
+    }
+
+    /// Runs one command in this node's mode.
+    pub async fn run(
+        &self,
+        session: &mut crate::commands::Session,
+        args: &[bytes::Bytes],
+    ) -> crate::resp::Reply {
+        match &self.l2 {
+            None => crate::commands::execute(&self.store, self, session, args),
+            Some(l2) => crate::cluster::execute_cluster(self, l2, session, args).await,
+        }
+    }
+
+    fn build(
+        cfg: &CacheConfig,
+        password: Option<String>,
+        l2: Option<crate::cluster::L2>,
+    ) -> Arc<Self> {
         let svc = Arc::new(Self {
+            l2,
             store: Store::new(cfg.max_memory, cfg.eviction),
             limits: Limits {
                 max_bulk: cfg.max_bulk_bytes,

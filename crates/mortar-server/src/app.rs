@@ -75,7 +75,15 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
     let ratelimit = RateLimitService::start(&storage, &config.ratelimit, clock.clone()).await?;
     let resilience = ResilienceService::new(&config.resilience)?;
     let locks = LockService::start(&storage, &config.lock, clock.clone())?;
-    let cache = CacheService::new(&config.cache, config.auth.admin_token.clone());
+    let cache = match (&storage.redis, &config.redis_url) {
+        (Some(redis), Some(url)) => CacheService::clustered(
+            &config.cache,
+            config.auth.admin_token.clone(),
+            redis.clone(),
+            url,
+        ),
+        _ => CacheService::new(&config.cache, config.auth.admin_token.clone()),
+    };
     let node = Arc::new(Node {
         storage,
         started: Instant::now(),
