@@ -3,6 +3,9 @@
 use mortar_core::config::{ConfigError, KeyDoc};
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
+use crate::origin::NamespaceConfig;
 use crate::store::Policy;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +20,8 @@ pub struct CacheConfig {
     pub l1_ttl_ms: u64,
     /// Cluster mode: deadline of one Redis call.
     pub redis_timeout_ms: u64,
+    /// Namespaces with an origin (`[cache.namespaces.<name>]`).
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
 }
 
 impl Default for CacheConfig {
@@ -28,6 +33,7 @@ impl Default for CacheConfig {
             max_bulk_bytes: 64 * 1024 * 1024,
             l1_ttl_ms: 10_000,
             redis_timeout_ms: 500,
+            namespaces: BTreeMap::new(),
         }
     }
 }
@@ -58,6 +64,12 @@ impl CacheConfig {
         KeyDoc::new(
             "cache.redis_timeout_ms",
             "cluster mode: deadline of one Redis call (then an error, never a hang)",
+        ),
+        KeyDoc::new(
+            "cache.namespaces",
+            "namespaces backed by an origin: [cache.namespaces.<name>] with origin_url (a miss on\n\
+             <name>:<key> loads origin_url/<key>), ttl_ms (when the origin sends no max-age),\n\
+             write (\"none\" or \"through\"), timeout_ms",
         ),
     ];
 

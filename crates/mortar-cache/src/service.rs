@@ -21,6 +21,8 @@ pub struct CacheService {
     pub store: Store,
     /// The shared tier in cluster mode.
     pub l2: Option<crate::cluster::L2>,
+    namespaces: std::collections::BTreeMap<String, crate::origin::NamespaceConfig>,
+    origins: std::sync::OnceLock<std::collections::HashMap<String, Arc<crate::origin::Origin>>>,
     pub limits: Limits,
     password: Option<String>,
     started_ms: u64,
@@ -52,8 +54,80 @@ impl CacheService {
         svc
     }
 
-    /// Runs one command in this node's mode.
+    /// Connects the configured namespaces to their origins, each call through the breaker
+    /// `breaker(name)` gives (the server passes its resilience registry's, so they are visible
+    /// in `/v1/resilience/breakers`).
+    pub fn attach_origins(&self, breaker: impl Fn(&str) -> Arc<mortar_resilience::Breaker>) {
+        let origins = self
+            .namespaces
+            .iter()
+            .map(|(ns, cfg)| {
+                (
+                    ns.clone(),
+                    crate::origin::Origin::new(cfg.clone(), breaker(&format!("cache-origin-{ns}"))),
+                )
+            })
+            .collect();
+        let _ = self.origins.set(origins);
+    }
+
+    /// The origin of `key`'s namespace (`namespace:rest`) and `rest`.
+    fn origin_for(&self, key: &[u8]) -> Option<(&Arc<crate::origin::Origin>, bytes::Bytes)> {
+        let colon = key.iter().position(|b| *b == b':')?;
+        let ns = std::str::from_utf8(&key[..colon]).ok()?;
+        let origin = self.origins.get()?.get(ns)?;
+        Some((origin, bytes::Bytes::copy_from_slice(&key[colon + 1..])))
+    }
+
+    /// Runs one command in this node's mode, with origins applied.
     pub async fn run(
+        &self,
+        session: &mut crate::commands::Session,
+        args: &[bytes::Bytes],
+    ) -> crate::resp::Reply {
+        use crate::resp::Reply;
+        let cmd = args
+            .first()
+            .map(|c| c.to_ascii_uppercase())
+            .unwrap_or_default();
+        // Write-through: the origin takes the value first.
+        if cmd == b"SET"
+            && args.len() >= 3
+            && let Some((origin, rest)) = self.origin_for(&args[1])
+            && origin.cfg.write == crate::origin::WriteMode::Through
+            && let Err(e) = origin.write(&rest, args[2].clone()).await
+        {
+            return Reply::err(format!("ERR origin write failed: {e}"));
+        }
+        let reply = self.run_local(session, args).await;
+        // Read-through: a miss loads from the origin (once, however many callers miss).
+        if cmd == b"GET"
+            && reply == Reply::Null
+            && args.len() == 2
+            && let Some((origin, rest)) = self.origin_for(&args[1])
+        {
+            return match origin.load(rest).await {
+                Ok(Some((data, ttl_ms))) => {
+                    if ttl_ms > 0 {
+                        let set = [
+                            bytes::Bytes::from_static(b"SET"),
+                            args[1].clone(),
+                            data.clone(),
+                            bytes::Bytes::from_static(b"PX"),
+                            bytes::Bytes::from(ttl_ms.to_string()),
+                        ];
+                        self.run_local(session, &set).await;
+                    }
+                    Reply::Bulk(data)
+                }
+                Ok(None) => Reply::Null,
+                Err(e) => Reply::err(format!("ERR origin read failed: {e}")),
+            };
+        }
+        reply
+    }
+
+    async fn run_local(
         &self,
         session: &mut crate::commands::Session,
         args: &[bytes::Bytes],
@@ -71,6 +145,8 @@ impl CacheService {
     ) -> Arc<Self> {
         let svc = Arc::new(Self {
             l2,
+            namespaces: cfg.namespaces.clone(),
+            origins: std::sync::OnceLock::new(),
             store: Store::new(cfg.max_memory, cfg.eviction),
             limits: Limits {
                 max_bulk: cfg.max_bulk_bytes,

@@ -84,6 +84,7 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         ),
         _ => CacheService::new(&config.cache, config.auth.admin_token.clone()),
     };
+    cache.attach_origins(|name| resilience.breaker(name));
     let node = Arc::new(Node {
         storage,
         started: Instant::now(),
