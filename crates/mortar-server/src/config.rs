@@ -166,6 +166,10 @@ mod tests {
         cfg.resilience
             .retries
             .insert("db".into(), mortar_resilience::RetryConfig::default());
+        cfg.cache.namespaces.insert(
+            "users".into(),
+            toml::from_str("origin_url = \"http://origin\"\nttl_ms = 1000\nwrite = \"through\"\ntimeout_ms = 100").unwrap(),
+        );
         let keys = leaf_keys(&cfg);
         let docs = Config::docs();
         // A doc covers its key and, for tables of named entries, everything under it.
