@@ -69,7 +69,8 @@ impl CacheConfig {
             "cache.namespaces",
             "namespaces backed by an origin: [cache.namespaces.<name>] with origin_url (a miss on\n\
              <name>:<key> loads origin_url/<key>), ttl_ms (when the origin sends no max-age),\n\
-             write (\"none\" or \"through\"), timeout_ms",
+             write (\"none\", \"through\" or \"behind\"), timeout_ms, flush_ms\n\
+             (write-behind)",
         ),
     ];
 

@@ -5,7 +5,10 @@
 //! A read fetches `GET {origin_url}/{key}`: 200 → cached for the response's
 //! `Cache-Control: max-age` (or the namespace's `ttl_ms`), 404 → a miss (not cached),
 //! anything else → an error. A write-through `SET` first sends `PUT {origin_url}/{key}`; only a
-//! 2xx lets the cache take the value.
+//! 2xx lets the cache take the value. A write-behind `SET` is taken at once and queued; a
+//! background task sends the latest value of each queued key every `flush_ms` (writes to one
+//! key in between coalesce). **Loss window**: values written in the last `flush_ms`, plus any
+//! the origin keeps refusing, are lost if the node dies; graceful shutdown flushes first.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,12 +28,20 @@ pub struct NamespaceConfig {
     /// TTL of loaded values when the origin sends no `Cache-Control: max-age`.
     #[serde(default = "default_ttl")]
     pub ttl_ms: u64,
-    /// `through`: writes go to the origin first; `none`: the origin is read-only.
+    /// `through`: writes go to the origin first; `behind`: writes are queued and flushed every
+    /// `flush_ms`; `none`: the origin is read-only.
     #[serde(default)]
     pub write: WriteMode,
     /// Deadline of one origin call.
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
+    /// Write-behind: how often queued writes are sent.
+    #[serde(default = "default_flush")]
+    pub flush_ms: u64,
+}
+
+fn default_flush() -> u64 {
+    1_000
 }
 
 fn default_ttl() -> u64 {
@@ -47,6 +58,7 @@ pub enum WriteMode {
     #[default]
     None,
     Through,
+    Behind,
 }
 
 /// What a load found: the value and its TTL, or nothing.
@@ -58,6 +70,8 @@ pub struct Origin {
     http: reqwest::Client,
     breaker: Arc<Breaker>,
     inflight: Mutex<HashMap<Bytes, Shared<BoxFuture<'static, Loaded>>>>,
+    /// Write-behind queue: the latest value per key.
+    pending: Mutex<HashMap<Bytes, Bytes>>,
 }
 
 impl std::fmt::Debug for Origin {
@@ -74,12 +88,70 @@ impl Origin {
             .timeout(Duration::from_millis(cfg.timeout_ms))
             .build()
             .unwrap_or_default();
-        Arc::new(Self {
+        let origin = Arc::new(Self {
             cfg,
             http,
             breaker,
             inflight: Mutex::default(),
-        })
+            pending: Mutex::default(),
+        });
+        if origin.cfg.write == WriteMode::Behind
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let weak = Arc::downgrade(&origin);
+            let every = Duration::from_millis(origin.cfg.flush_ms.max(1));
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    let Some(o) = weak.upgrade() else { break };
+                    o.flush().await;
+                }
+            });
+        }
+        origin
+    }
+
+    /// Queues a write-behind value (the newest value of a key wins).
+    pub fn queue(&self, key: Bytes, value: Bytes) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, value);
+    }
+
+    /// Writes queued for the origin but not yet sent.
+    pub fn queued(&self) -> usize {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Sends every queued write (concurrently); failed ones are queued again unless newer
+    /// values arrived meanwhile.
+    pub async fn flush(&self) {
+        let batch: Vec<(Bytes, Bytes)> = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .collect();
+        if batch.is_empty() {
+            return;
+        }
+        let results = futures_util::future::join_all(batch.into_iter().map(|(k, v)| async move {
+            let r = self.write(&k, v.clone()).await;
+            (k, v, r)
+        }))
+        .await;
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        for (k, v, r) in results {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "cache write-behind: origin refused a write; will retry");
+                pending.entry(k).or_insert(v);
+            }
+        }
     }
 
     fn url(&self, key: &[u8]) -> String {

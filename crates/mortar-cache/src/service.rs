@@ -71,6 +71,15 @@ impl CacheService {
         let _ = self.origins.set(origins);
     }
 
+    /// Sends every queued write-behind value now (graceful shutdown calls this).
+    pub async fn flush_origins(&self) {
+        if let Some(origins) = self.origins.get() {
+            for o in origins.values() {
+                o.flush().await;
+            }
+        }
+    }
+
     /// The origin of `key`'s namespace (`namespace:rest`) and `rest`.
     fn origin_for(&self, key: &[u8]) -> Option<(&Arc<crate::origin::Origin>, bytes::Bytes)> {
         let colon = key.iter().position(|b| *b == b':')?;
@@ -91,15 +100,27 @@ impl CacheService {
             .map(|c| c.to_ascii_uppercase())
             .unwrap_or_default();
         // Write-through: the origin takes the value first.
+        let mut behind = None;
         if cmd == b"SET"
             && args.len() >= 3
             && let Some((origin, rest)) = self.origin_for(&args[1])
-            && origin.cfg.write == crate::origin::WriteMode::Through
-            && let Err(e) = origin.write(&rest, args[2].clone()).await
         {
-            return Reply::err(format!("ERR origin write failed: {e}"));
+            match origin.cfg.write {
+                crate::origin::WriteMode::Through => {
+                    if let Err(e) = origin.write(&rest, args[2].clone()).await {
+                        return Reply::err(format!("ERR origin write failed: {e}"));
+                    }
+                }
+                crate::origin::WriteMode::Behind => behind = Some((origin, rest)),
+                crate::origin::WriteMode::None => {}
+            }
         }
         let reply = self.run_local(session, args).await;
+        if let Some((origin, rest)) = behind
+            && !matches!(reply, Reply::Error(_) | Reply::Null)
+        {
+            origin.queue(rest, args[2].clone());
+        }
         // Read-through: a miss loads from the origin (once, however many callers miss).
         if cmd == b"GET"
             && reply == Reply::Null

@@ -76,14 +76,19 @@ async fn origin(seen: Arc<Seen>) -> String {
 }
 
 fn service(url: &str) -> (Arc<CacheService>, Arc<Breaker>) {
+    service_with(url, WriteMode::Through)
+}
+
+fn service_with(url: &str, write: WriteMode) -> (Arc<CacheService>, Arc<Breaker>) {
     let mut cfg = CacheConfig::default();
     cfg.namespaces.insert(
         "users".into(),
         NamespaceConfig {
             origin_url: url.to_owned(),
             ttl_ms: 30_000,
-            write: WriteMode::Through,
+            write,
             timeout_ms: 2000,
+            flush_ms: 60_000,
         },
     );
     let svc = CacheService::new(&cfg, None);
@@ -212,4 +217,35 @@ async fn writes_go_through_to_the_origin_first() {
         None,
         "a refused write is not cached"
     );
+}
+
+#[tokio::test]
+async fn write_behind_answers_at_once_coalesces_and_retries() {
+    let seen = Arc::new(Seen::default());
+    let (svc, _) = service_with(&origin(seen.clone()).await, WriteMode::Behind);
+    for i in 0..5 {
+        assert_eq!(
+            run(&svc, &["SET", "users:9", &format!("v{i}")]).await,
+            Reply::ok()
+        );
+    }
+    run(&svc, &["SET", "users:readonly", "x"]).await;
+    assert!(
+        seen.puts.lock().unwrap().is_empty(),
+        "nothing sent before the flush"
+    );
+    assert_eq!(
+        run(&svc, &["GET", "users:9"]).await,
+        Reply::Bulk(Bytes::from("v4")),
+        "the cache has it already"
+    );
+    svc.flush_origins().await;
+    assert_eq!(
+        seen.puts.lock().unwrap().as_slice(),
+        &[("9".to_owned(), b"v4".to_vec())],
+        "five writes, one PUT of the last"
+    );
+    // The refused write stays queued for the next flush.
+    svc.flush_origins().await;
+    assert_eq!(seen.puts.lock().unwrap().len(), 1);
 }
