@@ -23,6 +23,7 @@
 //! * SCAN walks a snapshot ordered by a stable key hash: O(keys) per call.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod commands;

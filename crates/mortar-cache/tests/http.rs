@@ -144,7 +144,11 @@ async fn http_and_resp_share_entries_and_the_cli_works() {
         let stats = run(&["cache", "stats"]);
         let del = run(&["cache", "del", "cfg", "mode"]);
         let gone = run(&["cache", "get", "cfg", "mode"]);
-        (set, get, stats, del, gone)
+        let resp = format!("redis://127.0.0.1:{resp_port}");
+        let bench = run(&[
+            "bench", "cache", "--resp", &resp, "-c", "4", "-d", "1", "--keys", "100",
+        ]);
+        (set, get, stats, del, gone, bench)
     })
     .await
     .unwrap();
@@ -154,4 +158,9 @@ async fn http_and_resp_share_entries_and_the_cli_works() {
     assert!(out.3.status.success());
     assert_eq!(out.4.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.4.stderr).contains("no key `mode`"));
+    let bench = String::from_utf8_lossy(&out.5.stdout);
+    assert!(
+        bench.contains("ops/s") && bench.contains(" 0 errors"),
+        "{bench}"
+    );
 }

@@ -88,6 +88,8 @@ enum BenchCommand {
     Ratelimit(mortar_ratelimit::cli::BenchArgs),
     /// Acquire + release pairs (or, with --contended, hand-off latency); --target drives a peer.
     Lock(mortar_lock::bench::BenchArgs),
+    /// GET/SET load on the cache's RESP port (throughput, latency percentiles).
+    Cache(mortar_cache::bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -143,6 +145,19 @@ fn main() -> ExitCode {
             client,
             block: BenchCommand::Ratelimit(b),
         } => print(runtime.block_on(mortar_ratelimit::cli::bench(&client, &b))),
+        Command::Bench {
+            client,
+            block: BenchCommand::Cache(b),
+        } => match runtime.block_on(mortar_cache::bench::run(&b, client.token.as_deref())) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mortar: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Bench {
             client,
             block: BenchCommand::Lock(b),
