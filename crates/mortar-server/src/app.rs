@@ -9,6 +9,7 @@ use mortar_cache::CacheService;
 use mortar_core::auth::{Auth, KeyStore};
 use mortar_core::clock::{Clock, SystemClock};
 use mortar_core::storage::{Storage, core_migrations};
+use mortar_jobs::JobsService;
 use mortar_lock::LockService;
 use mortar_ratelimit::RateLimitService;
 use mortar_resilience::ResilienceService;
@@ -36,6 +37,7 @@ pub struct App {
     pub resilience: Arc<ResilienceService>,
     pub locks: Arc<LockService>,
     pub cache: Arc<CacheService>,
+    pub jobs: Arc<JobsService>,
 }
 
 #[derive(OpenApi)]
@@ -66,6 +68,7 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         core_migrations(),
         mortar_ratelimit::service::migrations(),
         mortar_lock::service::migrations(),
+        mortar_jobs::service::migrations(),
     ] {
         storage.migrate(&migrations).await?;
     }
@@ -85,6 +88,7 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         _ => CacheService::new(&config.cache, config.auth.admin_token.clone()),
     };
     cache.attach_origins(|name| resilience.breaker(name));
+    let jobs = JobsService::start(&storage, &config.jobs, clock.clone());
     let node = Arc::new(Node {
         storage,
         started: Instant::now(),
@@ -99,6 +103,7 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         .merge(mortar_resilience::api::router(resilience.clone()))
         .merge(mortar_lock::api::router(locks.clone()))
         .merge(mortar_cache::api::router(cache.clone()))
+        .merge(mortar_jobs::api::router(jobs.clone()))
         .split_for_parts();
     mortar_core::VERSION.clone_into(&mut openapi.info.version);
     let json = openapi.to_pretty_json().unwrap_or_else(|_| "{}".into());
@@ -112,5 +117,6 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         resilience,
         locks,
         cache,
+        jobs,
     })
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use mortar_cache::CacheConfig;
 use mortar_core::config::{AuthConfig, ConfigError, HttpConfig, KeyDoc, LogConfig, LogFormat};
 use mortar_core::storage::StorageConfig;
+use mortar_jobs::JobsConfig;
 use mortar_lock::LockConfig;
 use mortar_ratelimit::RateLimitConfig;
 use mortar_resilience::ResilienceConfig;
@@ -29,6 +30,7 @@ pub struct Config {
     pub resilience: ResilienceConfig,
     pub lock: LockConfig,
     pub cache: CacheConfig,
+    pub jobs: JobsConfig,
 }
 
 impl Default for Config {
@@ -46,6 +48,7 @@ impl Default for Config {
             resilience: ResilienceConfig::default(),
             lock: LockConfig::default(),
             cache: CacheConfig::default(),
+            jobs: JobsConfig::default(),
         }
     }
 }
@@ -83,6 +86,7 @@ impl Config {
             ResilienceConfig::DOCS,
             LockConfig::DOCS,
             CacheConfig::DOCS,
+            JobsConfig::DOCS,
         ]
         .concat()
     }

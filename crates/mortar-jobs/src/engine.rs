@@ -1,0 +1,133 @@
+//! Job rules, pure: validation, the retry schedule, what a failure leads to.
+
+/// A job's state.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Waiting for its `run_at`.
+    Scheduled,
+    /// Ready to be leased.
+    Available,
+    /// Leased by a worker until its lease deadline.
+    Running,
+    /// Failed; waiting for its next attempt.
+    Retryable,
+    Completed,
+    /// Failed for good (attempts exhausted or not retryable): the dead-letter queue.
+    Dead,
+    Cancelled,
+}
+
+impl State {
+    pub const ALL: [State; 7] = [
+        State::Scheduled,
+        State::Available,
+        State::Running,
+        State::Retryable,
+        State::Completed,
+        State::Dead,
+        State::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Scheduled => "scheduled",
+            State::Available => "available",
+            State::Running => "running",
+            State::Retryable => "retryable",
+            State::Completed => "completed",
+            State::Dead => "dead",
+            State::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+/// Backoff before attempt `attempt + 1` after `attempt` failed: exponential, capped, with
+/// "equal jitter" (half fixed, half random) so retries of many jobs spread out. `random` is in
+/// [0, 1).
+pub fn backoff_ms(base_ms: u64, max_ms: u64, attempt: u32, random: f64) -> u64 {
+    let exp = base_ms
+        .saturating_mul(1u64 << attempt.saturating_sub(1).min(40))
+        .min(max_ms);
+    let half = exp / 2;
+    half + (half as f64 * random) as u64
+}
+
+/// What a failure does to a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Retry at this time.
+    RetryAt(u64),
+    Dead,
+}
+
+/// Decides the next state after attempt `attempt` (1-based) failed.
+pub fn after_failure(
+    now_ms: u64,
+    attempt: u32,
+    max_attempts: u32,
+    retryable: bool,
+    retry_in_ms: Option<u64>,
+    backoff: (u64, u64),
+    random: f64,
+) -> AfterFailure {
+    if !retryable || attempt >= max_attempts {
+        return AfterFailure::Dead;
+    }
+    let delay = retry_in_ms.unwrap_or_else(|| backoff_ms(backoff.0, backoff.1, attempt, random));
+    AfterFailure::RetryAt(now_ms + delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_within_jitter_bounds_and_caps() {
+        for attempt in 1..10 {
+            let exp = (1000u64 << (attempt - 1)).min(60_000);
+            let lo = backoff_ms(1000, 60_000, attempt, 0.0);
+            let hi = backoff_ms(1000, 60_000, attempt, 0.999);
+            assert_eq!(lo, exp / 2);
+            assert!(
+                hi < exp && hi >= lo,
+                "attempt {attempt}: {lo}..{hi} of {exp}"
+            );
+        }
+        assert_eq!(backoff_ms(1000, 60_000, 50, 0.0), 30_000, "capped");
+    }
+
+    #[test]
+    fn failures_retry_until_attempts_run_out_or_not_retryable() {
+        let b = (1000, 60_000);
+        assert_eq!(
+            after_failure(0, 1, 3, true, None, b, 0.0),
+            AfterFailure::RetryAt(500)
+        );
+        assert_eq!(
+            after_failure(0, 2, 3, true, Some(7), b, 0.0),
+            AfterFailure::RetryAt(7)
+        );
+        assert_eq!(
+            after_failure(0, 3, 3, true, None, b, 0.0),
+            AfterFailure::Dead
+        );
+        assert_eq!(
+            after_failure(0, 1, 3, false, None, b, 0.0),
+            AfterFailure::Dead
+        );
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in State::ALL {
+            assert_eq!(State::parse(s.as_str()), Some(s));
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! # mortar-jobs — a durable job queue (first slice)
+//!
+//! Jobs `{queue, kind, payload, priority, delay_ms, max_attempts, backoff, timeout_ms}` are
+//! durable in the node's store before `POST /v1/jobs` answers. Workers in any language lease
+//! them over HTTP (`POST /v1/jobs/lease`, long-poll), heartbeat, and complete or fail them.
+//! Ordering: lower `priority` first, then earlier `run_at`, then enqueue order (ULIDs).
+//!
+//! Guarantees: at-least-once — a lease that runs out returns the job for another attempt, and
+//! the old lease can no longer complete or fail it (409), so effects can be fenced by lease id;
+//! in cluster mode PostgreSQL's `FOR UPDATE SKIP LOCKED` gives each job to one worker at a time.
+//! Failures retry with exponential backoff and jitter; after `max_attempts`, or a
+//! non-retryable failure, the job is **dead** (the DLQ: `GET /v1/jobs?state=dead`), keeping every
+//! attempt's error; `POST /v1/jobs/{id}/retry` revives it.
+//!
+//! ## Not built yet
+//!
+//! Unique keys and `Idempotency-Key`, transactional enqueue (`enqueue_in_tx`), push workers,
+//! the Rust worker library, queue management (pause, concurrency and rate limits, retention),
+//! LISTEN/NOTIFY wake-ups (other nodes' enqueues are seen within `jobs.poll_ms`), the CLI.
+
+pub mod api;
+pub mod engine;
+pub mod error;
+pub mod service;
+pub mod store;
+
+pub use service::{JobsConfig, JobsService, NewJob};
