@@ -172,7 +172,7 @@ async fn mget(
             let (value, encoding) = match v {
                 Reply::Bulk(data) => match String::from_utf8(data.to_vec()) {
                     Ok(s) => (Some(s), Some("utf8")),
-                    Err(_) => (Some(base64(&data)), Some("base64")),
+                    Err(_) => (Some(mortar_core::client::base64(&data)), Some("base64")),
                 },
                 _ => (None, None),
             };
@@ -216,25 +216,4 @@ async fn stats(State(svc): State<Arc<CacheService>>) -> ApiJson<Stats> {
         expirations: s.expired.load(Relaxed),
         resp_clients: svc.clients.load(Relaxed),
     })
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            out.push(if i <= chunk.len() {
-                T[(n >> (18 - 6 * i) & 63) as usize] as char
-            } else {
-                '='
-            });
-        }
-    }
-    out
 }

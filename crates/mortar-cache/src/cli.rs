@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Subcommand;
-use mortar_core::client::{Client, ClientArgs, ClientError, cell, table};
+use mortar_core::client::{Client, ClientArgs, ClientError, cell, encode_segment, table};
 
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
@@ -35,7 +35,13 @@ pub async fn run(args: &ClientArgs, cmd: &CacheCommand) -> Result<Vec<u8>, Clien
         Some(t) => r.bearer_auth(t),
         None => r,
     };
-    let path = |ns: &str, k: &str| format!("{base}/v1/cache/{}/{}", encode(ns), encode(k));
+    let path = |ns: &str, k: &str| {
+        format!(
+            "{base}/v1/cache/{}/{}",
+            encode_segment(ns),
+            encode_segment(k)
+        )
+    };
     let send = async |r: reqwest::RequestBuilder| -> Result<reqwest::Response, ClientError> {
         let r = auth(r).send().await.map_err(|e| {
             ClientError::Transport(format!("cannot reach the mortar server at {base}: {e}"))
@@ -104,16 +110,4 @@ pub async fn run(args: &ClientArgs, cmd: &CacheCommand) -> Result<Vec<u8>, Clien
             }
         }
     })
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }

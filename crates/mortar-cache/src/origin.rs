@@ -155,16 +155,11 @@ impl Origin {
     }
 
     fn url(&self, key: &[u8]) -> String {
-        let mut url = self.cfg.origin_url.trim_end_matches('/').to_owned();
-        url.push('/');
-        for b in key {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                url.push(*b as char);
-            } else {
-                url.push_str(&format!("%{b:02X}"));
-            }
-        }
-        url
+        format!(
+            "{}/{}",
+            self.cfg.origin_url.trim_end_matches('/'),
+            mortar_core::client::encode_segment(key)
+        )
     }
 
     /// Loads `key` (the part after `namespace:`); concurrent callers share one request.

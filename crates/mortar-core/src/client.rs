@@ -310,3 +310,52 @@ where
         latencies_us,
     }
 }
+
+/// Percent-encodes `s` for one URL path segment (unreserved characters and `:` stay as they are).
+pub fn encode_segment(s: impl AsRef<[u8]>) -> String {
+    let mut out = String::new();
+    for &b in s.as_ref() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// Standard base64 with padding (JSON fields carrying bytes: etcd's gateway, cache values).
+pub fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            out.push(if i <= chunk.len() {
+                T[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod encoding_tests {
+    #[test]
+    fn segments_and_base64() {
+        assert_eq!(
+            super::encode_segment("jobs/nightly:1 x"),
+            "jobs%2Fnightly:1%20x"
+        );
+        assert_eq!(super::base64(b"lock"), "bG9jaw==");
+        assert_eq!(super::base64(b"abc"), "YWJj");
+        assert_eq!(super::base64(b"bench-1"), "YmVuY2gtMQ==");
+    }
+}

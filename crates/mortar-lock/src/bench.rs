@@ -233,7 +233,7 @@ impl Driver {
                     Ok::<_, String>(v)
                 };
                 let lease = call("/v3/lease/grant", json!({"TTL": 10})).await?["ID"].clone();
-                let key = base64(name.as_bytes());
+                let key = mortar_core::client::base64(name.as_bytes());
                 let v = call("/v3/lock/lock", json!({"name": key, "lease": lease})).await?;
                 if v["key"].is_null() {
                     return Err(format!("etcd lock: no key in {v}"));
@@ -249,37 +249,5 @@ impl Driver {
                 Ok(h)
             }
         }
-    }
-}
-
-/// Standard base64 (etcd's JSON gateway wants byte fields that way).
-fn base64(bytes: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn base64_matches_the_standard() {
-        assert_eq!(super::base64(b"lock"), "bG9jaw==");
-        assert_eq!(super::base64(b"bench-1"), "YmVuY2gtMQ==");
-        assert_eq!(super::base64(b"abc"), "YWJj");
     }
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub use mortar_core::client::encode_segment as encode;
 use mortar_core::client::{Client, ClientArgs, ClientError};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -193,19 +194,6 @@ impl Drop for LockGuard {
     }
 }
 
-/// Percent-encodes a lock name for a path segment.
-pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Parses `10s`, `500ms`, `2m`, `1h` or plain milliseconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -237,10 +225,5 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5d").is_err());
-    }
-
-    #[test]
-    fn names_are_encoded() {
-        assert_eq!(encode("jobs/nightly:1"), "jobs%2Fnightly:1");
     }
 }

@@ -1,7 +1,7 @@
 //! `mortar ratelimit …`: policies and checks, as a client of the HTTP API.
 
 use clap::Subcommand;
-use mortar_core::client::{Client, ClientArgs, ClientError, cell, table};
+use mortar_core::client::{Client, ClientArgs, ClientError, cell, encode_segment, table};
 use serde_json::{Value, json};
 
 #[derive(Debug, Subcommand)]
@@ -84,7 +84,10 @@ pub async fn bench(args: &ClientArgs, b: &BenchArgs) -> Result<String, ClientErr
             .await?;
     } else {
         client
-            .get(&format!("/v1/ratelimit/policies/{}", form_encode(&policy)))
+            .get(&format!(
+                "/v1/ratelimit/policies/{}",
+                encode_segment(&policy)
+            ))
             .await?;
     }
     let keys = b.keys.max(1);
@@ -116,7 +119,7 @@ pub async fn bench(args: &ClientArgs, b: &BenchArgs) -> Result<String, ClientErr
 /// Runs a ratelimit command; returns its output and whether a check was denied.
 pub async fn run(args: &ClientArgs, cmd: &RateLimitCommand) -> Result<(String, bool), ClientError> {
     let client = Client::new(args);
-    let enc = |s: &str| form_encode(s);
+    let enc = |s: &str| encode_segment(s);
     let (v, denied) = match cmd {
         RateLimitCommand::Policy(PolicyCommand::Set {
             name,
@@ -252,17 +255,4 @@ fn policy_row(p: &Value) -> Vec<String> {
     .iter()
     .map(|f| cell(&p[*f]))
     .collect()
-}
-
-/// Percent-encodes a path segment.
-fn form_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
