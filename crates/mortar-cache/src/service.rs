@@ -95,13 +95,10 @@ impl CacheService {
         args: &[bytes::Bytes],
     ) -> crate::resp::Reply {
         use crate::resp::Reply;
-        let cmd = args
-            .first()
-            .map(|c| c.to_ascii_uppercase())
-            .unwrap_or_default();
+        let is = |name: &[u8]| args.first().is_some_and(|c| c.eq_ignore_ascii_case(name));
         // Write-through: the origin takes the value first.
         let mut behind = None;
-        if cmd == b"SET"
+        if is(b"SET")
             && args.len() >= 3
             && let Some((origin, rest)) = self.origin_for(&args[1])
         {
@@ -122,7 +119,7 @@ impl CacheService {
             origin.queue(rest, args[2].clone());
         }
         // Read-through: a miss loads from the origin (once, however many callers miss).
-        if cmd == b"GET"
+        if is(b"GET")
             && reply == Reply::Null
             && args.len() == 2
             && let Some((origin, rest)) = self.origin_for(&args[1])

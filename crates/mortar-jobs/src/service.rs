@@ -297,14 +297,11 @@ impl JobsService {
             let woken = self.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            // A job's lease length is its own timeout; lease with the longest asked and let each
-            // job's own timeout apply on heartbeat (documented simplification).
             let jobs = self
                 .store
-                .lease(queues, max, worker, 30_000, self.clock.now_ms())
+                .lease(queues, max, worker, self.clock.now_ms())
                 .await
                 .map_err(db)?;
-            let jobs = self.apply_timeouts(jobs).await?;
             if !jobs.is_empty() || tokio::time::Instant::now() >= deadline {
                 for j in &jobs {
                     metrics::counter!(STARTED, "queue" => j.queue.clone()).increment(1);
@@ -315,25 +312,6 @@ impl JobsService {
                 Duration::from_millis(self.cfg.poll_ms).min(deadline - tokio::time::Instant::now());
             let _ = tokio::time::timeout(nap, woken).await;
         }
-    }
-
-    /// Sets each leased job's lease to its own `timeout_ms`.
-    async fn apply_timeouts(&self, jobs: Vec<Job>) -> Result<Vec<Job>, JobsError> {
-        let now = self.clock.now_ms();
-        let mut out = Vec::with_capacity(jobs.len());
-        for j in jobs {
-            let lease = j.lease_id.clone().unwrap_or_default();
-            match self
-                .store
-                .heartbeat(&j.id, &lease, j.timeout_ms as u64, now)
-                .await
-                .map_err(db)?
-            {
-                Some(updated) => out.push(updated),
-                None => out.push(j),
-            }
-        }
-        Ok(out)
     }
 
     pub async fn heartbeat(

@@ -84,60 +84,42 @@ impl JobStore {
     }
 
     /// Leases up to `max` due jobs of `queues` (highest priority, then oldest run_at, then id),
-    /// each for `lease_ms`; counts the attempt.
+    /// each for its own `timeout_ms`; counts the attempt.
     pub async fn lease(
         &self,
         queues: &[String],
         max: u32,
         worker: &str,
-        lease_ms: u64,
         now_ms: u64,
     ) -> Result<Vec<Job>, sqlx::Error> {
         let queues_json = serde_json::to_string(queues).unwrap_or_else(|_| "[]".into());
         let lease_id = mortar_core::ids::new_id();
-        let until = (now_ms + lease_ms) as i64;
-        match &self.durable {
-            Durable::Sqlite(pool) => {
-                let sql = format!(
-                    "UPDATE jobs_jobs SET state = 'running', attempt = attempt + 1, lease_id = $2, lease_until_ms = $3, worker = $4 \
-                     WHERE id IN (SELECT id FROM jobs_jobs WHERE queue IN (SELECT value FROM json_each($5)) AND {LEASABLE} \
-                     ORDER BY priority, run_at_ms, id LIMIT $6) RETURNING {COLUMNS}"
-                );
-                let mut jobs: Vec<Job> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(now_ms as i64)
-                    .bind(&lease_id)
-                    .bind(until)
-                    .bind(worker)
-                    .bind(&queues_json)
-                    .bind(i64::from(max))
-                    .fetch_all(pool)
-                    .await?;
-                jobs.sort_by(|a, b| {
-                    (a.priority, a.run_at_ms, &a.id).cmp(&(b.priority, b.run_at_ms, &b.id))
-                });
-                Ok(jobs)
-            }
-            Durable::Postgres(pool) => {
-                let sql = format!(
-                    "UPDATE jobs_jobs SET state = 'running', attempt = attempt + 1, lease_id = $2, lease_until_ms = $3, worker = $4 \
-                     WHERE id IN (SELECT id FROM jobs_jobs WHERE queue IN (SELECT jsonb_array_elements_text($5::jsonb)) AND {LEASABLE} \
-                     ORDER BY priority, run_at_ms, id LIMIT $6 FOR UPDATE SKIP LOCKED) RETURNING {COLUMNS}"
-                );
-                let mut jobs: Vec<Job> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(now_ms as i64)
-                    .bind(&lease_id)
-                    .bind(until)
-                    .bind(worker)
-                    .bind(&queues_json)
-                    .bind(i64::from(max))
-                    .fetch_all(pool)
-                    .await?;
-                jobs.sort_by(|a, b| {
-                    (a.priority, a.run_at_ms, &a.id).cmp(&(b.priority, b.run_at_ms, &b.id))
-                });
-                Ok(jobs)
-            }
-        }
+        // Only the queue filter and the row locking differ between the dialects.
+        let (queue_in, lock) = match &self.durable {
+            Durable::Sqlite(_) => ("SELECT value FROM json_each($4)", ""),
+            Durable::Postgres(_) => (
+                "SELECT jsonb_array_elements_text($4::jsonb)",
+                " FOR UPDATE SKIP LOCKED",
+            ),
+        };
+        let sql = format!(
+            "UPDATE jobs_jobs SET state = 'running', attempt = attempt + 1, lease_id = $2, lease_until_ms = $1 + timeout_ms, worker = $3 \
+             WHERE id IN (SELECT id FROM jobs_jobs WHERE queue IN ({queue_in}) AND {LEASABLE} \
+             ORDER BY priority, run_at_ms, id LIMIT $5{lock}) RETURNING {COLUMNS}"
+        );
+        let mut jobs: Vec<Job> = with_pool!(&self.durable, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(now_ms as i64)
+            .bind(&lease_id)
+            .bind(worker)
+            .bind(&queues_json)
+            .bind(i64::from(max))
+            .fetch_all(pool)
+            .await?);
+        // RETURNING does not keep the sub-select's order.
+        jobs.sort_by(|a, b| {
+            (a.priority, a.run_at_ms, &a.id).cmp(&(b.priority, b.run_at_ms, &b.id))
+        });
+        Ok(jobs)
     }
 
     /// Runs `sql` (which must `RETURNING` the columns) and returns the row it changed.

@@ -6,7 +6,7 @@ pub mod redis;
 
 use futures_util::future::BoxFuture;
 
-use crate::engine::{Holder, Waiter};
+use crate::engine::{Holder, Lock, Waiter};
 
 /// A request for one permit.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +35,19 @@ pub struct LockInfo {
     pub holders: Vec<Holder>,
     pub waiters: Vec<Waiter>,
     pub now_ms: u64,
+}
+
+impl LockInfo {
+    /// The view of `lock` (as the engine holds it) at `now_ms`.
+    pub fn of(name: &str, lock: &Lock, now_ms: u64) -> Self {
+        Self {
+            name: name.to_owned(),
+            permits: lock.permits,
+            holders: lock.holders.clone(),
+            waiters: lock.waiters.iter().cloned().collect(),
+            now_ms,
+        }
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -92,6 +92,17 @@ async fn list_breakers(AxumState(svc): AxumState<Arc<ResilienceService>>) -> Api
     })
 }
 
+/// Applies `action` to the named breaker and shows the result.
+fn steer(
+    svc: &ResilienceService,
+    name: &str,
+    action: fn(&Breaker),
+) -> Result<ApiJson<BreakerView>, Problem> {
+    let b = find(svc, name)?;
+    action(&b);
+    Ok(ApiJson(BreakerView::from(&*b)))
+}
+
 fn find(svc: &ResilienceService, name: &str) -> Result<Arc<Breaker>, Problem> {
     svc.find_breaker(name)
         .ok_or_else(|| Problem::not_found(format!("no circuit breaker named `{name}`")))
@@ -114,9 +125,7 @@ async fn force_open(
     AxumState(svc): AxumState<Arc<ResilienceService>>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<ApiJson<BreakerView>, Problem> {
-    let b = find(&svc, &name)?;
-    b.force_open();
-    Ok(ApiJson(BreakerView::from(&*b)))
+    steer(&svc, &name, Breaker::force_open)
 }
 
 /// Close the breaker with an empty window (ends forced_open and disabled).
@@ -126,9 +135,7 @@ async fn force_close(
     AxumState(svc): AxumState<Arc<ResilienceService>>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<ApiJson<BreakerView>, Problem> {
-    let b = find(&svc, &name)?;
-    b.reset();
-    Ok(ApiJson(BreakerView::from(&*b)))
+    steer(&svc, &name, Breaker::reset)
 }
 
 /// Let every call through and record nothing, until reset.
@@ -138,9 +145,7 @@ async fn disable(
     AxumState(svc): AxumState<Arc<ResilienceService>>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<ApiJson<BreakerView>, Problem> {
-    let b = find(&svc, &name)?;
-    b.disable();
-    Ok(ApiJson(BreakerView::from(&*b)))
+    steer(&svc, &name, Breaker::disable)
 }
 
 /// Back to closed with an empty window.
@@ -150,9 +155,7 @@ async fn reset(
     AxumState(svc): AxumState<Arc<ResilienceService>>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<ApiJson<BreakerView>, Problem> {
-    let b = find(&svc, &name)?;
-    b.reset();
-    Ok(ApiJson(BreakerView::from(&*b)))
+    steer(&svc, &name, Breaker::reset)
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -88,16 +88,6 @@ fn purge(lock: &mut Lock, now_ms: u64) {
     }
 }
 
-fn info(name: &str, lock: &Lock, now_ms: u64) -> LockInfo {
-    LockInfo {
-        name: name.to_owned(),
-        permits: lock.permits,
-        holders: lock.holders.clone(),
-        waiters: lock.waiters.iter().cloned().collect(),
-        now_ms,
-    }
-}
-
 impl LockStore for MemoryStore {
     fn name(&self) -> &'static str {
         "memory"
@@ -110,7 +100,7 @@ impl LockStore for MemoryStore {
             let lock = state.locks.entry(a.name.to_owned()).or_default();
             purge(lock, now);
             match lock.may_grant(now, a.permits, a.ticket) {
-                Err(Refusal::Busy) => return Ok(Acquired::Busy(info(a.name, lock, now))),
+                Err(Refusal::Busy) => return Ok(Acquired::Busy(LockInfo::of(a.name, lock, now))),
                 Err(Refusal::PermitsMismatch { existing }) => {
                     return Ok(Acquired::PermitsMismatch { existing });
                 }
@@ -227,7 +217,7 @@ impl LockStore for MemoryStore {
                 return Ok(None);
             };
             purge(lock, now);
-            Ok((!lock.is_idle()).then(|| info(name, lock, now)))
+            Ok((!lock.is_idle()).then(|| LockInfo::of(name, lock, now)))
         }
         .boxed()
     }
@@ -248,7 +238,7 @@ impl LockStore for MemoryStore {
                 }
                 purge(lock, now);
                 if name.as_str() > after && !lock.is_idle() {
-                    out.push(info(name, lock, now));
+                    out.push(LockInfo::of(name, lock, now));
                 }
             }
             Ok(out)

@@ -108,7 +108,7 @@ impl PostgresStore {
         match lock.may_grant(now, a.permits, a.ticket) {
             Err(Refusal::Busy) => {
                 tx.commit().await?;
-                return Ok(Acquired::Busy(info(a.name, &lock, now)));
+                return Ok(Acquired::Busy(LockInfo::of(a.name, &lock, now)));
             }
             Err(Refusal::PermitsMismatch { existing }) => {
                 tx.commit().await?;
@@ -151,16 +151,6 @@ impl PostgresStore {
         }
         tx.commit().await?;
         Ok(Acquired::Granted(holder))
-    }
-}
-
-fn info(name: &str, lock: &Lock, now_ms: u64) -> LockInfo {
-    LockInfo {
-        name: name.to_owned(),
-        permits: lock.permits,
-        holders: lock.holders.clone(),
-        waiters: lock.waiters.iter().cloned().collect(),
-        now_ms,
     }
 }
 
@@ -270,7 +260,7 @@ impl LockStore for PostgresStore {
         async move {
             let (tx, lock, now) = self.load(name).await.map_err(db_err("postgres"))?;
             tx.commit().await.map_err(db_err("postgres"))?;
-            Ok((!lock.is_idle()).then(|| info(name, &lock, now)))
+            Ok((!lock.is_idle()).then(|| LockInfo::of(name, &lock, now)))
         }
         .boxed()
     }
