@@ -21,6 +21,7 @@
 pub mod api;
 pub mod engine;
 pub mod error;
+pub mod push;
 pub mod service;
 pub mod store;
 

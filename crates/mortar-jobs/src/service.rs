@@ -530,6 +530,24 @@ impl JobsService {
         self.clock.now_ms()
     }
 
+    /// Resolves at the next enqueue, completion or settings change (on any node with PostgreSQL).
+    pub(crate) fn woken(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
+    }
+
+    pub(crate) fn wake_all(&self) {
+        self.wake.notify_waiters();
+    }
+
+    /// Queues with a push target that are not paused.
+    pub(crate) async fn push_queues(&self) -> Result<Vec<QueueRow>, JobsError> {
+        let rows = self.store.all_queue_rows().await.map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .filter(|r| r.target_url.is_some() && !r.paused)
+            .collect())
+    }
+
     /// Enqueues jobs atomically (all or none); durable when this returns. A job whose unique
     /// key is held comes back as the holder with `duplicate: true`.
     pub async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, JobsError> {

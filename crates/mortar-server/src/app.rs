@@ -89,6 +89,10 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
     };
     cache.attach_origins(|name| resilience.breaker(name));
     let jobs = JobsService::start(&storage, &config.jobs, clock.clone());
+    jobs.attach_push({
+        let resilience = resilience.clone();
+        move |name| resilience.breaker(name)
+    });
     let node = Arc::new(Node {
         storage,
         started: Instant::now(),
