@@ -166,7 +166,10 @@ impl JobsClient {
     }
 
     /// Completes many jobs in one request; those whose lease no longer holds are `rejected`.
-    pub async fn complete_batch(&self, items: &[Completion]) -> Result<CompleteOutcome, ClientError> {
+    pub async fn complete_batch(
+        &self,
+        items: &[Completion],
+    ) -> Result<CompleteOutcome, ClientError> {
         parse(
             self.client
                 .post("/v1/jobs/complete", &json!({ "items": items }))
@@ -216,7 +219,11 @@ impl JobsClient {
         cursor: Option<&str>,
     ) -> Result<Value, ClientError> {
         let mut q = format!("/v1/jobs?limit={limit}");
-        for (k, v) in [("state", state), ("queue", queue), ("cursor", cursor.unwrap_or(""))] {
+        for (k, v) in [
+            ("state", state),
+            ("queue", queue),
+            ("cursor", cursor.unwrap_or("")),
+        ] {
             if !v.is_empty() {
                 q.push_str(&format!("&{k}={}", encode(v)));
             }
@@ -233,7 +240,11 @@ impl JobsClient {
     }
 
     pub async fn cancel(&self, id: &str) -> Result<Job, ClientError> {
-        parse(self.client.delete(&format!("/v1/jobs/{}", encode(id))).await?)
+        parse(
+            self.client
+                .delete(&format!("/v1/jobs/{}", encode(id)))
+                .await?,
+        )
     }
 }
 
@@ -257,12 +268,17 @@ pub fn now_ms() -> u64 {
 /// Parses the server's RFC 3339 UTC times (`2026-11-21T03:51:37.123Z`, fraction optional) to
 /// epoch milliseconds.
 pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || !s.ends_with('Z') {
+    let bytes = s.as_bytes();
+    if bytes.len() < 20
+        || bytes[4] != b'-'
+        || bytes[7] != b'-'
+        || bytes[10] != b'T'
+        || !s.ends_with('Z')
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
     let frac = &s[19..s.len() - 1];
     let ms = if frac.is_empty() {
@@ -275,15 +291,15 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
         let three: String = digits.chars().chain("00".chars()).take(3).collect();
         three.parse::<i64>().ok()?
     };
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
         return None;
     }
     // Howard Hinnant's days-from-civil.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     u64::try_from(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + ms).ok()
@@ -299,9 +315,22 @@ mod tests {
         for ms in [0, 951_782_400_123, 1_795_000_000_000, 1_795_000_000_999] {
             assert_eq!(parse_rfc3339_ms(&rfc3339(ms)), Some(ms), "{}", rfc3339(ms));
         }
-        assert_eq!(parse_rfc3339_ms("2026-11-18T11:06:40Z"), Some(1_795_000_000_000));
-        assert_eq!(parse_rfc3339_ms("2026-11-18T11:06:40.5Z"), Some(1_795_000_000_500));
-        for bad in ["", "yesterday", "2026-13-18T11:06:40Z", "2026-11-18 11:06:40Z", "2026-11-18T11:06:40.Z", "2026-11-18T11:06:40+01:00"] {
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-18T11:06:40Z"),
+            Some(1_795_000_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-18T11:06:40.5Z"),
+            Some(1_795_000_000_500)
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-18T11:06:40Z",
+            "2026-11-18 11:06:40Z",
+            "2026-11-18T11:06:40.Z",
+            "2026-11-18T11:06:40+01:00",
+        ] {
             assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
         }
     }

@@ -347,8 +347,17 @@ impl Worker {
                     failures = 0;
                     jobs
                 }
-                Err(e @ ClientError::Problem { status: 400..=499, .. })
-                    if !matches!(e, ClientError::Problem { status: 408 | 429, .. }) =>
+                Err(
+                    e @ ClientError::Problem {
+                        status: 400..=499, ..
+                    },
+                ) if !matches!(
+                    e,
+                    ClientError::Problem {
+                        status: 408 | 429,
+                        ..
+                    }
+                ) =>
                 {
                     slots.add_permits(want as usize);
                     break Err(e);
