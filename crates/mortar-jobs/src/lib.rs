@@ -19,10 +19,16 @@
 //! LISTEN/NOTIFY wake-ups (other nodes' enqueues are seen within `jobs.poll_ms`), the CLI.
 
 pub mod api;
+pub mod bench;
+pub mod cli;
+pub mod client;
 pub mod engine;
 pub mod error;
 pub mod push;
 pub mod service;
 pub mod store;
+pub mod worker;
 
+pub use client::JobsClient;
 pub use service::{JobsConfig, JobsService, NewJob};
+pub use worker::{JobError, Worker};

@@ -73,6 +73,14 @@ enum Command {
         #[command(subcommand)]
         command: LockCommand,
     },
+    /// Durable jobs: enqueue, get, list, retry, cancel, dlq, queues, pause, resume, and
+    /// `work --exec CMD` (a worker running a shell command per job).
+    Jobs {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: mortar_jobs::cli::JobsCommand,
+    },
     /// Circuit breakers and bulkheads: list, show, force open/close, disable, reset.
     Resilience {
         #[command(flatten)]
@@ -90,6 +98,8 @@ enum BenchCommand {
     Lock(mortar_lock::bench::BenchArgs),
     /// GET/SET load on the cache's RESP port (throughput, latency percentiles).
     Cache(mortar_cache::bench::BenchArgs),
+    /// No-op jobs end to end (batch enqueue + a Rust worker), or with --rate enqueue → start latency.
+    Jobs(mortar_jobs::bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -171,6 +181,22 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Bench {
+            client,
+            block: BenchCommand::Jobs(b),
+        } => match runtime.block_on(mortar_jobs::bench::run(&client, &b)) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mortar: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Jobs { client, command } => {
+            print(runtime.block_on(mortar_jobs::cli::run(&client, &command)))
+        }
         Command::Cache { client, command } => {
             match runtime.block_on(mortar_cache::cli::run(&client, &command)) {
                 Ok(out) => {

@@ -1,0 +1,337 @@
+//! The Rust client of `/v1/jobs`: enqueue, lease, heartbeat, complete (one or a batch), fail,
+//! release, inspect and manage. The worker library (`worker.rs`) and `mortar jobs …` use it.
+
+use std::time::Duration;
+
+pub use mortar_core::client::encode_segment as encode;
+use mortar_core::client::{Client, ClientArgs, ClientError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// A job as the server shows it (`JobView`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct Job {
+    pub id: String,
+    pub queue: String,
+    pub kind: String,
+    #[serde(default)]
+    pub payload: Value,
+    #[serde(default)]
+    pub priority: i32,
+    pub state: String,
+    /// 1 for the first attempt.
+    #[serde(default)]
+    pub attempt: i32,
+    #[serde(default)]
+    pub max_attempts: i32,
+    #[serde(default)]
+    pub run_at: String,
+    #[serde(default)]
+    pub created_at: String,
+    #[serde(default)]
+    pub lease_id: Option<String>,
+    #[serde(default)]
+    pub lease_expires_at: Option<String>,
+    #[serde(default)]
+    pub result: Option<Value>,
+    #[serde(default)]
+    pub errors: Vec<AttemptError>,
+}
+
+/// One failed attempt.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct AttemptError {
+    pub attempt: i32,
+    pub error: String,
+    pub at: String,
+}
+
+impl Job {
+    /// The lease's length as of now (time until `lease_expires_at`), when leased.
+    pub fn lease_left(&self) -> Option<Duration> {
+        let until = parse_rfc3339_ms(self.lease_expires_at.as_deref()?)?;
+        Some(Duration::from_millis(until.saturating_sub(now_ms())))
+    }
+}
+
+/// What a batch completion did.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct CompleteOutcome {
+    pub completed: u64,
+    #[serde(default)]
+    pub rejected: Vec<Rejected>,
+}
+
+/// A completion the server refused (the lease is no longer held).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Rejected {
+    pub id: String,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// One item of a batch completion.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Completion {
+    pub id: String,
+    pub lease_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+}
+
+/// A client of the jobs API.
+#[derive(Debug, Clone)]
+pub struct JobsClient {
+    client: Client,
+}
+
+impl JobsClient {
+    pub fn new(args: &ClientArgs) -> Self {
+        Self {
+            client: Client::new(args),
+        }
+    }
+
+    /// A client of the server at `url` without a token.
+    pub fn connect(url: &str) -> Self {
+        Self::new(&ClientArgs {
+            url: url.to_owned(),
+            token: None,
+            json: false,
+        })
+    }
+
+    /// The underlying HTTP client (for routes this type has no method for).
+    pub fn http(&self) -> &Client {
+        &self.client
+    }
+
+    /// Enqueues one job: `job` is a `NewJob` body (`queue`, `kind`, `payload`, …).
+    pub async fn enqueue(&self, job: &Value) -> Result<Job, ClientError> {
+        parse(self.client.post("/v1/jobs", job).await?)
+    }
+
+    /// Enqueues jobs atomically (all or none).
+    pub async fn enqueue_batch(&self, jobs: &[Value]) -> Result<Vec<Job>, ClientError> {
+        items(
+            self.client
+                .post("/v1/jobs/batch", &json!({ "jobs": jobs }))
+                .await?,
+        )
+    }
+
+    /// Leases up to `max` jobs of `queues`, waiting up to `wait` for some.
+    pub async fn lease(
+        &self,
+        queues: &[String],
+        max: u32,
+        wait: Duration,
+        worker: &str,
+    ) -> Result<Vec<Job>, ClientError> {
+        let body = json!({ "queues": queues, "max": max, "wait_ms": wait.as_millis() as u64, "worker": worker });
+        items(self.client.post("/v1/jobs/lease", &body).await?)
+    }
+
+    /// Extends a lease (by the job's `timeout_ms` when `extend` is `None`). 409: lease lost.
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        lease_id: &str,
+        extend: Option<Duration>,
+    ) -> Result<Job, ClientError> {
+        let mut body = json!({ "lease_id": lease_id });
+        if let Some(d) = extend {
+            body["extend_ms"] = json!(d.as_millis() as u64);
+        }
+        parse(
+            self.client
+                .post(&format!("/v1/jobs/{}/heartbeat", encode(id)), &body)
+                .await?,
+        )
+    }
+
+    /// Completes one job. 409 when the lease no longer holds.
+    pub async fn complete(
+        &self,
+        id: &str,
+        lease_id: &str,
+        result: Option<&Value>,
+    ) -> Result<Job, ClientError> {
+        let body = json!({ "lease_id": lease_id, "result": result });
+        parse(
+            self.client
+                .post(&format!("/v1/jobs/{}/complete", encode(id)), &body)
+                .await?,
+        )
+    }
+
+    /// Completes many jobs in one request; those whose lease no longer holds are `rejected`.
+    pub async fn complete_batch(
+        &self,
+        items: &[Completion],
+    ) -> Result<CompleteOutcome, ClientError> {
+        parse(
+            self.client
+                .post("/v1/jobs/complete", &json!({ "items": items }))
+                .await?,
+        )
+    }
+
+    /// Reports a failed attempt.
+    pub async fn fail(
+        &self,
+        id: &str,
+        lease_id: &str,
+        error: &str,
+        retryable: bool,
+        retry_in: Option<Duration>,
+    ) -> Result<Job, ClientError> {
+        let body = json!({ "lease_id": lease_id, "error": error, "retryable": retryable,
+            "retry_in_ms": retry_in.map(|d| d.as_millis() as u64) });
+        parse(
+            self.client
+                .post(&format!("/v1/jobs/{}/fail", encode(id)), &body)
+                .await?,
+        )
+    }
+
+    /// Gives a leased job back at once; the attempt is not counted.
+    pub async fn release(&self, id: &str, lease_id: &str) -> Result<(), ClientError> {
+        self.client
+            .post(
+                &format!("/v1/jobs/{}/release", encode(id)),
+                &json!({ "lease_id": lease_id }),
+            )
+            .await
+            .map(drop)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Job, ClientError> {
+        parse(self.client.get(&format!("/v1/jobs/{}", encode(id))).await?)
+    }
+
+    /// Raw `GET /v1/jobs?…` (`{items, next_cursor}`); empty filters are left out.
+    pub async fn list(
+        &self,
+        state: &str,
+        queue: &str,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut q = format!("/v1/jobs?limit={limit}");
+        for (k, v) in [
+            ("state", state),
+            ("queue", queue),
+            ("cursor", cursor.unwrap_or("")),
+        ] {
+            if !v.is_empty() {
+                q.push_str(&format!("&{k}={}", encode(v)));
+            }
+        }
+        self.client.get(&q).await
+    }
+
+    pub async fn retry(&self, id: &str) -> Result<Job, ClientError> {
+        parse(
+            self.client
+                .post(&format!("/v1/jobs/{}/retry", encode(id)), &json!({}))
+                .await?,
+        )
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<Job, ClientError> {
+        parse(
+            self.client
+                .delete(&format!("/v1/jobs/{}", encode(id)))
+                .await?,
+        )
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ClientError> {
+    serde_json::from_value(v).map_err(|e| {
+        ClientError::Transport(format!("the server's answer has an unexpected shape: {e}"))
+    })
+}
+
+fn items(mut v: Value) -> Result<Vec<Job>, ClientError> {
+    parse(v["items"].take())
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Parses the server's RFC 3339 UTC times (`2026-11-21T03:51:37.123Z`, fraction optional) to
+/// epoch milliseconds.
+pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let bytes = s.as_bytes();
+    if bytes.len() < 20
+        || bytes[4] != b'-'
+        || bytes[7] != b'-'
+        || bytes[10] != b'T'
+        || !s.ends_with('Z')
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let frac = &s[19..s.len() - 1];
+    let ms = if frac.is_empty() {
+        0
+    } else {
+        let digits = frac.strip_prefix('.')?;
+        if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        let three: String = digits.chars().chain("00".chars()).take(3).collect();
+        three.parse::<i64>().ok()?
+    };
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Howard Hinnant's days-from-civil.
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + ms).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mortar_core::clock::rfc3339;
+
+    #[test]
+    fn rfc3339_round_trips_the_servers_format() {
+        for ms in [0, 951_782_400_123, 1_795_000_000_000, 1_795_000_000_999] {
+            assert_eq!(parse_rfc3339_ms(&rfc3339(ms)), Some(ms), "{}", rfc3339(ms));
+        }
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-18T11:06:40Z"),
+            Some(1_795_000_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-18T11:06:40.5Z"),
+            Some(1_795_000_000_500)
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-18T11:06:40Z",
+            "2026-11-18 11:06:40Z",
+            "2026-11-18T11:06:40.Z",
+            "2026-11-18T11:06:40+01:00",
+        ] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
+        }
+    }
+}
