@@ -72,7 +72,7 @@ pub enum JobsCommand {
         /// Run every matching dead job again.
         #[arg(long, conflicts_with = "discard")]
         retry: bool,
-        /// Cancel every matching dead job for good.
+        /// Delete every matching dead job (and its errors) for good.
         #[arg(long)]
         discard: bool,
         #[arg(long, default_value_t = 100)]
@@ -162,7 +162,13 @@ pub async fn run(args: &ClientArgs, cmd: &JobsCommand) -> Result<String, ClientE
             limit,
         } => {
             if *retry || *discard {
-                let body = json!({ "queue": queue, "kind": kind, "state": "dead" });
+                let mut body = json!({ "state": "dead" });
+                if let Some(q) = queue {
+                    body["queue"] = json!(q);
+                }
+                if let Some(k) = kind {
+                    body["kind"] = json!(k);
+                }
                 let verb = if *retry { "retry" } else { "discard" };
                 let v = http.post(&format!("/v1/jobs/bulk/{verb}"), &body).await?;
                 if args.json {

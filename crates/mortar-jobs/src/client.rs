@@ -28,6 +28,16 @@ pub struct Job {
     pub run_at: String,
     #[serde(default)]
     pub created_at: String,
+    /// The lease length a worker gets (milliseconds).
+    #[serde(default)]
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// On enqueue: true when an existing job (same unique key) was returned instead.
+    #[serde(default)]
+    pub duplicate: bool,
+    #[serde(default)]
+    pub worker: Option<String>,
     #[serde(default)]
     pub lease_id: Option<String>,
     #[serde(default)]
@@ -47,6 +57,15 @@ pub struct AttemptError {
 }
 
 impl Job {
+    /// How long a lease of this job lasts: its `timeout_ms`, else (older servers) the time
+    /// left until `lease_expires_at`.
+    pub fn lease_length(&self) -> Option<Duration> {
+        if self.timeout_ms > 0 {
+            return Some(Duration::from_millis(self.timeout_ms));
+        }
+        self.lease_left()
+    }
+
     /// The lease's length as of now (time until `lease_expires_at`), when leased.
     pub fn lease_left(&self) -> Option<Duration> {
         let until = parse_rfc3339_ms(self.lease_expires_at.as_deref()?)?;

@@ -495,7 +495,7 @@ impl Ctx {
 
 async fn run_job(ctx: Arc<Ctx>, job: Job, _slot: Slot) {
     let lease_id = job.lease_id.clone().unwrap_or_default();
-    let lease = job.lease_left().unwrap_or(Duration::from_secs(30));
+    let lease = job.lease_length().unwrap_or(Duration::from_secs(30));
     let every = (lease / 3).max(Duration::from_millis(20));
     let mut next_beat = Instant::now() + every;
     // Wait for a free handler, keeping the lease alive.

@@ -219,7 +219,14 @@ async fn dlq_queues_pause_and_resume() {
         ok(&node, &["jobs", "dlq", "--queue", "dlq", "--discard"]),
         "discarded 2 dead job(s)\n"
     );
-    assert_eq!(client.get(&dead[0]).await.unwrap().state, "cancelled");
+    let gone = client.get(&dead[0]).await.unwrap_err();
+    assert!(
+        matches!(
+            gone,
+            mortar_core::client::ClientError::Problem { status: 404, .. }
+        ),
+        "{gone:?}"
+    );
 }
 
 #[tokio::test]
@@ -251,7 +258,7 @@ async fn work_exec_runs_a_command_per_job() {
   text) echo "hello from $MORTAR_JOB_KIND" ;;
   *) echo "went wrong on attempt $MORTAR_JOB_ATTEMPT" >&2; exit 3 ;;
 esac"#;
-    let mut worker = tokio::process::Command::new(mortar_bin())
+    let worker = tokio::process::Command::new(mortar_bin())
         .args([
             "jobs",
             "work",
@@ -275,7 +282,16 @@ esac"#;
     );
     let t = until_state(&client, &text, &["completed", "dead"]).await;
     assert_eq!(t.result, Some(json!("hello from text")));
-    let f = until_state(&client, &failing, &["completed", "dead"]).await;
+    // The server writes a failure's error just after the state (not in one transaction), so
+    // wait for both.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let f = loop {
+        let f = until_state(&client, &failing, &["completed", "dead"]).await;
+        if f.errors.len() >= 2 || tokio::time::Instant::now() > deadline {
+            break f;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!((f.state.as_str(), f.attempt), ("dead", 2));
     assert_eq!(f.errors[0].error, "exit code 3: went wrong on attempt 1");
     assert_eq!(f.errors[1].error, "exit code 3: went wrong on attempt 2");
