@@ -33,7 +33,8 @@
 //!   a circuit breaker ([`push`]).
 //! - **Wake-ups**: an enqueue wakes waiting leases at once — on this node directly, on other
 //!   nodes through PostgreSQL LISTEN/NOTIFY (sent at commit, so transactional enqueues wake too);
-//!   scheduled jobs coming due are found within `jobs.poll_ms`.
+//!   scheduled jobs and retries coming due, and freed concurrency slots, are seen within
+//!   `jobs.poll_ms` (100 ms).
 //!
 //! ## Limits
 //!

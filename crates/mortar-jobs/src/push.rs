@@ -67,10 +67,15 @@ async fn dispatch(svc: Arc<JobsService>, breakers: Breakers) {
     let worker = format!("push@{}", mortar_core::ids::new_id());
     let mut in_flight: HashMap<String, Arc<Semaphore>> = HashMap::new();
     let poll = Duration::from_millis(svc.config().poll_ms.max(10));
+    // A finished delivery frees a slot: look again at once.
+    let freed = Arc::new(tokio::sync::Notify::new());
     loop {
         let woken = svc.woken();
         tokio::pin!(woken);
         woken.as_mut().enable();
+        let slot = freed.notified();
+        tokio::pin!(slot);
+        slot.as_mut().enable();
         let queues = match svc.push_queues().await {
             Ok(q) => q,
             Err(e) => {
@@ -106,16 +111,27 @@ async fn dispatch(svc: Arc<JobsService>, breakers: Breakers) {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     break;
                 };
-                let (svc, http, breaker, row) =
-                    (svc.clone(), http.clone(), breaker.clone(), row.clone());
+                let (svc, http, breaker, row, freed) = (
+                    svc.clone(),
+                    http.clone(),
+                    breaker.clone(),
+                    row.clone(),
+                    freed.clone(),
+                );
                 tokio::spawn(async move {
                     deliver(&svc, &http, &breaker, &row, job).await;
                     drop(permit);
-                    svc.wake_all();
+                    freed.notify_one();
                 });
             }
         }
-        let _ = tokio::time::timeout(poll, woken).await;
+        let _ = tokio::time::timeout(poll, async {
+            tokio::select! {
+                () = &mut woken => {}
+                () = &mut slot => {}
+            }
+        })
+        .await;
     }
 }
 

@@ -67,7 +67,7 @@ impl JobsConfig {
         ),
         mortar_core::config::KeyDoc::new(
             "jobs.poll_ms",
-            "how often a waiting lease re-checks for due jobs (enqueues on any node wake it at once)",
+            "how often a waiting lease re-checks for due jobs: scheduled ones and retries coming due, freed concurrency slots (enqueues on any node wake it at once)",
         ),
         mortar_core::config::KeyDoc::new(
             "jobs.retention_ms",
@@ -530,13 +530,10 @@ impl JobsService {
         self.clock.now_ms()
     }
 
-    /// Resolves at the next enqueue, completion or settings change (on any node with PostgreSQL).
+    /// Resolves at the next enqueue, release, retry or settings change (enqueues on any node with
+    /// PostgreSQL).
     pub(crate) fn woken(&self) -> tokio::sync::futures::Notified<'_> {
         self.wake.notified()
-    }
-
-    pub(crate) fn wake_all(&self) {
-        self.wake.notify_waiters();
     }
 
     /// Queues with a push target that are not paused.
@@ -702,7 +699,6 @@ impl JobsService {
                     .record(now.saturating_sub(start as u64) as f64 / 1000.0);
             }
         }
-        self.wake.notify_waiters(); // a concurrency slot may have opened
         let rejected = if done.len() == items.len() {
             Vec::new()
         } else {
@@ -756,7 +752,6 @@ impl JobsService {
         if next.is_none() {
             metrics::counter!(DEAD, "queue" => q, "kind" => k).increment(1);
         }
-        self.wake.notify_waiters();
         Ok(updated)
     }
 
