@@ -1,0 +1,2 @@
+//! # mortar-cron — a distributed cron scheduler
+pub mod engine;
