@@ -73,6 +73,13 @@ enum Command {
         #[command(subcommand)]
         command: LockCommand,
     },
+    /// Distributed cron: add, list, show, pause, resume, trigger, backfill, runs, preview, delete.
+    Cron {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: mortar_cron::cli::CronCommand,
+    },
     /// Circuit breakers and bulkheads: list, show, force open/close, disable, reset.
     Resilience {
         #[command(flatten)]
@@ -189,6 +196,9 @@ fn main() -> ExitCode {
                 }
                 Err(e) => print(Err(e)),
             }
+        }
+        Command::Cron { client, command } => {
+            print(runtime.block_on(mortar_cron::cli::run(&client, &command)))
         }
         Command::Resilience { client, command } => {
             print(runtime.block_on(mortar_resilience::cli::run(&client, &command)))
