@@ -344,7 +344,10 @@ async fn runs(
     let before = match p.cursor.as_deref() {
         None | Some("") => None,
         Some(c) => Some(c.parse::<i64>().map_err(|_| {
-            Problem::validation(vec![FieldError::new("cursor", "a next_cursor from a previous page")])
+            Problem::validation(vec![FieldError::new(
+                "cursor",
+                "a next_cursor from a previous page",
+            )])
         })?),
     };
     let items = svc.runs(&id, before, limit).await?;

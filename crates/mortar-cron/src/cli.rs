@@ -47,11 +47,19 @@ pub enum CronCommand {
     /// Schedules with their next and last fire.
     List,
     /// One schedule (id or name).
-    Show { schedule: String },
-    Pause { schedule: String },
-    Resume { schedule: String },
+    Show {
+        schedule: String,
+    },
+    Pause {
+        schedule: String,
+    },
+    Resume {
+        schedule: String,
+    },
     /// Fire now.
-    Trigger { schedule: String },
+    Trigger {
+        schedule: String,
+    },
     /// Fire every never-claimed fire time in (from, to].
     Backfill {
         schedule: String,
@@ -79,7 +87,9 @@ pub enum CronCommand {
         #[arg(long)]
         from: Option<String>,
     },
-    Delete { schedule: String },
+    Delete {
+        schedule: String,
+    },
 }
 
 fn path(schedule: &str, rest: &str) -> String {
@@ -112,9 +122,8 @@ pub async fn run(args: &ClientArgs, cmd: &CronCommand) -> Result<String, ClientE
             end_at,
             paused,
         } => {
-            let payload: Value = serde_json::from_str(payload).map_err(|e| {
-                ClientError::Transport(format!("--payload is not JSON: {e}"))
-            })?;
+            let payload: Value = serde_json::from_str(payload)
+                .map_err(|e| ClientError::Transport(format!("--payload is not JSON: {e}")))?;
             let body = json!({
                 "name": name, "expr": expr, "timezone": timezone,
                 "job": {"queue": queue, "kind": kind, "payload": payload},
@@ -244,7 +253,14 @@ fn runs(items: &[Value]) -> String {
         .collect();
     table(
         &[
-            "FIRE_AT", "KIND", "STATUS", "JOB", "LAG_MS", "DURATION_MS", "NODE", "JOB_ID",
+            "FIRE_AT",
+            "KIND",
+            "STATUS",
+            "JOB",
+            "LAG_MS",
+            "DURATION_MS",
+            "NODE",
+            "JOB_ID",
         ],
         &rows,
     )

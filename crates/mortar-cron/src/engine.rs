@@ -69,7 +69,12 @@ const SIX: [&str; 6] = [
     "day_of_week",
 ];
 const MACROS: [&str; 6] = [
-    "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@hourly",
+    "@yearly",
+    "@annually",
+    "@monthly",
+    "@weekly",
+    "@daily",
+    "@hourly",
 ];
 
 fn parser() -> CronParser {
@@ -205,9 +210,9 @@ impl Timing {
             _ => after_ms,
         };
         let secs = i64::try_from(from / 1000).ok()?;
-        let start: DateTime<Tz> = self.zone.from_utc_datetime(
-            &DateTime::<Utc>::from_timestamp(secs, 0)?.naive_utc(),
-        );
+        let start: DateTime<Tz> = self
+            .zone
+            .from_utc_datetime(&DateTime::<Utc>::from_timestamp(secs, 0)?.naive_utc());
         // Fire times are whole seconds, so "after the second `from` falls in" is "after `from`".
         let next = self.expr.cron.find_next_occurrence(&start, false).ok()?;
         let ms = u64::try_from(next.timestamp_millis()).ok()?;
@@ -365,7 +370,9 @@ mod tests {
     use super::*;
 
     fn ms(rfc: &str) -> u64 {
-        DateTime::parse_from_rfc3339(rfc).unwrap().timestamp_millis() as u64
+        DateTime::parse_from_rfc3339(rfc)
+            .unwrap()
+            .timestamp_millis() as u64
     }
 
     fn iso(ms: u64) -> String {
@@ -417,7 +424,12 @@ mod tests {
     #[test]
     fn new_york_intervals_follow_real_elapsed_time() {
         assert_eq!(
-            fires("*/30 * * * *", "America/New_York", "2026-11-01T04:45:00Z", 5),
+            fires(
+                "*/30 * * * *",
+                "America/New_York",
+                "2026-11-01T04:45:00Z",
+                5
+            ),
             [
                 "2026-11-01T05:00:00Z",
                 "2026-11-01T05:30:00Z",
@@ -428,7 +440,12 @@ mod tests {
             "both passes of the repeated hour, 30 real minutes apart"
         );
         assert_eq!(
-            fires("*/30 * * * *", "America/New_York", "2026-03-08T06:00:00Z", 3),
+            fires(
+                "*/30 * * * *",
+                "America/New_York",
+                "2026-03-08T06:00:00Z",
+                3
+            ),
             [
                 "2026-03-08T06:30:00Z",
                 "2026-03-08T07:00:00Z",
@@ -473,7 +490,12 @@ mod tests {
     fn lord_howe_thirty_minute_shift() {
         // Spring 2026-10-04 02:00 +10:30 → 02:30 +11; autumn 2026-04-05 02:00 +11 → 01:30 +10:30.
         assert_eq!(
-            fires("15 2 * * *", "Australia/Lord_Howe", "2026-10-02T00:00:00Z", 3),
+            fires(
+                "15 2 * * *",
+                "Australia/Lord_Howe",
+                "2026-10-02T00:00:00Z",
+                3
+            ),
             [
                 "2026-10-02T15:45:00Z",
                 "2026-10-03T15:30:00Z",
@@ -482,12 +504,22 @@ mod tests {
             "02:15 does not exist on 4 October: fires at 02:30 +11"
         );
         assert_eq!(
-            fires("45 1 * * *", "Australia/Lord_Howe", "2026-04-04T00:00:00Z", 2),
+            fires(
+                "45 1 * * *",
+                "Australia/Lord_Howe",
+                "2026-04-04T00:00:00Z",
+                2
+            ),
             ["2026-04-04T14:45:00Z", "2026-04-05T15:15:00Z"],
             "01:45 twice on 5 April: once, at the first"
         );
         assert_eq!(
-            fires("*/15 * * * *", "Australia/Lord_Howe", "2026-04-04T14:20:00Z", 5),
+            fires(
+                "*/15 * * * *",
+                "Australia/Lord_Howe",
+                "2026-04-04T14:20:00Z",
+                5
+            ),
             [
                 "2026-04-04T14:30:00Z",
                 "2026-04-04T14:45:00Z",
@@ -497,7 +529,12 @@ mod tests {
             ]
         );
         assert_eq!(
-            fires("*/15 * * * *", "Australia/Lord_Howe", "2026-10-03T15:10:00Z", 2),
+            fires(
+                "*/15 * * * *",
+                "Australia/Lord_Howe",
+                "2026-10-03T15:10:00Z",
+                2
+            ),
             ["2026-10-03T15:15:00Z", "2026-10-03T15:30:00Z"],
             "01:45 +10:30 then 02:30 +11: 15 real minutes"
         );
@@ -644,7 +681,14 @@ mod tests {
         let windowed = plan(&t, 10 * MIN, now, Misfire::FireAll, 150_000, LIMITS);
         assert_eq!(windowed.fires, vec![13 * MIN, 14 * MIN, 15 * MIN]);
         assert_eq!(windowed.missed, 3);
-        let once_out = plan(&t, 10 * MIN, now + 60 * MIN, Misfire::FireOnce, 1_000, LIMITS);
+        let once_out = plan(
+            &t,
+            10 * MIN,
+            now + 60 * MIN,
+            Misfire::FireOnce,
+            1_000,
+            LIMITS,
+        );
         assert_eq!(
             once_out.fires,
             vec![75 * MIN],

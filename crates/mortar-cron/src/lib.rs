@@ -35,6 +35,7 @@
 //! * Nodes' clocks must agree to within `cron.misfire_threshold_ms` (NTP).
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod error;

@@ -217,6 +217,7 @@ pub struct CronService {
     node: String,
     wake: Notify,
     housekeeping: std::sync::Mutex<Housekeeping>,
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -302,6 +303,7 @@ impl CronService {
             node: node_name(),
             wake: Notify::new(),
             housekeeping: std::sync::Mutex::new(Housekeeping::default()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -323,6 +325,10 @@ impl CronService {
     async fn scheduler_loop(self: Arc<Self>) {
         tracing::info!(node = %self.node, "cron scheduler started");
         loop {
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                tracing::info!("cron scheduler stopped");
+                return;
+            }
             let woken = self.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
@@ -346,6 +352,14 @@ impl CronService {
                 let _ = tokio::time::timeout(Duration::from_millis(wait), woken).await;
             }
         }
+    }
+
+    /// Stops the scheduler loop after its current tick (graceful shutdown; a tick cut short by a
+    /// crash instead is recovered by the other nodes' sweepers).
+    pub fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_waiters();
     }
 
     /// One pass of the scheduler at the clock's `now`: claims every due fire (in batches),
@@ -602,10 +616,7 @@ impl CronService {
             .map_err(|e| bad.push(FieldError::new("timezone", e)))
             .ok();
         if Overlap::parse(&spec.overlap).is_none() {
-            bad.push(FieldError::new(
-                "overlap",
-                "one of allow, skip, buffer_one",
-            ));
+            bad.push(FieldError::new("overlap", "one of allow, skip, buffer_one"));
         }
         if Misfire::parse(&spec.misfire).is_none() {
             bad.push(FieldError::new(
@@ -751,9 +762,7 @@ impl CronService {
         }
         let (mut s, timing) = self.check(spec, now)?;
         // Next fire after the later of now and the last fire, so nothing fires twice.
-        let after = current
-            .last_fire_at_ms
-            .map_or(now, |l| (l as u64).max(now));
+        let after = current.last_fire_at_ms.map_or(now, |l| (l as u64).max(now));
         s.next_fire_at_ms = timing.next_after(after).map(|v| v as i64);
         s.id = current.id.clone();
         s.version = current.version;
@@ -789,7 +798,11 @@ impl CronService {
 
     /// Pauses (no fires) or resumes a schedule. Resuming continues from the next fire after
     /// now: fires missed while paused are not caught up (backfill them if wanted).
-    pub async fn set_enabled(&self, id_or_name: &str, enabled: bool) -> Result<Schedule, CronError> {
+    pub async fn set_enabled(
+        &self,
+        id_or_name: &str,
+        enabled: bool,
+    ) -> Result<Schedule, CronError> {
         for _ in 0..3 {
             let mut s = self.get(id_or_name).await?;
             if s.enabled == enabled {
@@ -832,20 +845,32 @@ impl CronService {
                 return self.run(&s.id, at).await;
             }
         }
-        Err(CronError::Conflict("too many fires at once; try again".into()))
+        Err(CronError::Conflict(
+            "too many fires at once; try again".into(),
+        ))
     }
 
     /// Fires every fire time of the schedule in `(from, to]` that was never claimed (those
     /// that were are left alone, so a backfill over a stretch that did run fires nothing twice).
-    pub async fn backfill(&self, id_or_name: &str, from: &str, to: &str) -> Result<Backfilled, CronError> {
+    pub async fn backfill(
+        &self,
+        id_or_name: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<Backfilled, CronError> {
         let s = self.get(id_or_name).await?;
         let now = self.clock.now_ms();
         let mut bad = Vec::new();
-        let parse = |field: &str, v: &str, bad: &mut Vec<FieldError>| match chrono::DateTime::parse_from_rfc3339(v) {
-            Ok(t) if t.timestamp_millis() >= 0 => Some(t.timestamp_millis() as u64),
-            _ => {
-                bad.push(FieldError::new(field, "an RFC 3339 timestamp such as 2026-11-21T10:00:00Z"));
-                None
+        let parse = |field: &str, v: &str, bad: &mut Vec<FieldError>| {
+            match chrono::DateTime::parse_from_rfc3339(v) {
+                Ok(t) if t.timestamp_millis() >= 0 => Some(t.timestamp_millis() as u64),
+                _ => {
+                    bad.push(FieldError::new(
+                        field,
+                        "an RFC 3339 timestamp such as 2026-11-21T10:00:00Z",
+                    ));
+                    None
+                }
             }
         };
         let from_ms = parse("from", from, &mut bad);
@@ -854,10 +879,16 @@ impl CronService {
             return Err(CronError::Invalid(bad));
         };
         if to_ms <= from_ms {
-            return Err(CronError::Rejected(vec![FieldError::new("to", "must be after from")]));
+            return Err(CronError::Rejected(vec![FieldError::new(
+                "to",
+                "must be after from",
+            )]));
         }
         if to_ms > now {
-            return Err(CronError::Rejected(vec![FieldError::new("to", "must not be in the future")]));
+            return Err(CronError::Rejected(vec![FieldError::new(
+                "to",
+                "must not be in the future",
+            )]));
         }
         let timing = timing_of(&s)
             .ok_or_else(|| CronError::Conflict("the stored schedule no longer parses".into()))?;
@@ -866,11 +897,17 @@ impl CronService {
         if times.len() > max {
             return Err(CronError::Rejected(vec![FieldError::new(
                 "from",
-                format!("more than cron.max_backfill ({max}) fire times in the range; backfill a shorter one"),
+                format!(
+                    "more than cron.max_backfill ({max}) fire times in the range; backfill a shorter one"
+                ),
             )]));
         }
         let fires: Vec<(u64, &'static str)> = times.iter().map(|t| (*t, "backfill")).collect();
-        let runs = self.store.claim(&s.id, &fires, &self.node, now).await.map_err(db)?;
+        let runs = self
+            .store
+            .claim(&s.id, &fires, &self.node, now)
+            .await
+            .map_err(db)?;
         let already = fires.len() - runs.len();
         self.enqueue_runs(runs.iter().map(|r| (s.clone(), r.clone())).collect())
             .await?;
@@ -878,7 +915,10 @@ impl CronService {
         for r in &runs {
             done.push(self.run(&s.id, r.fire_at_ms as u64).await?);
         }
-        Ok(Backfilled { runs: done, already })
+        Ok(Backfilled {
+            runs: done,
+            already,
+        })
     }
 
     async fn run(&self, schedule_id: &str, fire_at: u64) -> Result<Run, CronError> {
@@ -892,7 +932,12 @@ impl CronService {
     }
 
     /// A schedule's runs, newest first, with their jobs' outcomes.
-    pub async fn runs(&self, id_or_name: &str, before: Option<i64>, limit: u32) -> Result<Vec<RunInfo>, CronError> {
+    pub async fn runs(
+        &self,
+        id_or_name: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<RunInfo>, CronError> {
         let s = self.get(id_or_name).await?;
         let runs = self
             .store
@@ -920,7 +965,13 @@ impl CronService {
     }
 
     /// The next `count` fire times of an expression in a zone after `from` (default now).
-    pub fn preview(&self, expr: &str, timezone: &str, from: Option<&str>, count: u32) -> Result<Vec<u64>, CronError> {
+    pub fn preview(
+        &self,
+        expr: &str,
+        timezone: &str,
+        from: Option<&str>,
+        count: u32,
+    ) -> Result<Vec<u64>, CronError> {
         let mut bad = Vec::new();
         let expr = CronExpr::parse(expr)
             .map_err(|e| bad.push(FieldError::new("expr", e.to_string())))
@@ -933,7 +984,10 @@ impl CronService {
             Some(text) => match chrono::DateTime::parse_from_rfc3339(text) {
                 Ok(t) if t.timestamp_millis() >= 0 => Some(t.timestamp_millis() as u64),
                 _ => {
-                    bad.push(FieldError::new("from", "an RFC 3339 timestamp such as 2026-11-21T10:00:00Z"));
+                    bad.push(FieldError::new(
+                        "from",
+                        "an RFC 3339 timestamp such as 2026-11-21T10:00:00Z",
+                    ));
                     None
                 }
             },
@@ -992,14 +1046,26 @@ fn decide(s: &Schedule, now: u64, threshold: u64, limits: PlanLimits) -> Decisio
         fires: plan
             .fires
             .into_iter()
-            .map(|f| (f, if now - f > threshold { "catchup" } else { "scheduled" }))
+            .map(|f| {
+                (
+                    f,
+                    if now - f > threshold {
+                        "catchup"
+                    } else {
+                        "scheduled"
+                    },
+                )
+            })
             .collect(),
         next_fire_at_ms: plan.next,
     }
 }
 
 fn describe_metrics() {
-    metrics::describe_counter!(FIRES, "fires enqueued, by kind (scheduled, catchup, manual, backfill)");
+    metrics::describe_counter!(
+        FIRES,
+        "fires enqueued, by kind (scheduled, catchup, manual, backfill)"
+    );
     metrics::describe_histogram!(
         FIRE_LAG,
         metrics::Unit::Seconds,

@@ -121,9 +121,8 @@ impl CronStore {
 
     /// Schedules by name, after `after`.
     pub async fn list(&self, after: &str, limit: u32) -> Result<Vec<Schedule>, sqlx::Error> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM cron_schedules WHERE name > $1 ORDER BY name LIMIT $2"
-        );
+        let sql =
+            format!("SELECT {COLUMNS} FROM cron_schedules WHERE name > $1 ORDER BY name LIMIT $2");
         with_pool!(&self.durable, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(after).bind(i64::from(limit)).fetch_all(pool).await)
     }

@@ -110,16 +110,28 @@ async fn fires_once_per_time_and_history_shows_the_job(env: &Env, n: &Node) {
     assert_eq!(n.cron.tick().await.unwrap(), 0, "nothing due yet");
     env.clock.set(T0 + MIN + 30);
     assert_eq!(n.cron.tick().await.unwrap(), 1);
-    assert_eq!(n.cron.tick().await.unwrap(), 0, "a fire time is claimed once");
+    assert_eq!(
+        n.cron.tick().await.unwrap(),
+        0,
+        "a fire time is claimed once"
+    );
     let runs = n.cron.runs("every-minute", None, 10).await.unwrap();
     assert_eq!(runs.len(), 1);
     let run = &runs[0];
     assert_eq!(
-        (run.run.fire_at_ms as u64, run.run.kind.as_str(), run.run.status.as_str()),
+        (
+            run.run.fire_at_ms as u64,
+            run.run.kind.as_str(),
+            run.run.status.as_str()
+        ),
         (T0 + MIN, "scheduled", "enqueued")
     );
     assert_eq!(run.job_state.as_deref(), Some("available"));
-    let (job, _) = n.jobs.get(run.run.job_id.as_deref().unwrap()).await.unwrap();
+    let (job, _) = n
+        .jobs
+        .get(run.run.job_id.as_deref().unwrap())
+        .await
+        .unwrap();
     assert_eq!(
         job.unique_key.as_deref(),
         Some(format!("cron:{}:{}", s.id, T0 + MIN).as_str())
@@ -153,7 +165,11 @@ async fn misfire_policies_after_five_minutes_down(env: &Env, n: &Node) {
     n.cron.tick().await.unwrap();
     let sched = |m: u64| (m * 60, "scheduled".to_owned(), "enqueued".to_owned());
     let late = |m: u64| (m * 60, "catchup".to_owned(), "enqueued".to_owned());
-    assert_eq!(enqueued(n, "mf-skip").await, [sched(6)], "missed ones dropped");
+    assert_eq!(
+        enqueued(n, "mf-skip").await,
+        [sched(6)],
+        "missed ones dropped"
+    );
     assert_eq!(
         enqueued(n, "mf-once").await,
         [late(5), sched(6)],
@@ -188,7 +204,11 @@ async fn finish_job(n: &Node, queue: &str) {
 
 async fn overlap_policies_with_slow_jobs(env: &Env, n: &Node) {
     env.clock.set(T0);
-    for (name, policy) in [("ov-allow", "allow"), ("ov-skip", "skip"), ("ov-buffer", "buffer_one")] {
+    for (name, policy) in [
+        ("ov-allow", "allow"),
+        ("ov-skip", "skip"),
+        ("ov-buffer", "buffer_one"),
+    ] {
         n.cron
             .create(&spec(name, "* * * * *", json!({"overlap": policy})))
             .await
@@ -226,7 +246,12 @@ async fn overlap_policies_with_slow_jobs(env: &Env, n: &Node) {
     n.cron.tick().await.unwrap();
     assert_eq!(
         enqueued(n, "ov-skip").await,
-        [e(1, "enqueued"), e(2, "skipped"), e(3, "skipped"), e(4, "enqueued")],
+        [
+            e(1, "enqueued"),
+            e(2, "skipped"),
+            e(3, "skipped"),
+            e(4, "enqueued")
+        ],
         "the previous job finished: fires again"
     );
     assert_eq!(
@@ -267,7 +292,10 @@ async fn a_run_left_claimed_by_a_dead_node_is_enqueued_once(env: &Env, a: &Node,
             "SELECT COUNT(*) FROM jobs_jobs WHERE unique_key = '{key}'"
         ))
         .await;
-    assert_eq!(jobs, 1, "the unique key made the second enqueue the same job");
+    assert_eq!(
+        jobs, 1,
+        "the unique key made the second enqueue the same job"
+    );
     assert_eq!(a.cron.sweep(later + 10_000).await.unwrap(), 0, "settled");
     a.cron.delete("orphan").await.unwrap();
 }
@@ -276,14 +304,24 @@ async fn trigger_backfill_pause_resume_update(env: &Env, n: &Node) {
     env.clock.set(T0);
     let s = n
         .cron
-        .create(&spec("ops", "0 * * * *", json!({"timezone": "Europe/London"})))
+        .create(&spec(
+            "ops",
+            "0 * * * *",
+            json!({"timezone": "Europe/London"}),
+        ))
         .await
         .unwrap();
     let run = n.cron.trigger("ops").await.unwrap();
-    assert_eq!((run.kind.as_str(), run.status.as_str()), ("manual", "enqueued"));
+    assert_eq!(
+        (run.kind.as_str(), run.status.as_str()),
+        ("manual", "enqueued")
+    );
     assert_eq!(run.fire_at_ms as u64, T0);
     let again = n.cron.trigger(&s.id).await.unwrap();
-    assert_ne!(again.fire_at_ms, run.fire_at_ms, "by id too; a distinct run");
+    assert_ne!(
+        again.fire_at_ms, run.fire_at_ms,
+        "by id too; a distinct run"
+    );
 
     // Hourly fires between 3 and 6 hours ago: 3 of them (exclusive from, inclusive to).
     let hour = 3_600_000;
@@ -291,15 +329,32 @@ async fn trigger_backfill_pause_resume_update(env: &Env, n: &Node) {
     let to = mortar_core::clock::rfc3339(T0 - 3 * hour);
     let done = n.cron.backfill("ops", &from, &to).await.unwrap();
     assert_eq!((done.runs.len(), done.already), (3, 0));
-    assert!(done.runs.iter().all(|r| r.kind == "backfill" && r.status == "enqueued"));
+    assert!(
+        done.runs
+            .iter()
+            .all(|r| r.kind == "backfill" && r.status == "enqueued")
+    );
     let wider = mortar_core::clock::rfc3339(T0 - 2 * hour);
     let done = n.cron.backfill("ops", &from, &wider).await.unwrap();
-    assert_eq!((done.runs.len(), done.already), (1, 3), "claimed times are not fired twice");
+    assert_eq!(
+        (done.runs.len(), done.already),
+        (1, 3),
+        "claimed times are not fired twice"
+    );
     let e = n.cron.backfill("ops", &to, &from).await.unwrap_err();
-    assert!(matches!(e, CronError::Rejected(ref f) if f[0].field == "to"), "{e:?}");
+    assert!(
+        matches!(e, CronError::Rejected(ref f) if f[0].field == "to"),
+        "{e:?}"
+    );
     let future = mortar_core::clock::rfc3339(T0 + hour);
-    assert!(matches!(n.cron.backfill("ops", &from, &future).await, Err(CronError::Rejected(_))));
-    assert!(matches!(n.cron.backfill("ops", "yesterday", &to).await, Err(CronError::Invalid(_))));
+    assert!(matches!(
+        n.cron.backfill("ops", &from, &future).await,
+        Err(CronError::Rejected(_))
+    ));
+    assert!(matches!(
+        n.cron.backfill("ops", "yesterday", &to).await,
+        Err(CronError::Invalid(_))
+    ));
 
     let paused = n.cron.set_enabled("ops", false).await.unwrap();
     assert!(!paused.enabled);
@@ -308,7 +363,11 @@ async fn trigger_backfill_pause_resume_update(env: &Env, n: &Node) {
     let scheduled = |runs: &[mortar_cron::service::RunInfo]| {
         runs.iter().filter(|r| r.run.kind == "scheduled").count()
     };
-    assert_eq!(scheduled(&n.cron.runs("ops", None, 100).await.unwrap()), 0, "paused");
+    assert_eq!(
+        scheduled(&n.cron.runs("ops", None, 100).await.unwrap()),
+        0,
+        "paused"
+    );
     let resumed = n.cron.set_enabled("ops", true).await.unwrap();
     assert_eq!(
         resumed.next_fire_at_ms,
@@ -319,11 +378,17 @@ async fn trigger_backfill_pause_resume_update(env: &Env, n: &Node) {
     // Update: every 30 minutes from the next fire on.
     let updated = n
         .cron
-        .replace("ops", &spec("ops", "*/30 * * * *", json!({"timezone": "Europe/London"})))
+        .replace(
+            "ops",
+            &spec("ops", "*/30 * * * *", json!({"timezone": "Europe/London"})),
+        )
         .await
         .unwrap();
     assert_eq!(updated.expr, "*/30 * * * *");
-    assert_eq!(updated.next_fire_at_ms, Some((T0 + 2 * hour + 30 * MIN) as i64));
+    assert_eq!(
+        updated.next_fire_at_ms,
+        Some((T0 + 2 * hour + 30 * MIN) as i64)
+    );
     assert!(updated.version > s.version);
     let e = n
         .cron
@@ -332,8 +397,14 @@ async fn trigger_backfill_pause_resume_update(env: &Env, n: &Node) {
         .unwrap_err();
     assert!(matches!(e, CronError::Rejected(_)), "{e:?}");
     n.cron.delete("ops").await.unwrap();
-    assert!(matches!(n.cron.get("ops").await, Err(CronError::NotFound(_))));
-    assert!(matches!(n.cron.trigger("ops").await, Err(CronError::NotFound(_))));
+    assert!(matches!(
+        n.cron.get("ops").await,
+        Err(CronError::NotFound(_))
+    ));
+    assert!(matches!(
+        n.cron.trigger("ops").await,
+        Err(CronError::NotFound(_))
+    ));
 }
 
 fn fields(e: CronError) -> (u16, Vec<String>) {
@@ -349,10 +420,26 @@ async fn bad_input(env: &Env, n: &Node) {
     let cases: Vec<(serde_json::Value, u16, &str)> = vec![
         (json!({"name": "b", "expr": "0 25 * * *"}), 400, "expr"),
         (json!({"name": "b", "expr": "* * *"}), 400, "expr"),
-        (json!({"name": "b", "expr": "* * * * *", "timezone": "Mars/Base"}), 400, "timezone"),
-        (json!({"name": "b", "expr": "* * * * *", "overlap": "sometimes"}), 400, "overlap"),
-        (json!({"name": "b", "expr": "* * * * *", "misfire": "retry"}), 400, "misfire"),
-        (json!({"name": "b", "expr": "* * * * *", "start_at": "soon"}), 400, "start_at"),
+        (
+            json!({"name": "b", "expr": "* * * * *", "timezone": "Mars/Base"}),
+            400,
+            "timezone",
+        ),
+        (
+            json!({"name": "b", "expr": "* * * * *", "overlap": "sometimes"}),
+            400,
+            "overlap",
+        ),
+        (
+            json!({"name": "b", "expr": "* * * * *", "misfire": "retry"}),
+            400,
+            "misfire",
+        ),
+        (
+            json!({"name": "b", "expr": "* * * * *", "start_at": "soon"}),
+            400,
+            "start_at",
+        ),
         (json!({"name": "", "expr": "* * * * *"}), 400, "name"),
         (
             json!({"name": "b", "expr": "* * * * *", "start_at": "2027-02-01T00:00:00Z", "end_at": "2027-01-15T00:00:00Z"}),
@@ -369,7 +456,11 @@ async fn bad_input(env: &Env, n: &Node) {
             422,
             "catchup_window_ms",
         ),
-        (json!({"name": "b", "expr": "* * * * *", "jitter_ms": 86_400_000}), 422, "jitter_ms"),
+        (
+            json!({"name": "b", "expr": "* * * * *", "jitter_ms": 86_400_000}),
+            422,
+            "jitter_ms",
+        ),
         (json!({"name": "b", "expr": "0 0 30 2 *"}), 422, "expr"),
     ];
     for (body, status, field) in cases {
@@ -383,8 +474,16 @@ async fn bad_input(env: &Env, n: &Node) {
     for (job, status, field) in [
         (json!({"kind": "k"}), 400, "job"),
         (json!({"queue": "q", "kind": "k", "colour": 1}), 400, "job"),
-        (json!({"queue": "q", "kind": "k", "unique_key": "x"}), 422, "job.unique_key"),
-        (json!({"queue": "q", "kind": "k", "max_attempts": 0}), 422, "job.max_attempts"),
+        (
+            json!({"queue": "q", "kind": "k", "unique_key": "x"}),
+            422,
+            "job.unique_key",
+        ),
+        (
+            json!({"queue": "q", "kind": "k", "max_attempts": 0}),
+            422,
+            "job.max_attempts",
+        ),
         (json!({"queue": "no spaces", "kind": "k"}), 422, "job.queue"),
     ] {
         let spec: ScheduleSpec =
@@ -405,10 +504,18 @@ async fn bad_input(env: &Env, n: &Node) {
     assert_eq!((s, f[0].as_str()), (400, "expr"));
     let times = n
         .cron
-        .preview("30 2 * * *", "America/New_York", Some("2026-03-07T00:00:00Z"), 2)
+        .preview(
+            "30 2 * * *",
+            "America/New_York",
+            Some("2026-03-07T00:00:00Z"),
+            2,
+        )
         .unwrap();
     assert_eq!(
-        times.iter().map(|t| mortar_core::clock::rfc3339(*t)).collect::<Vec<_>>(),
+        times
+            .iter()
+            .map(|t| mortar_core::clock::rfc3339(*t))
+            .collect::<Vec<_>>(),
         ["2026-03-07T07:30:00.000Z", "2026-03-08T07:00:00.000Z"]
     );
 }
@@ -454,7 +561,11 @@ async fn three_nodes_fire_each_time_once_on_postgres() {
     for i in 0..40 {
         nodes[0]
             .cron
-            .create(&spec(&format!("s{i:02}"), "* * * * * *", json!({"misfire": "fire_all"})))
+            .create(&spec(
+                &format!("s{i:02}"),
+                "* * * * * *",
+                json!({"misfire": "fire_all"}),
+            ))
             .await
             .unwrap();
     }
@@ -472,7 +583,10 @@ async fn three_nodes_fire_each_time_once_on_postgres() {
         for t in ticks {
             claimed += t.await.unwrap();
         }
-        assert_eq!(claimed, 40, "second {s}: each schedule's fire claimed by exactly one node");
+        assert_eq!(
+            claimed, 40,
+            "second {s}: each schedule's fire claimed by exactly one node"
+        );
     }
     let runs = env.count("SELECT COUNT(*) FROM cron_runs").await;
     let jobs = env

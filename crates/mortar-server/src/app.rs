@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use axum::Router;
 use mortar_cache::CacheService;
-use mortar_cron::CronService;
 use mortar_core::auth::{Auth, KeyStore};
 use mortar_core::clock::{Clock, SystemClock};
 use mortar_core::storage::{Storage, core_migrations};
+use mortar_cron::CronService;
 use mortar_jobs::JobsService;
 use mortar_lock::LockService;
 use mortar_ratelimit::RateLimitService;

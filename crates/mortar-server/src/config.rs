@@ -4,9 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use mortar_cache::CacheConfig;
-use mortar_cron::CronConfig;
 use mortar_core::config::{AuthConfig, ConfigError, HttpConfig, KeyDoc, LogConfig, LogFormat};
 use mortar_core::storage::StorageConfig;
+use mortar_cron::CronConfig;
 use mortar_jobs::JobsConfig;
 use mortar_lock::LockConfig;
 use mortar_ratelimit::RateLimitConfig;

@@ -97,6 +97,8 @@ enum BenchCommand {
     Lock(mortar_lock::bench::BenchArgs),
     /// GET/SET load on the cache's RESP port (throughput, latency percentiles).
     Cache(mortar_cache::bench::BenchArgs),
+    /// N schedules firing together: fire lag percentiles and CPU between fires.
+    Cron(mortar_cron::bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -178,6 +180,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Bench {
+            client,
+            block: BenchCommand::Cron(b),
+        } => print(runtime.block_on(mortar_cron::bench::run(&client, &b))),
         Command::Cache { client, command } => {
             match runtime.block_on(mortar_cache::cli::run(&client, &command)) {
                 Ok(out) => {
