@@ -198,12 +198,14 @@ pub async fn run(args: &ClientArgs, cmd: &CronCommand) -> Result<String, ClientE
             runs(v["runs"].as_array().map_or(&[][..], Vec::as_slice))
         ),
         CronCommand::Runs { .. } => runs(v["items"].as_array().map_or(&[][..], Vec::as_slice)),
-        CronCommand::Preview { .. } => v["fire_times"]
-            .as_array()
-            .map_or(&[][..], Vec::as_slice)
-            .iter()
-            .map(|t| format!("{}\n", cell(t)))
-            .collect(),
+        CronCommand::Preview { .. } => {
+            let mut out = String::new();
+            for t in v["fire_times"].as_array().map_or(&[][..], Vec::as_slice) {
+                out.push_str(&cell(t));
+                out.push('\n');
+            }
+            out
+        }
     })
 }
 

@@ -535,8 +535,9 @@ impl CronService {
                 .housekeeping
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let sweep = now >= h.swept_at_ms + 1_000;
-            let prune = now >= h.pruned_at_ms + 60_000;
+            // abs_diff: a clock stepped back must not stop housekeeping until it catches up.
+            let sweep = now.abs_diff(h.swept_at_ms) >= 1_000;
+            let prune = now.abs_diff(h.pruned_at_ms) >= 60_000;
             if sweep {
                 h.swept_at_ms = now;
             }

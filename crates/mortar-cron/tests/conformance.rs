@@ -73,7 +73,7 @@ impl Env {
     }
 }
 
-fn spec(name: &str, expr: &str, extra: serde_json::Value) -> ScheduleSpec {
+fn spec(name: &str, expr: &str, extra: &serde_json::Value) -> ScheduleSpec {
     let mut v = json!({"name": name, "expr": expr, "job": {"queue": format!("q-{name}"), "kind": "tick", "payload": {"s": name}}});
     for (k, val) in extra.as_object().unwrap() {
         v[k] = val.clone();
@@ -103,7 +103,7 @@ async fn enqueued(n: &Node, name: &str) -> Vec<(u64, String, String)> {
 async fn fires_once_per_time_and_history_shows_the_job(env: &Env, n: &Node) {
     let s = n
         .cron
-        .create(&spec("every-minute", "* * * * *", json!({})))
+        .create(&spec("every-minute", "* * * * *", &json!({})))
         .await
         .unwrap();
     assert_eq!(s.next_fire_at_ms, Some((T0 + MIN) as i64));
@@ -155,7 +155,7 @@ async fn misfire_policies_after_five_minutes_down(env: &Env, n: &Node) {
             .create(&spec(
                 name,
                 "* * * * *",
-                json!({"misfire": policy, "catchup_window_ms": window}),
+                &json!({"misfire": policy, "catchup_window_ms": window}),
             ))
             .await
             .unwrap();
@@ -210,7 +210,7 @@ async fn overlap_policies_with_slow_jobs(env: &Env, n: &Node) {
         ("ov-buffer", "buffer_one"),
     ] {
         n.cron
-            .create(&spec(name, "* * * * *", json!({"overlap": policy})))
+            .create(&spec(name, "* * * * *", &json!({"overlap": policy})))
             .await
             .unwrap();
     }
@@ -264,29 +264,33 @@ async fn overlap_policies_with_slow_jobs(env: &Env, n: &Node) {
     }
 }
 
-async fn a_run_left_claimed_by_a_dead_node_is_enqueued_once(env: &Env, a: &Node, b: &Node) {
+async fn a_run_left_claimed_by_a_dead_node_is_enqueued_once(env: &Env, one: &Node, two: &Node) {
     env.clock.set(T0);
-    let s = a
+    let sched = one
         .cron
-        .create(&spec("orphan", "0 0 * * *", json!({})))
+        .create(&spec("orphan", "0 0 * * *", &json!({})))
         .await
         .unwrap();
     // A node claimed this fire and died before enqueueing it.
     let store = CronStore::new(env.storage.durable.clone());
     let claimed = store
-        .claim(&s.id, &[(T0 - MIN, "scheduled")], "dead-node", T0)
+        .claim(&sched.id, &[(T0 - MIN, "scheduled")], "dead-node", T0)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
-    assert_eq!(a.cron.sweep(T0 + 1_000).await.unwrap(), 0, "not stale yet");
+    assert_eq!(
+        one.cron.sweep(T0 + 1_000).await.unwrap(),
+        0,
+        "not stale yet"
+    );
     // Two nodes sweep at once: one job between them.
     let later = T0 + CronConfig::default().sweep_after_ms + 1;
-    let (x, y) = tokio::join!(a.cron.sweep(later), b.cron.sweep(later));
-    assert!(x.unwrap() + y.unwrap() >= 1);
-    let runs = a.cron.runs("orphan", None, 10).await.unwrap();
+    let (r1, r2) = tokio::join!(one.cron.sweep(later), two.cron.sweep(later));
+    assert!(r1.unwrap() + r2.unwrap() >= 1);
+    let runs = one.cron.runs("orphan", None, 10).await.unwrap();
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].run.status, "enqueued");
-    let key = format!("cron:{}:{}", s.id, T0 - MIN);
+    let key = format!("cron:{}:{}", sched.id, T0 - MIN);
     let jobs = env
         .count(&format!(
             "SELECT COUNT(*) FROM jobs_jobs WHERE unique_key = '{key}'"
@@ -296,8 +300,8 @@ async fn a_run_left_claimed_by_a_dead_node_is_enqueued_once(env: &Env, a: &Node,
         jobs, 1,
         "the unique key made the second enqueue the same job"
     );
-    assert_eq!(a.cron.sweep(later + 10_000).await.unwrap(), 0, "settled");
-    a.cron.delete("orphan").await.unwrap();
+    assert_eq!(one.cron.sweep(later + 10_000).await.unwrap(), 0, "settled");
+    one.cron.delete("orphan").await.unwrap();
 }
 
 async fn trigger_backfill_pause_resume_update(env: &Env, n: &Node) {
@@ -307,7 +311,7 @@ async fn trigger_backfill_pause_resume_update(env: &Env, n: &Node) {
         .create(&spec(
             "ops",
             "0 * * * *",
-            json!({"timezone": "Europe/London"}),
+            &json!({"timezone": "Europe/London"}),
         ))
         .await
         .unwrap();
@@ -380,7 +384,7 @@ async fn trigger_backfill_pause_resume_update(env: &Env, n: &Node) {
         .cron
         .replace(
             "ops",
-            &spec("ops", "*/30 * * * *", json!({"timezone": "Europe/London"})),
+            &spec("ops", "*/30 * * * *", &json!({"timezone": "Europe/London"})),
         )
         .await
         .unwrap();
@@ -392,7 +396,7 @@ async fn trigger_backfill_pause_resume_update(env: &Env, n: &Node) {
     assert!(updated.version > s.version);
     let e = n
         .cron
-        .replace("ops", &spec("renamed", "* * * * *", json!({})))
+        .replace("ops", &spec("renamed", "* * * * *", &json!({})))
         .await
         .unwrap_err();
     assert!(matches!(e, CronError::Rejected(_)), "{e:?}");
@@ -492,11 +496,11 @@ async fn bad_input(env: &Env, n: &Node) {
         assert_eq!((got, fields[0].as_str()), (status, field), "{job}");
     }
     n.cron
-        .create(&spec("dup", "* * * * *", json!({})))
+        .create(&spec("dup", "* * * * *", &json!({})))
         .await
         .unwrap();
     assert!(matches!(
-        n.cron.create(&spec("dup", "* * * * *", json!({}))).await,
+        n.cron.create(&spec("dup", "* * * * *", &json!({}))).await,
         Err(CronError::Conflict(_))
     ));
     n.cron.delete("dup").await.unwrap();
@@ -521,14 +525,14 @@ async fn bad_input(env: &Env, n: &Node) {
 }
 
 async fn suite(env: &Env) {
-    let a = env.node();
-    let b = env.node();
-    fires_once_per_time_and_history_shows_the_job(env, &a).await;
-    misfire_policies_after_five_minutes_down(env, &a).await;
-    overlap_policies_with_slow_jobs(env, &a).await;
-    a_run_left_claimed_by_a_dead_node_is_enqueued_once(env, &a, &b).await;
-    trigger_backfill_pause_resume_update(env, &a).await;
-    bad_input(env, &a).await;
+    let one = env.node();
+    let two = env.node();
+    fires_once_per_time_and_history_shows_the_job(env, &one).await;
+    misfire_policies_after_five_minutes_down(env, &one).await;
+    overlap_policies_with_slow_jobs(env, &one).await;
+    a_run_left_claimed_by_a_dead_node_is_enqueued_once(env, &one, &two).await;
+    trigger_backfill_pause_resume_update(env, &one).await;
+    bad_input(env, &one).await;
 }
 
 #[tokio::test]
@@ -564,7 +568,7 @@ async fn three_nodes_fire_each_time_once_on_postgres() {
             .create(&spec(
                 &format!("s{i:02}"),
                 "* * * * * *",
-                json!({"misfire": "fire_all"}),
+                &json!({"misfire": "fire_all"}),
             ))
             .await
             .unwrap();
