@@ -60,6 +60,89 @@ pub fn rfc3339(ms: u64) -> String {
     )
 }
 
+/// Parses an RFC 3339 timestamp (`2026-11-21T10:00:00Z`, `…T10:00:00.250+01:00`) into epoch
+/// milliseconds; None when it is not one or is before 1970.
+pub fn parse_rfc3339(text: &str) -> Option<u64> {
+    let (s, b) = (text, text.as_bytes());
+    let num = |from: usize, len: usize| -> Option<i64> {
+        let part = s.get(from..from + len)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (year, mo, day, hour, min, sec) = (
+        num(0, 4)?,
+        num(5, 2)?,
+        num(8, 2)?,
+        num(11, 2)?,
+        num(14, 2)?,
+        num(17, 2)?,
+    );
+    if !(1..=12).contains(&mo)
+        || day < 1
+        || day > days_in_month(year, mo as u32)
+        || hour > 23
+        || min > 59
+        || sec > 60
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut ms = 0i64;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        let frac = s.get(start..i).filter(|f| !f.is_empty())?;
+        ms = format!("{:0<3}", &frac[..frac.len().min(3)]).parse().ok()?;
+    }
+    let offset_min = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+            let (oh, om) = (num(i + 1, 2)?, num(i + 4, 2)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            (oh * 60 + om) * if *sign == b'-' { -1 } else { 1 }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, mo as u32, day as u32);
+    let total = ((days * 86_400 + hour * 3600 + min * 60 + sec) - offset_min * 60) * 1000 + ms;
+    u64::try_from(total).ok()
+}
+
+fn days_in_month(y: i64, m: u32) -> i64 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Howard Hinnant's civil-to-days algorithm (the inverse of [`civil_from_days`]).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Howard Hinnant's days-to-civil algorithm.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -77,6 +160,40 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_rfc3339_with_offsets_and_fractions() {
+        for ms in [0u64, 951_782_400_000, 1_763_715_600_123, 4_102_444_799_999] {
+            assert_eq!(parse_rfc3339(&rfc3339(ms)), Some(ms), "{}", rfc3339(ms));
+        }
+        assert_eq!(
+            parse_rfc3339("2026-11-21T11:00:00+01:00"),
+            parse_rfc3339("2026-11-21T10:00:00Z")
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-21T09:30:00-00:30"),
+            parse_rfc3339("2026-11-21T10:00:00Z")
+        );
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00.5Z"), Some(500));
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00.123456Z"), Some(123));
+        for bad in [
+            "",
+            "2026-11-21",
+            "2026-13-01T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "2026-11-21T10:00:00",
+            "2026-11-21T10:00:00+1:00",
+            "1969-12-31T23:59:59Z",
+            "2026-11-21T10:00:00.Z",
+            "2026-11-21T24:00:00Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+        assert_eq!(
+            parse_rfc3339("2024-02-29T00:00:00Z"),
+            Some(1_709_164_800_000)
+        );
+    }
 
     #[test]
     fn formats_rfc3339() {

@@ -1,5 +1,6 @@
-//! `/v1/jobs/…`: enqueue (one or a batch), lease (long-poll), heartbeat, complete, fail,
-//! inspect, list, retry, cancel.
+//! `/v1/jobs/…`: enqueue (one or a batch; unique keys, `Idempotency-Key`), lease (long-poll),
+//! heartbeat, complete (one or a batch), fail, release, inspect, list, retry, cancel, bulk
+//! retry/discard (the DLQ), and `/v1/jobs/queues/…` (counts, pause/resume, limits, push target).
 
 use std::sync::Arc;
 
@@ -13,9 +14,10 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::engine::UniqueWhile;
 use crate::error::JobsError;
-use crate::service::{JobsService, NewJob};
-use crate::store::{AttemptError, Job};
+use crate::service::{Enqueued, JobsService, NewJob, QueueInfo, QueueSettings};
+use crate::store::{AttemptError, Completion, Filter, Job};
 
 pub fn router(svc: Arc<JobsService>) -> OpenApiRouter {
     OpenApiRouter::new()
@@ -27,6 +29,14 @@ pub fn router(svc: Arc<JobsService>) -> OpenApiRouter {
         .routes(routes!(complete))
         .routes(routes!(fail))
         .routes(routes!(retry))
+        .routes(routes!(release))
+        .routes(routes!(complete_batch))
+        .routes(routes!(bulk_retry))
+        .routes(routes!(bulk_discard))
+        .routes(routes!(queues))
+        .routes(routes!(get_queue, put_queue))
+        .routes(routes!(pause_queue))
+        .routes(routes!(resume_queue))
         .with_state(svc)
 }
 
@@ -52,12 +62,29 @@ pub struct JobView {
     pub payload: serde_json::Value,
     pub priority: i32,
     pub state: crate::engine::State,
+    /// true when this job already existed (same unique key or Idempotency-Key) and nothing
+    /// was created.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
     pub attempt: i32,
     pub max_attempts: i32,
     pub run_at: String,
     pub created_at: String,
+    /// When the current (or last) attempt started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    pub timeout_ms: i64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unique_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unique_while: Option<UniqueWhile>,
+    /// Who holds (or last held) the lease.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
     /// Present while leased: pass it to heartbeat/complete/fail.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_id: Option<String>,
@@ -77,9 +104,25 @@ pub struct ErrorView {
     pub at: String,
 }
 
+fn created(e: Enqueued) -> JobView {
+    let mut v = view(e.job, Vec::new());
+    v.duplicate = e.duplicate;
+    v
+}
+
 fn view(j: Job, errors: Vec<AttemptError>) -> JobView {
     let state = j.state();
     JobView {
+        duplicate: false,
+        started_at: j.started_at_ms.map(|t| rfc3339(t as u64)),
+        timeout_ms: j.timeout_ms,
+        tags: serde_json::from_str(&j.tags).unwrap_or_default(),
+        unique_while: j
+            .unique_while
+            .as_deref()
+            .and_then(|w| serde_json::from_value(serde_json::Value::String(w.to_owned())).ok()),
+        unique_key: j.unique_key,
+        worker: j.worker,
         payload: serde_json::from_str(&j.payload).unwrap_or(serde_json::Value::Null),
         state,
         run_at: rfc3339(j.run_at_ms as u64),
@@ -110,18 +153,67 @@ fn view(j: Job, errors: Vec<AttemptError>) -> JobView {
     }
 }
 
-/// Enqueue a job. Durable before the answer.
+/// How long an `Idempotency-Key` answers with the job it first created.
+pub const IDEMPOTENCY_WINDOW_MS: u64 = 24 * 3_600_000;
+
+/// Applies an `Idempotency-Key` header: the job becomes unique on that key for 24 hours (a
+/// batch: on `key:index` per job), so a retried request returns what the first one created.
+fn idempotent(headers: &http::HeaderMap, jobs: &mut [NewJob]) -> Result<(), Problem> {
+    let Some(key) = headers.get("idempotency-key") else {
+        return Ok(());
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 200)
+        .ok_or_else(|| {
+            Problem::bad_request(
+                "the Idempotency-Key header must be 1 to 200 visible ASCII characters",
+            )
+        })?;
+    let batch = jobs.len() > 1;
+    for (i, j) in jobs.iter_mut().enumerate() {
+        if j.unique_key.is_some() || j.unique_while.is_some() {
+            return Err(Problem::bad_request(
+                "give either the Idempotency-Key header or unique_key/unique_while, not both",
+            ));
+        }
+        j.unique_key = Some(if batch {
+            format!("{key}:{i}")
+        } else {
+            key.to_owned()
+        });
+        j.unique_while = Some(UniqueWhile::ForMs);
+        j.unique_for_ms = Some(IDEMPOTENCY_WINDOW_MS);
+    }
+    Ok(())
+}
+
+/// 201 when something was created, 200 when every job already existed.
+fn status_of(jobs: &[Enqueued]) -> StatusCode {
+    if jobs.iter().all(|e| e.duplicate) {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    }
+}
+
+/// Enqueue a job. Durable before the answer. A job whose `unique_key` (or `Idempotency-Key`
+/// header, kept 24 h) matches an existing one returns that job: 200 with `"duplicate": true`.
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = NewJob,
-    responses((status = 201, body = JobView), (status = 400, body = Problem)))]
+    params(("Idempotency-Key" = Option<String>, Header, description = "a retried request with the same key returns the job the first one created (24 h)")),
+    responses((status = 201, body = JobView), (status = 200, description = "duplicate: the existing job", body = JobView),
+        (status = 400, body = Problem)))]
 async fn enqueue(
     State(svc): State<Arc<JobsService>>,
+    headers: http::HeaderMap,
     ApiJson(job): ApiJson<NewJob>,
 ) -> Result<(StatusCode, ApiJson<JobView>), Problem> {
-    let mut jobs = svc.enqueue(std::slice::from_ref(&job)).await?;
-    Ok((
-        StatusCode::CREATED,
-        ApiJson(view(jobs.remove(0), Vec::new())),
-    ))
+    let mut jobs = [job];
+    idempotent(&headers, &mut jobs)?;
+    let mut out = svc.enqueue(&jobs).await?;
+    let status = status_of(&out);
+    Ok((status, ApiJson(created(out.remove(0)))))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -138,18 +230,23 @@ pub struct JobList {
     pub next_cursor: Option<String>,
 }
 
-/// Enqueue many jobs in one transaction.
+/// Enqueue many jobs in one transaction (all or none). With `Idempotency-Key: K`, job i is
+/// unique on `K:i`, so re-sending the batch returns the jobs it created.
 #[utoipa::path(post, path = "/v1/jobs/batch", tag = "jobs", request_body = BatchBody,
-    responses((status = 201, body = JobList), (status = 400, body = Problem)))]
+    params(("Idempotency-Key" = Option<String>, Header, description = "job i is unique on key:i for 24 h")),
+    responses((status = 201, body = JobList), (status = 200, description = "every job already existed", body = JobList),
+        (status = 400, body = Problem)))]
 async fn enqueue_batch(
     State(svc): State<Arc<JobsService>>,
-    ApiJson(b): ApiJson<BatchBody>,
+    headers: http::HeaderMap,
+    ApiJson(mut b): ApiJson<BatchBody>,
 ) -> Result<(StatusCode, ApiJson<JobList>), Problem> {
+    idempotent(&headers, &mut b.jobs)?;
     let jobs = svc.enqueue(&b.jobs).await?;
     Ok((
-        StatusCode::CREATED,
+        status_of(&jobs),
         ApiJson(JobList {
-            items: jobs.into_iter().map(|j| view(j, Vec::new())).collect(),
+            items: jobs.into_iter().map(created).collect(),
             next_cursor: None,
         }),
     ))
@@ -216,11 +313,13 @@ pub struct ListParams {
     pub state: String,
     #[serde(default)]
     pub queue: String,
+    #[serde(default)]
+    pub kind: String,
     pub limit: Option<u32>,
     pub cursor: Option<String>,
 }
 
-/// Jobs by creation order, filtered by state and queue.
+/// Jobs by creation order, filtered by state, queue and kind (`state=dead` is the DLQ).
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListParams), responses((status = 200, body = JobList)))]
 async fn list(
     State(svc): State<Arc<JobsService>>,
@@ -233,8 +332,13 @@ async fn list(
             "must be 1 to 1000",
         )]));
     }
+    let filter = Filter {
+        queue: p.queue,
+        kind: p.kind,
+        state: p.state,
+    };
     let jobs = svc
-        .list(&p.state, &p.queue, p.cursor.as_deref().unwrap_or(""), limit)
+        .list(&filter, p.cursor.as_deref().unwrap_or(""), limit)
         .await?;
     let next_cursor = (jobs.len() == limit as usize)
         .then(|| jobs.last().map(|j| j.id.clone()))
@@ -335,4 +439,248 @@ async fn retry(
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<JobView>, Problem> {
     Ok(ApiJson(view(svc.retry(&id).await?, Vec::new())))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseBody {
+    pub lease_id: String,
+}
+
+/// Give a leased job back at once, this attempt not counted (a worker shutting down).
+#[utoipa::path(post, path = "/v1/jobs/{id}/release", tag = "jobs", request_body = ReleaseBody,
+    responses((status = 200, body = JobView), (status = 409, body = Problem)))]
+async fn release(
+    State(svc): State<Arc<JobsService>>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(b): ApiJson<ReleaseBody>,
+) -> Result<ApiJson<JobView>, Problem> {
+    Ok(ApiJson(view(
+        svc.release(&id, &b.lease_id).await?,
+        Vec::new(),
+    )))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteItem {
+    pub id: String,
+    pub lease_id: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub result: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteBatchBody {
+    /// 1 to 10000 completions, in one statement.
+    pub items: Vec<CompleteItem>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CompleteBatchAnswer {
+    pub completed: usize,
+    /// Jobs not completed: their lease ran out, was never theirs, or they don't exist.
+    pub rejected: Vec<Rejected>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Rejected {
+    pub id: String,
+    pub detail: String,
+}
+
+/// Complete many jobs at once (what a fast worker does).
+#[utoipa::path(post, path = "/v1/jobs/complete", tag = "jobs", request_body = CompleteBatchBody,
+    responses((status = 200, body = CompleteBatchAnswer), (status = 400, body = Problem)))]
+async fn complete_batch(
+    State(svc): State<Arc<JobsService>>,
+    ApiJson(b): ApiJson<CompleteBatchBody>,
+) -> Result<ApiJson<CompleteBatchAnswer>, Problem> {
+    let items = b
+        .items
+        .into_iter()
+        .map(|i| Completion {
+            id: i.id,
+            lease_id: i.lease_id,
+            result: i.result.map(|r| r.to_string()),
+        })
+        .collect();
+    let done = svc.complete_batch(items).await?;
+    Ok(ApiJson(CompleteBatchAnswer {
+        completed: done.completed,
+        rejected: done
+            .rejected
+            .into_iter()
+            .map(|id| Rejected {
+                detail: format!("job `{id}` is not leased with that lease_id"),
+                id,
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FilterBody {
+    #[serde(default)]
+    pub queue: String,
+    #[serde(default)]
+    pub kind: String,
+    /// Default: dead (the DLQ).
+    #[serde(default)]
+    pub state: String,
+}
+
+impl FilterBody {
+    fn filter(self) -> Filter {
+        Filter {
+            queue: self.queue,
+            kind: self.kind,
+            state: if self.state.is_empty() {
+                "dead".into()
+            } else {
+                self.state
+            },
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Count {
+    pub count: u64,
+}
+
+/// Retry every job matching the filter (dead by default; also cancelled or retryable).
+#[utoipa::path(post, path = "/v1/jobs/bulk/retry", tag = "jobs", request_body = FilterBody,
+    responses((status = 200, body = Count), (status = 400, body = Problem)))]
+async fn bulk_retry(
+    State(svc): State<Arc<JobsService>>,
+    ApiJson(b): ApiJson<FilterBody>,
+) -> Result<ApiJson<Count>, Problem> {
+    let n = svc.retry_where(&b.filter()).await?;
+    Ok(ApiJson(Count { count: n as u64 }))
+}
+
+/// Delete every finished job matching the filter (dead by default; also cancelled or
+/// completed), with its errors.
+#[utoipa::path(post, path = "/v1/jobs/bulk/discard", tag = "jobs", request_body = FilterBody,
+    responses((status = 200, body = Count), (status = 400, body = Problem)))]
+async fn bulk_discard(
+    State(svc): State<Arc<JobsService>>,
+    ApiJson(b): ApiJson<FilterBody>,
+) -> Result<ApiJson<Count>, Problem> {
+    Ok(ApiJson(Count {
+        count: svc.discard_where(&b.filter()).await?,
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueView {
+    pub queue: String,
+    pub paused: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<crate::service::QueueRate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_url: Option<String>,
+    pub has_secret: bool,
+    /// Effective retention of completed and cancelled jobs.
+    pub retention_ms: u64,
+    /// Jobs by state.
+    #[schema(value_type = Object)]
+    pub depth: serde_json::Map<String, serde_json::Value>,
+    /// How long the oldest due job has waited (none due: absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_available_age_ms: Option<u64>,
+    pub completed_last_minute: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueList {
+    pub items: Vec<QueueView>,
+}
+
+fn queue_view(svc: &JobsService, q: QueueInfo) -> QueueView {
+    let now = svc.now_ms();
+    QueueView {
+        paused: q.settings.paused,
+        concurrency: q.settings.concurrency,
+        rate: q.settings.rate,
+        target_url: q.settings.target_url,
+        has_secret: q.has_secret,
+        retention_ms: q.settings.retention_ms.unwrap_or(svc.config().retention_ms),
+        depth: crate::engine::State::ALL
+            .into_iter()
+            .map(|s| {
+                let n = q
+                    .counts
+                    .by_state
+                    .iter()
+                    .find(|(st, _)| st == s.as_str())
+                    .map_or(0, |(_, n)| *n);
+                (s.as_str().to_owned(), n.into())
+            })
+            .collect(),
+        oldest_available_age_ms: q.counts.oldest_due_ms.map(|t| now.saturating_sub(t as u64)),
+        completed_last_minute: q.counts.completed_last_minute,
+        queue: q.queue,
+    }
+}
+
+/// Every queue with settings or jobs: depth by state, oldest due job's age, throughput.
+#[utoipa::path(get, path = "/v1/jobs/queues", tag = "jobs", responses((status = 200, body = QueueList)))]
+async fn queues(State(svc): State<Arc<JobsService>>) -> Result<ApiJson<QueueList>, Problem> {
+    let items = svc.queues().await?;
+    Ok(ApiJson(QueueList {
+        items: items.into_iter().map(|q| queue_view(&svc, q)).collect(),
+    }))
+}
+
+/// One queue (a queue never used shows its defaults).
+#[utoipa::path(get, path = "/v1/jobs/queues/{queue}", tag = "jobs",
+    responses((status = 200, body = QueueView), (status = 400, body = Problem)))]
+async fn get_queue(
+    State(svc): State<Arc<JobsService>>,
+    ApiPath(queue): ApiPath<String>,
+) -> Result<ApiJson<QueueView>, Problem> {
+    let q = svc.queue(&queue).await?;
+    Ok(ApiJson(queue_view(&svc, q)))
+}
+
+/// Set a queue's settings (all of them: omitted ones go back to their defaults): pause,
+/// global concurrency and rate limits, push target, retention.
+#[utoipa::path(put, path = "/v1/jobs/queues/{queue}", tag = "jobs", request_body = QueueSettings,
+    responses((status = 200, body = QueueView), (status = 400, body = Problem)))]
+async fn put_queue(
+    State(svc): State<Arc<JobsService>>,
+    ApiPath(queue): ApiPath<String>,
+    ApiJson(s): ApiJson<QueueSettings>,
+) -> Result<ApiJson<QueueView>, Problem> {
+    let q = svc.put_queue(&queue, &s).await?;
+    Ok(ApiJson(queue_view(&svc, q)))
+}
+
+/// Stop leasing (and pushing) this queue's jobs; enqueues are still accepted.
+#[utoipa::path(post, path = "/v1/jobs/queues/{queue}/pause", tag = "jobs",
+    responses((status = 200, body = QueueView), (status = 400, body = Problem)))]
+async fn pause_queue(
+    State(svc): State<Arc<JobsService>>,
+    ApiPath(queue): ApiPath<String>,
+) -> Result<ApiJson<QueueView>, Problem> {
+    let q = svc.set_paused(&queue, true).await?;
+    Ok(ApiJson(queue_view(&svc, q)))
+}
+
+/// Lease this queue's jobs again.
+#[utoipa::path(post, path = "/v1/jobs/queues/{queue}/resume", tag = "jobs",
+    responses((status = 200, body = QueueView), (status = 400, body = Problem)))]
+async fn resume_queue(
+    State(svc): State<Arc<JobsService>>,
+    ApiPath(queue): ApiPath<String>,
+) -> Result<ApiJson<QueueView>, Problem> {
+    let q = svc.set_paused(&queue, false).await?;
+    Ok(ApiJson(queue_view(&svc, q)))
 }

@@ -48,6 +48,47 @@ impl State {
     }
 }
 
+/// How long a job with a `unique_key` blocks another with the same key in its queue.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum UniqueWhile {
+    /// Until it starts (scheduled, available; a retry after a failure does not block again).
+    Queued,
+    /// Until it finishes: completed, dead or cancelled (queued, running and retryable block).
+    #[default]
+    Active,
+    /// For `unique_for_ms` after it was enqueued, whatever its state.
+    ForMs,
+}
+
+/// The tokens in a queue's rate bucket at `now_ms`: `tokens` (None = a new bucket, full) at
+/// `at_ms`, refilled at `limit` per `period_ms`, never above `limit`.
+pub fn refill(
+    limit: f64,
+    period_ms: u64,
+    tokens: Option<f64>,
+    at_ms: Option<u64>,
+    now_ms: u64,
+) -> f64 {
+    match (tokens, at_ms) {
+        (Some(t), Some(at)) => {
+            let elapsed = now_ms.saturating_sub(at) as f64;
+            (t + elapsed * limit / period_ms.max(1) as f64).min(limit)
+        }
+        _ => limit,
+    }
+}
+
 /// Backoff before attempt `attempt + 1` after `attempt` failed: exponential, capped, with
 /// "equal jitter" (half fixed, half random) so retries of many jobs spread out. `random` is in
 /// [0, 1).
@@ -121,6 +162,28 @@ mod tests {
         assert_eq!(
             after_failure(0, 1, 3, false, None, b, 0.0),
             AfterFailure::Dead
+        );
+    }
+
+    #[test]
+    #[allow(clippy::float_cmp)] // exact in binary: halves and whole numbers
+    fn rate_bucket_refills_at_its_rate_and_caps() {
+        assert_eq!(
+            refill(10.0, 1000, None, None, 5),
+            10.0,
+            "a new bucket is full"
+        );
+        assert_eq!(refill(10.0, 1000, Some(0.0), Some(0), 500), 5.0);
+        assert_eq!(refill(10.0, 1000, Some(2.5), Some(100), 200), 3.5);
+        assert_eq!(
+            refill(10.0, 1000, Some(9.0), Some(0), 60_000),
+            10.0,
+            "capped"
+        );
+        assert_eq!(
+            refill(10.0, 1000, Some(1.0), Some(50), 10),
+            1.0,
+            "clock going back adds none"
         );
     }
 

@@ -9,15 +9,18 @@ use mortar_core::storage::Storage;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::engine::{AfterFailure, after_failure};
+use crate::engine::{AfterFailure, UniqueWhile, after_failure};
 use crate::error::JobsError;
-use crate::store::{AttemptError, Job, JobStore};
+use crate::store::{AttemptError, Completion, Filter, Job, JobStore, QueueCounts, QueueRow};
 
 pub const ENQUEUED: &str = "mortar_jobs_enqueued_total";
 pub const STARTED: &str = "mortar_jobs_started_total";
 pub const COMPLETED: &str = "mortar_jobs_completed_total";
 pub const FAILED: &str = "mortar_jobs_failed_total";
 pub const DEAD: &str = "mortar_jobs_dead_total";
+pub const WAIT: &str = "mortar_jobs_wait_seconds";
+pub const RUN: &str = "mortar_jobs_run_seconds";
+pub const DEPTH: &str = "mortar_jobs_depth";
 
 /// The block's migrations.
 pub fn migrations() -> mortar_core::storage::Migrations {
@@ -33,15 +36,25 @@ pub fn migrations() -> mortar_core::storage::Migrations {
 #[serde(deny_unknown_fields, default)]
 pub struct JobsConfig {
     pub max_payload_bytes: usize,
-    /// How often an idle long-poll re-checks for jobs enqueued through other nodes.
+    /// How often an idle long-poll re-checks for due jobs (scheduled ones coming due; other
+    /// nodes' enqueues wake it at once through LISTEN/NOTIFY on PostgreSQL).
     pub poll_ms: u64,
+    /// How long completed and cancelled jobs are kept (queues may set their own).
+    pub retention_ms: u64,
+    /// How long dead jobs (the DLQ) are kept.
+    pub dead_retention_ms: u64,
+    /// How often each node prunes old jobs and refreshes the queue-depth gauges.
+    pub prune_every_ms: u64,
 }
 
 impl Default for JobsConfig {
     fn default() -> Self {
         Self {
             max_payload_bytes: 1024 * 1024,
-            poll_ms: 50,
+            poll_ms: 100,
+            retention_ms: 24 * 3_600_000,
+            dead_retention_ms: 7 * 24 * 3_600_000,
+            prune_every_ms: 60_000,
         }
     }
 }
@@ -54,13 +67,25 @@ impl JobsConfig {
         ),
         mortar_core::config::KeyDoc::new(
             "jobs.poll_ms",
-            "how often a waiting lease re-checks for jobs enqueued on other nodes (same-node enqueues wake it at once)",
+            "how often a waiting lease re-checks for due jobs (enqueues on any node wake it at once)",
+        ),
+        mortar_core::config::KeyDoc::new(
+            "jobs.retention_ms",
+            "how long completed and cancelled jobs are kept before pruning (a queue can set its own)",
+        ),
+        mortar_core::config::KeyDoc::new(
+            "jobs.dead_retention_ms",
+            "how long dead jobs (the dead-letter queue) are kept",
+        ),
+        mortar_core::config::KeyDoc::new(
+            "jobs.prune_every_ms",
+            "how often each node prunes old jobs and refreshes the queue-depth gauges",
         ),
     ];
 }
 
 /// A job to enqueue.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewJob {
     pub queue: String,
@@ -75,6 +100,9 @@ pub struct NewJob {
     /// Run no earlier than this many milliseconds from now.
     #[serde(default)]
     pub delay_ms: u64,
+    /// Run no earlier than this instant (RFC 3339); instead of `delay_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<String>,
     /// Attempts in all (1 to 1000, default 20).
     #[serde(default = "default_attempts")]
     pub max_attempts: i32,
@@ -83,6 +111,52 @@ pub struct NewJob {
     /// The lease length: a worker must complete or heartbeat within it (default 30 s).
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
+    /// Another job of this queue with the same key is a duplicate while this one is
+    /// `unique_while`: enqueueing it returns this job with `"duplicate": true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_key: Option<String>,
+    /// `queued` (until it starts), `active` (until it finishes; the default) or `for_ms`
+    /// (for `unique_for_ms` after enqueue, whatever happens to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_while: Option<UniqueWhile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_for_ms: Option<u64>,
+    /// Up to 20 labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+impl NewJob {
+    /// A job with every option at its default.
+    pub fn new(
+        queue: impl Into<String>,
+        kind: impl Into<String>,
+        payload: serde_json::Value,
+    ) -> Self {
+        Self {
+            queue: queue.into(),
+            kind: kind.into(),
+            payload,
+            priority: default_priority(),
+            delay_ms: 0,
+            run_at: None,
+            max_attempts: default_attempts(),
+            backoff: Backoff::default(),
+            timeout_ms: default_timeout(),
+            unique_key: None,
+            unique_while: None,
+            unique_for_ms: None,
+            tags: Vec::new(),
+        }
+    }
+}
+
+/// The answer to an enqueue: the job, and whether it already existed (unique key or
+/// Idempotency-Key) instead of being created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueued {
+    pub job: Job,
+    pub duplicate: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, utoipa::ToSchema)]
@@ -101,7 +175,7 @@ impl Default for Backoff {
     }
 }
 
-fn default_priority() -> i32 {
+pub(crate) fn default_priority() -> i32 {
     10
 }
 fn default_attempts() -> i32 {
@@ -115,6 +189,7 @@ pub struct JobsService {
     store: JobStore,
     cfg: JobsConfig,
     clock: Arc<dyn Clock>,
+    /// Woken by every enqueue on this node and, on PostgreSQL, by NOTIFY from any node.
     wake: Notify,
 }
 
@@ -131,112 +206,333 @@ fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':'))
 }
 
+const YEAR_MS: u64 = 366 * 86_400_000;
+
+const NAME_RULE: &str = "1 to 128 of letters, digits, `_`, `.`, `-`, `:`";
+
 #[allow(clippy::needless_pass_by_value)] // used as `.map_err(db)`
-fn db(e: sqlx::Error) -> JobsError {
+pub(crate) fn db(e: sqlx::Error) -> JobsError {
     tracing::error!(error = %e, "jobs: database error");
     JobsError::Unavailable("database".into())
+}
+
+/// Checks a job and turns it into a row (`at` prefixes field names in a batch).
+pub(crate) fn prepare(
+    j: &NewJob,
+    at: &str,
+    max_payload_bytes: usize,
+    now: u64,
+) -> Result<Job, Vec<FieldError>> {
+    let f = |name: &str| {
+        if at.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{at}.{name}")
+        }
+    };
+    let mut errors = Vec::new();
+    if !valid_name(&j.queue) {
+        errors.push(FieldError::new(f("queue"), NAME_RULE));
+    }
+    if !valid_name(&j.kind) {
+        errors.push(FieldError::new(f("kind"), NAME_RULE));
+    }
+    if !(0..=100).contains(&j.priority) {
+        errors.push(FieldError::new(f("priority"), "must be 0 to 100"));
+    }
+    if !(1..=1000).contains(&j.max_attempts) {
+        errors.push(FieldError::new(f("max_attempts"), "must be 1 to 1000"));
+    }
+    if j.backoff.base_ms == 0 || j.backoff.max_ms < j.backoff.base_ms {
+        errors.push(FieldError::new(
+            f("backoff"),
+            "base_ms must be at least 1 and max_ms at least base_ms",
+        ));
+    }
+    if j.timeout_ms == 0 || j.timeout_ms > 86_400_000 {
+        errors.push(FieldError::new(f("timeout_ms"), "must be 1 to 86400000"));
+    }
+    if j.delay_ms > YEAR_MS {
+        errors.push(FieldError::new(f("delay_ms"), "at most one year"));
+    }
+    let mut run_at = now + j.delay_ms;
+    if let Some(text) = &j.run_at {
+        if j.delay_ms > 0 {
+            errors.push(FieldError::new(
+                f("run_at"),
+                "give run_at or delay_ms, not both",
+            ));
+        }
+        match mortar_core::clock::parse_rfc3339(text) {
+            Some(t) if t <= now + YEAR_MS => run_at = t.max(now),
+            Some(_) => errors.push(FieldError::new(f("run_at"), "at most one year ahead")),
+            None => errors.push(FieldError::new(
+                f("run_at"),
+                "an RFC 3339 timestamp such as 2026-11-21T10:00:00Z",
+            )),
+        }
+    }
+    if let Some(k) = &j.unique_key
+        && (k.is_empty() || k.len() > 256)
+    {
+        errors.push(FieldError::new(f("unique_key"), "1 to 256 bytes"));
+    }
+    let unique_while = match (&j.unique_key, j.unique_while, j.unique_for_ms) {
+        (None, None, None) => None,
+        (None, _, _) => {
+            errors.push(FieldError::new(
+                f("unique_while"),
+                "unique_while and unique_for_ms need a unique_key",
+            ));
+            None
+        }
+        (Some(_), Some(UniqueWhile::ForMs), Some(ms)) if (1..=YEAR_MS).contains(&ms) => {
+            Some(UniqueWhile::ForMs)
+        }
+        (Some(_), Some(UniqueWhile::ForMs), _) => {
+            errors.push(FieldError::new(
+                f("unique_for_ms"),
+                "unique_while = for_ms needs unique_for_ms, 1 to one year",
+            ));
+            None
+        }
+        (Some(_), w, None) => Some(w.unwrap_or_default()),
+        (Some(_), _, Some(_)) => {
+            errors.push(FieldError::new(
+                f("unique_for_ms"),
+                "only with unique_while = for_ms",
+            ));
+            None
+        }
+    };
+    if j.tags.len() > 20 || !j.tags.iter().all(|t| valid_name(t)) {
+        errors.push(FieldError::new(
+            f("tags"),
+            format!("up to 20 tags, each {NAME_RULE}"),
+        ));
+    }
+    let payload = j.payload.to_string();
+    if payload.len() > max_payload_bytes {
+        errors.push(FieldError::new(
+            f("payload"),
+            format!(
+                "{} bytes is over jobs.max_payload_bytes ({max_payload_bytes})",
+                payload.len()
+            ),
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Job {
+        id: mortar_core::ids::new_id(),
+        queue: j.queue.clone(),
+        kind: j.kind.clone(),
+        payload,
+        priority: j.priority,
+        run_at_ms: run_at as i64,
+        state: if run_at > now {
+            "scheduled"
+        } else {
+            "available"
+        }
+        .into(),
+        attempt: 0,
+        max_attempts: j.max_attempts,
+        backoff_base_ms: j.backoff.base_ms as i64,
+        backoff_max_ms: j.backoff.max_ms as i64,
+        timeout_ms: j.timeout_ms as i64,
+        lease_id: None,
+        lease_until_ms: None,
+        worker: None,
+        result: None,
+        unique_key: j.unique_key.clone(),
+        created_at_ms: now as i64,
+        finished_at_ms: None,
+        started_at_ms: None,
+        tags: serde_json::to_string(&j.tags).unwrap_or_else(|_| "[]".into()),
+        unique_while: unique_while.map(|w| w.as_str().to_owned()),
+        unique_hold: unique_while.and(j.unique_key.clone()),
+        unique_until_ms: j
+            .unique_for_ms
+            .filter(|_| unique_while == Some(UniqueWhile::ForMs))
+            .map(|ms| (now + ms) as i64),
+    })
+}
+
+/// Enqueues `job` inside the caller's PostgreSQL transaction (the transactional outbox): it
+/// exists only if that transaction commits, and workers on every node are woken when it does.
+/// Validation is the same as `POST /v1/jobs` (payload limit: the default, 1 MiB).
+pub async fn enqueue_in_tx(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    job: &NewJob,
+) -> Result<Enqueued, JobsError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let row = prepare(job, "", JobsConfig::default().max_payload_bytes, now)
+        .map_err(JobsError::Invalid)?;
+    let conn: &mut sqlx::PgConnection = tx;
+    let rows = [row];
+    let mut out = async {
+        let out = crate::store::insert_rows!(conn, &rows, now);
+        sqlx::query("SELECT pg_notify('mortar_jobs', '')")
+            .execute(&mut *conn)
+            .await?;
+        Ok::<_, sqlx::Error>(out)
+    }
+    .await
+    .map_err(db)?;
+    let (job, duplicate) = out.remove(0);
+    Ok(Enqueued { job, duplicate })
+}
+
+/// A queue's settings as given to `PUT /v1/jobs/queues/{queue}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    #[serde(default)]
+    pub paused: bool,
+    /// Most jobs of this queue running at once, across all workers and nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// Most job starts per period, across all workers and nodes (a token bucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<QueueRate>,
+    /// Push delivery: Mortar POSTs each job here instead of waiting for a worker to lease it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_url: Option<String>,
+    /// Signs push deliveries (`Mortar-Signature`). Write-only.
+    #[serde(default, skip_serializing)]
+    pub secret: Option<String>,
+    /// How long completed and cancelled jobs are kept (default `jobs.retention_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueRate {
+    pub limit: u32,
+    pub period_ms: u64,
+}
+
+/// A queue: its settings and counts.
+#[derive(Debug, Clone)]
+pub struct QueueInfo {
+    pub queue: String,
+    pub settings: QueueSettings,
+    pub has_secret: bool,
+    pub counts: QueueCounts,
+}
+
+impl QueueSettings {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if self
+            .concurrency
+            .is_some_and(|c| !(1..=100_000).contains(&c))
+        {
+            errors.push(FieldError::new("concurrency", "must be 1 to 100000"));
+        }
+        if let Some(r) = self.rate
+            && (!(1..=1_000_000).contains(&r.limit) || !(1..=86_400_000).contains(&r.period_ms))
+        {
+            errors.push(FieldError::new(
+                "rate",
+                "limit must be 1 to 1000000 and period_ms 1 to 86400000",
+            ));
+        }
+        if self.target_url.as_ref().is_some_and(|u| {
+            !(u.starts_with("http://") || u.starts_with("https://"))
+                || u.parse::<http::Uri>().is_err()
+        }) {
+            errors.push(FieldError::new("target_url", "an http:// or https:// URL"));
+        }
+        if self
+            .secret
+            .as_ref()
+            .is_some_and(|s| s.is_empty() || s.len() > 256)
+        {
+            errors.push(FieldError::new("secret", "1 to 256 bytes"));
+        }
+        if self.secret.is_some() && self.target_url.is_none() {
+            errors.push(FieldError::new(
+                "secret",
+                "signs push deliveries: give a target_url too",
+            ));
+        }
+        if self.retention_ms.is_some_and(|r| r > 366 * 86_400_000) {
+            errors.push(FieldError::new("retention_ms", "at most one year"));
+        }
+        errors
+    }
+
+    fn row(&self, queue: &str, now: u64) -> QueueRow {
+        QueueRow {
+            queue: queue.to_owned(),
+            paused: self.paused,
+            concurrency: self.concurrency.map(|c| c as i32),
+            rate_limit: self.rate.map(|r| r.limit as i32),
+            rate_period_ms: self.rate.map(|r| r.period_ms as i64),
+            target_url: self.target_url.clone(),
+            secret: self.secret.clone(),
+            retention_ms: self.retention_ms.map(|r| r as i64),
+            updated_at_ms: now as i64,
+            ..QueueRow::default()
+        }
+    }
+
+    fn of(r: &QueueRow) -> Self {
+        Self {
+            paused: r.paused,
+            concurrency: r.concurrency.map(|c| c as u32),
+            rate: r.rate_limit.zip(r.rate_period_ms).map(|(l, p)| QueueRate {
+                limit: l as u32,
+                period_ms: p as u64,
+            }),
+            target_url: r.target_url.clone(),
+            secret: r.secret.clone(),
+            retention_ms: r.retention_ms.map(|r| r as u64),
+        }
+    }
+}
+
+/// Outcome of a batch completion.
+#[derive(Debug, Clone, Default)]
+pub struct BatchCompleted {
+    pub completed: usize,
+    /// Ids whose lease was no longer held (or that don't exist).
+    pub rejected: Vec<String>,
 }
 
 impl JobsService {
     pub fn start(storage: &Storage, cfg: &JobsConfig, clock: Arc<dyn Clock>) -> Arc<Self> {
         describe_metrics();
-        Arc::new(Self {
+        let svc = Arc::new(Self {
             store: JobStore::new(storage.durable.clone()),
             cfg: cfg.clone(),
             clock,
             wake: Notify::new(),
-        })
+        });
+        if let mortar_core::storage::Durable::Postgres(pool) = &storage.durable {
+            tokio::spawn(listen(Arc::downgrade(&svc), pool.clone()));
+        }
+        tokio::spawn(housekeeping(Arc::downgrade(&svc)));
+        svc
     }
 
-    fn validate(&self, j: &NewJob, at: &str) -> Result<String, Vec<FieldError>> {
-        let f = |name: &str| {
-            if at.is_empty() {
-                name.to_owned()
-            } else {
-                format!("{at}.{name}")
-            }
-        };
-        let mut errors = Vec::new();
-        if !valid_name(&j.queue) {
-            errors.push(FieldError::new(
-                f("queue"),
-                "1 to 128 of letters, digits, `_`, `.`, `-`, `:`",
-            ));
-        }
-        if !valid_name(&j.kind) {
-            errors.push(FieldError::new(
-                f("kind"),
-                "1 to 128 of letters, digits, `_`, `.`, `-`, `:`",
-            ));
-        }
-        if !(0..=100).contains(&j.priority) {
-            errors.push(FieldError::new(f("priority"), "must be 0 to 100"));
-        }
-        if !(1..=1000).contains(&j.max_attempts) {
-            errors.push(FieldError::new(f("max_attempts"), "must be 1 to 1000"));
-        }
-        if j.backoff.base_ms == 0 || j.backoff.max_ms < j.backoff.base_ms {
-            errors.push(FieldError::new(
-                f("backoff"),
-                "base_ms must be at least 1 and max_ms at least base_ms",
-            ));
-        }
-        if j.timeout_ms == 0 || j.timeout_ms > 86_400_000 {
-            errors.push(FieldError::new(f("timeout_ms"), "must be 1 to 86400000"));
-        }
-        if j.delay_ms > 366 * 86_400_000 {
-            errors.push(FieldError::new(f("delay_ms"), "at most one year"));
-        }
-        let payload = j.payload.to_string();
-        if payload.len() > self.cfg.max_payload_bytes {
-            errors.push(FieldError::new(
-                f("payload"),
-                format!(
-                    "{} bytes is over jobs.max_payload_bytes ({})",
-                    payload.len(),
-                    self.cfg.max_payload_bytes
-                ),
-            ));
-        }
-        if errors.is_empty() {
-            Ok(payload)
-        } else {
-            Err(errors)
-        }
+    pub fn config(&self) -> &JobsConfig {
+        &self.cfg
     }
 
-    fn row(j: &NewJob, payload: String, now: u64) -> Job {
-        let run_at = now + j.delay_ms;
-        Job {
-            id: mortar_core::ids::new_id(),
-            queue: j.queue.clone(),
-            kind: j.kind.clone(),
-            payload,
-            priority: j.priority,
-            run_at_ms: run_at as i64,
-            state: if j.delay_ms > 0 {
-                "scheduled"
-            } else {
-                "available"
-            }
-            .into(),
-            attempt: 0,
-            max_attempts: j.max_attempts,
-            backoff_base_ms: j.backoff.base_ms as i64,
-            backoff_max_ms: j.backoff.max_ms as i64,
-            timeout_ms: j.timeout_ms as i64,
-            lease_id: None,
-            lease_until_ms: None,
-            worker: None,
-            result: None,
-            unique_key: None,
-            created_at_ms: now as i64,
-            finished_at_ms: None,
-        }
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
-    /// Enqueues jobs atomically (all or none); durable when this returns.
-    pub async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Job>, JobsError> {
+    /// Enqueues jobs atomically (all or none); durable when this returns. A job whose unique
+    /// key is held comes back as the holder with `duplicate: true`.
+    pub async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, JobsError> {
         if jobs.is_empty() || jobs.len() > 10_000 {
             return Err(JobsError::Invalid(vec![FieldError::new(
                 "jobs",
@@ -252,20 +548,26 @@ impl JobsService {
             } else {
                 format!("jobs[{i}]")
             };
-            match self.validate(j, &at) {
-                Ok(payload) => rows.push(Self::row(j, payload, now)),
+            match prepare(j, &at, self.cfg.max_payload_bytes, now) {
+                Ok(row) => rows.push(row),
                 Err(e) => errors.extend(e),
             }
         }
         if !errors.is_empty() {
             return Err(JobsError::Invalid(errors));
         }
-        self.store.insert(&rows).await.map_err(db)?;
-        for r in &rows {
-            metrics::counter!(ENQUEUED, "queue" => r.queue.clone()).increment(1);
+        let out = self.store.insert(&rows, now).await.map_err(db)?;
+        for (j, dup) in &out {
+            if !dup {
+                metrics::counter!(ENQUEUED, "queue" => j.queue.clone(), "kind" => j.kind.clone())
+                    .increment(1);
+            }
         }
         self.wake.notify_waiters();
-        Ok(rows)
+        Ok(out
+            .into_iter()
+            .map(|(job, duplicate)| Enqueued { job, duplicate })
+            .collect())
     }
 
     /// Leases up to `max` jobs of `queues`, waiting up to `wait_ms` for some to be due.
@@ -297,14 +599,20 @@ impl JobsService {
             let woken = self.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
+            let now = self.clock.now_ms();
             let jobs = self
                 .store
-                .lease(queues, max, worker, self.clock.now_ms())
+                .lease(queues, max, worker, now)
                 .await
                 .map_err(db)?;
             if !jobs.is_empty() || tokio::time::Instant::now() >= deadline {
                 for j in &jobs {
-                    metrics::counter!(STARTED, "queue" => j.queue.clone()).increment(1);
+                    let (q, k) = (j.queue.clone(), j.kind.clone());
+                    metrics::counter!(STARTED, "queue" => q.clone(), "kind" => k.clone())
+                        .increment(1);
+                    let due = j.run_at_ms.max(j.created_at_ms) as u64;
+                    metrics::histogram!(WAIT, "queue" => q, "kind" => k)
+                        .record(now.saturating_sub(due) as f64 / 1000.0);
                 }
                 return Ok(jobs);
             }
@@ -341,15 +649,56 @@ impl JobsService {
         lease_id: &str,
         result: Option<&serde_json::Value>,
     ) -> Result<Job, JobsError> {
-        let result = result.map(ToString::to_string);
-        let job = self
-            .store
-            .complete(id, lease_id, result, self.clock.now_ms())
-            .await
-            .map_err(db)?
-            .ok_or_else(|| not_held(id))?;
-        metrics::counter!(COMPLETED, "queue" => job.queue.clone()).increment(1);
-        Ok(job)
+        let item = Completion {
+            id: id.to_owned(),
+            lease_id: lease_id.to_owned(),
+            result: result.map(ToString::to_string),
+        };
+        if self.complete_batch(vec![item]).await?.completed == 0 {
+            return Err(match self.store.get(id).await.map_err(db)? {
+                None => JobsError::NotFound(id.to_owned()),
+                Some(_) => not_held(id),
+            });
+        }
+        Ok(self.get(id).await?.0)
+    }
+
+    /// Completes many jobs in one statement; those whose lease no longer holds are listed.
+    pub async fn complete_batch(
+        &self,
+        items: Vec<Completion>,
+    ) -> Result<BatchCompleted, JobsError> {
+        if items.is_empty() || items.len() > 10_000 {
+            return Err(JobsError::Invalid(vec![FieldError::new(
+                "items",
+                "give 1 to 10000 completions",
+            )]));
+        }
+        let now = self.clock.now_ms();
+        let done = self.store.complete(&items, now).await.map_err(db)?;
+        for c in &done {
+            let (q, k) = (c.queue.clone(), c.kind.clone());
+            metrics::counter!(COMPLETED, "queue" => q.clone(), "kind" => k.clone()).increment(1);
+            if let Some(start) = c.started_at_ms {
+                metrics::histogram!(RUN, "queue" => q, "kind" => k)
+                    .record(now.saturating_sub(start as u64) as f64 / 1000.0);
+            }
+        }
+        self.wake.notify_waiters(); // a concurrency slot may have opened
+        let rejected = if done.len() == items.len() {
+            Vec::new()
+        } else {
+            let ok: std::collections::HashSet<&str> = done.iter().map(|c| c.id.as_str()).collect();
+            items
+                .into_iter()
+                .filter(|i| !ok.contains(i.id.as_str()))
+                .map(|i| i.id)
+                .collect()
+        };
+        Ok(BatchCompleted {
+            completed: done.len(),
+            rejected,
+        })
     }
 
     pub async fn fail(
@@ -384,11 +733,25 @@ impl JobsService {
             .await
             .map_err(db)?
             .ok_or_else(|| not_held(id))?;
-        metrics::counter!(FAILED, "queue" => updated.queue.clone()).increment(1);
+        let (q, k) = (updated.queue.clone(), updated.kind.clone());
+        metrics::counter!(FAILED, "queue" => q.clone(), "kind" => k.clone()).increment(1);
         if next.is_none() {
-            metrics::counter!(DEAD, "queue" => updated.queue.clone()).increment(1);
+            metrics::counter!(DEAD, "queue" => q, "kind" => k).increment(1);
         }
+        self.wake.notify_waiters();
         Ok(updated)
+    }
+
+    /// Gives a leased job back at once, this attempt not counted (a worker shutting down).
+    pub async fn release(&self, id: &str, lease_id: &str) -> Result<Job, JobsError> {
+        let job = self
+            .store
+            .release(id, lease_id, self.clock.now_ms())
+            .await
+            .map_err(db)?
+            .ok_or_else(|| not_held(id))?;
+        self.wake.notify_waiters();
+        Ok(job)
     }
 
     pub async fn get(&self, id: &str) -> Result<(Job, Vec<AttemptError>), JobsError> {
@@ -402,32 +765,28 @@ impl JobsService {
         Ok((job, errors))
     }
 
-    pub async fn list(
-        &self,
-        state: &str,
-        queue: &str,
-        cursor: &str,
-        limit: u32,
-    ) -> Result<Vec<Job>, JobsError> {
-        if !state.is_empty() && crate::engine::State::parse(state).is_none() {
+    fn check_filter(f: &Filter) -> Result<(), JobsError> {
+        if !f.state.is_empty() && crate::engine::State::parse(&f.state).is_none() {
             return Err(JobsError::Invalid(vec![FieldError::new(
                 "state",
                 "one of scheduled, available, running, retryable, completed, dead, cancelled",
             )]));
         }
-        self.store
-            .list(state, queue, cursor, limit)
-            .await
-            .map_err(db)
+        Ok(())
+    }
+
+    pub async fn list(&self, f: &Filter, cursor: &str, limit: u32) -> Result<Vec<Job>, JobsError> {
+        Self::check_filter(f)?;
+        self.store.list(f, cursor, limit).await.map_err(db)
     }
 
     pub async fn retry(&self, id: &str) -> Result<Job, JobsError> {
-        let job = self
+        let mut jobs = self
             .store
-            .retry(id, self.clock.now_ms())
+            .retry(Some(id), &Filter::default(), self.clock.now_ms())
             .await
             .map_err(db)?;
-        match job {
+        match jobs.pop() {
             Some(j) => {
                 self.wake.notify_waiters();
                 Ok(j)
@@ -436,6 +795,25 @@ impl JobsService {
                 .conflict(id, "only dead, cancelled or retryable jobs can be retried")
                 .await),
         }
+    }
+
+    /// Retries every dead, cancelled or retryable job matching the filter; returns how many.
+    pub async fn retry_where(&self, f: &Filter) -> Result<usize, JobsError> {
+        Self::check_filter(f)?;
+        let n = self
+            .store
+            .retry(None, f, self.clock.now_ms())
+            .await
+            .map_err(db)?
+            .len();
+        self.wake.notify_waiters();
+        Ok(n)
+    }
+
+    /// Deletes every finished (dead, cancelled, completed) job matching the filter.
+    pub async fn discard_where(&self, f: &Filter) -> Result<u64, JobsError> {
+        Self::check_filter(f)?;
+        self.store.discard(f).await.map_err(db)
     }
 
     pub async fn cancel(&self, id: &str) -> Result<Job, JobsError> {
@@ -462,6 +840,199 @@ impl JobsService {
             Err(e) => db(e),
         }
     }
+
+    /// Every queue that has settings or jobs, with counts.
+    pub async fn queues(&self) -> Result<Vec<QueueInfo>, JobsError> {
+        let rows = self.store.all_queue_rows().await.map_err(db)?;
+        let counts = self.store.counts(self.clock.now_ms()).await.map_err(db)?;
+        let mut names: Vec<String> = rows
+            .iter()
+            .map(|r| r.queue.clone())
+            .chain(counts.iter().map(|(q, _)| q.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names
+            .into_iter()
+            .map(|q| {
+                let row = rows.iter().find(|r| r.queue == q);
+                QueueInfo {
+                    settings: row.map(QueueSettings::of).unwrap_or_default(),
+                    has_secret: row.is_some_and(|r| r.secret.is_some()),
+                    counts: counts
+                        .iter()
+                        .find(|(c, _)| *c == q)
+                        .map(|(_, c)| c.clone())
+                        .unwrap_or_default(),
+                    queue: q,
+                }
+            })
+            .collect())
+    }
+
+    pub async fn queue(&self, queue: &str) -> Result<QueueInfo, JobsError> {
+        check_queue(queue)?;
+        Ok(self
+            .queues()
+            .await?
+            .into_iter()
+            .find(|q| q.queue == queue)
+            .unwrap_or_else(|| QueueInfo {
+                queue: queue.to_owned(),
+                settings: QueueSettings::default(),
+                has_secret: false,
+                counts: QueueCounts::default(),
+            }))
+    }
+
+    /// Replaces a queue's settings.
+    pub async fn put_queue(&self, queue: &str, s: &QueueSettings) -> Result<QueueInfo, JobsError> {
+        check_queue(queue)?;
+        let errors = s.validate();
+        if !errors.is_empty() {
+            return Err(JobsError::Invalid(errors));
+        }
+        self.store
+            .put_queue(&s.row(queue, self.clock.now_ms()))
+            .await
+            .map_err(db)?;
+        self.wake.notify_waiters();
+        self.queue(queue).await
+    }
+
+    /// Pauses (no leases) or resumes a queue, keeping its other settings.
+    pub async fn set_paused(&self, queue: &str, paused: bool) -> Result<QueueInfo, JobsError> {
+        check_queue(queue)?;
+        let rows = self
+            .store
+            .queue_rows(&[queue.to_owned()])
+            .await
+            .map_err(db)?;
+        let mut s = rows.first().map(QueueSettings::of).unwrap_or_default();
+        s.paused = paused;
+        self.store
+            .put_queue(&s.row(queue, self.clock.now_ms()))
+            .await
+            .map_err(db)?;
+        self.wake.notify_waiters();
+        self.queue(queue).await
+    }
+
+    /// Deletes completed/cancelled jobs past retention and dead ones past `dead_retention_ms`.
+    pub async fn prune(&self) -> Result<u64, JobsError> {
+        let now = self.clock.now_ms();
+        let rows = self.store.all_queue_rows().await.map_err(db)?;
+        let own: Vec<String> = rows
+            .iter()
+            .filter(|r| r.retention_ms.is_some())
+            .map(|r| r.queue.clone())
+            .collect();
+        let mut n = 0;
+        let mut sweep =
+            async |queue: &str, states: &[&str], keep_ms: u64| -> Result<(), JobsError> {
+                loop {
+                    let got = self
+                        .store
+                        .prune(queue, &own, states, now.saturating_sub(keep_ms), 5000)
+                        .await
+                        .map_err(db)?;
+                    n += got;
+                    if got < 5000 {
+                        return Ok(());
+                    }
+                }
+            };
+        sweep("", &["completed", "cancelled"], self.cfg.retention_ms).await?;
+        for r in rows.iter().filter(|r| r.retention_ms.is_some()) {
+            sweep(
+                &r.queue,
+                &["completed", "cancelled"],
+                r.retention_ms.unwrap_or(0) as u64,
+            )
+            .await?;
+        }
+        // Dead jobs keep the node-wide DLQ retention in every queue.
+        sweep("", &["dead"], self.cfg.dead_retention_ms).await?;
+        for q in &own {
+            sweep(q, &["dead"], self.cfg.dead_retention_ms).await?;
+        }
+        Ok(n)
+    }
+
+    /// Refreshes the queue-depth gauges.
+    async fn gauge_depths(&self) -> Result<(), JobsError> {
+        for (queue, c) in self.store.counts(self.clock.now_ms()).await.map_err(db)? {
+            for s in crate::engine::State::ALL {
+                let n = c
+                    .by_state
+                    .iter()
+                    .find(|(st, _)| st == s.as_str())
+                    .map_or(0, |(_, n)| *n);
+                metrics::gauge!(DEPTH, "queue" => queue.clone(), "state" => s.as_str())
+                    .set(n as f64);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_queue(queue: &str) -> Result<(), JobsError> {
+    if valid_name(queue) {
+        Ok(())
+    } else {
+        Err(JobsError::Invalid(vec![FieldError::new(
+            "queue", NAME_RULE,
+        )]))
+    }
+}
+
+/// Wakes this node's waiting leases whenever any node enqueues (PostgreSQL NOTIFY, sent at
+/// commit). Reconnects when the connection drops; polling covers the gap.
+async fn listen(svc: std::sync::Weak<JobsService>, pool: sqlx::PgPool) {
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "jobs: LISTEN connection failed; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen("mortar_jobs").await {
+            tracing::warn!(error = %e, "jobs: LISTEN failed; retrying in 1 s");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(_) | None) => match svc.upgrade() {
+                    Some(s) => s.wake.notify_waiters(),
+                    None => return,
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "jobs: LISTEN connection lost; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Prunes and refreshes gauges every `prune_every_ms` (every node does; deletes are idempotent).
+async fn housekeeping(svc: std::sync::Weak<JobsService>) {
+    loop {
+        let every = match svc.upgrade() {
+            Some(s) => {
+                if let Err(e) = s.prune().await {
+                    tracing::warn!(error = %e, "jobs: pruning failed");
+                }
+                let _ = s.gauge_depths().await;
+                s.cfg.prune_every_ms
+            }
+            None => return,
+        };
+        tokio::time::sleep(Duration::from_millis(every.max(100))).await;
+    }
 }
 
 fn not_held(id: &str) -> JobsError {
@@ -471,12 +1042,29 @@ fn not_held(id: &str) -> JobsError {
 }
 
 fn describe_metrics() {
-    metrics::describe_counter!(ENQUEUED, "jobs enqueued, by queue");
-    metrics::describe_counter!(STARTED, "jobs leased to a worker (each attempt), by queue");
-    metrics::describe_counter!(COMPLETED, "jobs completed, by queue");
-    metrics::describe_counter!(FAILED, "failed attempts, by queue");
+    metrics::describe_counter!(ENQUEUED, "jobs enqueued, by queue and kind");
+    metrics::describe_counter!(
+        STARTED,
+        "jobs leased to a worker (each attempt), by queue and kind"
+    );
+    metrics::describe_counter!(COMPLETED, "jobs completed, by queue and kind");
+    metrics::describe_counter!(FAILED, "failed attempts, by queue and kind");
     metrics::describe_counter!(
         DEAD,
-        "jobs that failed for good (the dead-letter queue), by queue"
+        "jobs that failed for good (the dead-letter queue), by queue and kind"
+    );
+    metrics::describe_histogram!(
+        WAIT,
+        metrics::Unit::Seconds,
+        "from due (enqueue or run_at) to start, by queue and kind"
+    );
+    metrics::describe_histogram!(
+        RUN,
+        metrics::Unit::Seconds,
+        "from start to completion, by queue and kind"
+    );
+    metrics::describe_gauge!(
+        DEPTH,
+        "jobs by queue and state (refreshed every jobs.prune_every_ms)"
     );
 }

@@ -411,11 +411,19 @@ async fn openapi_covers_every_route() {
             "/v1/cron/schedules/{id}/trigger",
             "/v1/jobs",
             "/v1/jobs/batch",
+            "/v1/jobs/bulk/discard",
+            "/v1/jobs/bulk/retry",
+            "/v1/jobs/complete",
             "/v1/jobs/lease",
+            "/v1/jobs/queues",
+            "/v1/jobs/queues/{queue}",
+            "/v1/jobs/queues/{queue}/pause",
+            "/v1/jobs/queues/{queue}/resume",
             "/v1/jobs/{id}",
             "/v1/jobs/{id}/complete",
             "/v1/jobs/{id}/fail",
             "/v1/jobs/{id}/heartbeat",
+            "/v1/jobs/{id}/release",
             "/v1/jobs/{id}/retry",
             "/v1/keys",
             "/v1/keys/{id}",
@@ -446,7 +454,8 @@ async fn openapi_covers_every_route() {
             .replace("{name}", "p")
             .replace("{policy}", "p")
             .replace("{key}", "k")
-            .replace("{namespace}", "ns");
+            .replace("{namespace}", "ns")
+            .replace("{queue}", "q");
         let r = app
             .send(
                 Request::options(concrete.as_str())
