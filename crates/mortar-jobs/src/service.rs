@@ -1081,3 +1081,11 @@ fn describe_metrics() {
         "jobs by queue and state (refreshed every jobs.prune_every_ms)"
     );
 }
+
+impl JobsService {
+    /// Checks a job by the rules `enqueue` applies, without enqueueing it (for blocks that
+    /// store job templates to enqueue later, such as cron).
+    pub fn check(&self, job: &NewJob) -> Result<(), Vec<FieldError>> {
+        prepare(job, "", self.cfg.max_payload_bytes, self.clock.now_ms()).map(drop)
+    }
+}
