@@ -12,11 +12,17 @@
 //! non-retryable failure, the job is **dead** (the DLQ: `GET /v1/jobs?state=dead`), keeping every
 //! attempt's error; `POST /v1/jobs/{id}/retry` revives it.
 //!
+//! ## Clients
+//!
+//! `client::JobsClient` (the HTTP API from Rust), `worker::Worker` (batched leases, automatic
+//! heartbeats, batched completions, panics as failed attempts, graceful shutdown), `cli`
+//! (`mortar jobs …`, incl. `work --exec CMD`) and `bench` (`mortar bench jobs`).
+//!
 //! ## Not built yet
 //!
 //! Unique keys and `Idempotency-Key`, transactional enqueue (`enqueue_in_tx`), push workers,
-//! the Rust worker library, queue management (pause, concurrency and rate limits, retention),
-//! LISTEN/NOTIFY wake-ups (other nodes' enqueues are seen within `jobs.poll_ms`), the CLI.
+//! queue management (pause, concurrency and rate limits, retention),
+//! LISTEN/NOTIFY wake-ups (other nodes' enqueues are seen within `jobs.poll_ms`).
 
 pub mod api;
 pub mod bench;
