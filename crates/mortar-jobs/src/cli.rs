@@ -108,24 +108,7 @@ pub enum JobsCommand {
     },
 }
 
-/// Parses `10s`, `500ms`, `2m`, `1h` or plain milliseconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, ""), |i| s.split_at(i));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (e.g. 10s, 500ms, 2m)"))?;
-    let ms = match unit {
-        "" | "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        _ => return Err(format!("unknown unit in `{s}`: use ms, s, m or h")),
-    };
-    Ok(Duration::from_millis(ms))
-}
+pub use mortar_core::client::parse_duration;
 
 /// A mistake in the command's own arguments (exit code 1, like a problem from the server).
 fn bad_input(detail: String) -> ClientError {

@@ -1,28 +1,52 @@
-//! # mortar-jobs — a durable job queue (first slice)
+//! # mortar-jobs — a durable job queue with workers in any language
 //!
-//! Jobs `{queue, kind, payload, priority, delay_ms, max_attempts, backoff, timeout_ms}` are
-//! durable in the node's store before `POST /v1/jobs` answers. Workers in any language lease
-//! them over HTTP (`POST /v1/jobs/lease`, long-poll), heartbeat, and complete or fail them.
-//! Ordering: lower `priority` first, then earlier `run_at`, then enqueue order (ULIDs).
+//! Jobs `{queue, kind, payload, priority, delay_ms | run_at, max_attempts, backoff, timeout_ms,
+//! unique_key, unique_while, unique_for_ms, tags}` are durable in the node's store before
+//! `POST /v1/jobs` answers (SQLite in embedded mode, PostgreSQL in cluster mode).
 //!
-//! Guarantees: at-least-once — a lease that runs out returns the job for another attempt, and
-//! the old lease can no longer complete or fail it (409), so effects can be fenced by lease id;
-//! in cluster mode PostgreSQL's `FOR UPDATE SKIP LOCKED` gives each job to one worker at a time.
-//! Failures retry with exponential backoff and jitter; after `max_attempts`, or a
-//! non-retryable failure, the job is **dead** (the DLQ: `GET /v1/jobs?state=dead`), keeping every
-//! attempt's error; `POST /v1/jobs/{id}/retry` revives it.
+//! ## Guarantees
 //!
-//! ## Clients
+//! - **Ordering**: lower `priority` first (0 to 100, default 10), then earlier `run_at`, then
+//!   enqueue order (ULIDs) — FIFO within equal priority.
+//! - **At-least-once with fencing**: a worker leases jobs (`POST /v1/jobs/lease`, long-poll)
+//!   for each job's `timeout_ms`; heartbeats extend the lease. A lease that runs out returns the
+//!   job for another attempt (the lost attempt counts), and the old lease can no longer
+//!   complete, fail or heartbeat it (409): effects can be fenced by lease id. PostgreSQL's
+//!   `FOR UPDATE SKIP LOCKED` gives each job to one worker at a time across all nodes.
+//! - **Retries and the DLQ**: failures retry with exponential backoff and equal jitter (half
+//!   fixed, half random) up to `max_attempts`; then, or on a non-retryable failure, the job is
+//!   **dead** (`GET /v1/jobs?state=dead`) with every attempt's error kept; retry or discard it
+//!   one by one or in bulk by filter.
+//! - **Unique jobs**, enforced by the database (a partial unique index on the key while it
+//!   holds, so concurrent enqueues on any node cannot both win): `unique_while = queued` (until
+//!   it starts), `active` (until completed, dead or cancelled; the default), `for_ms` (for
+//!   `unique_for_ms` whatever happens). A duplicate returns the existing job with
+//!   `"duplicate": true` (HTTP 200). `Idempotency-Key: K` is `unique_key = K` for 24 hours.
+//! - **Transactional enqueue (outbox)**: [`service::enqueue_in_tx`] inserts a job in the
+//!   caller's PostgreSQL transaction, and the SQL function `mortar_jobs_enqueue(queue, kind,
+//!   payload, priority, run_at, max_attempts, timeout_ms)` does the same from any language: the
+//!   job exists only if that transaction commits.
+//! - **Queues**: pause/resume; a global **concurrency** limit and **rate** limit (token bucket)
+//!   per queue, enforced under the queue row's lock so every worker on every node shares one
+//!   count; retention of completed and cancelled jobs (default 24 h; dead jobs 7 days).
+//! - **Push delivery**: a queue with a `target_url` has its jobs POSTed there, signed, through
+//!   a circuit breaker ([`push`]).
+//! - **Wake-ups**: an enqueue wakes waiting leases at once — on this node directly, on other
+//!   nodes through PostgreSQL LISTEN/NOTIFY (sent at commit, so transactional enqueues wake too);
+//!   scheduled jobs and retries coming due, and freed concurrency slots, are seen within
+//!   `jobs.poll_ms` (100 ms).
 //!
-//! `client::JobsClient` (the HTTP API from Rust), `worker::Worker` (batched leases, automatic
-//! heartbeats, batched completions, panics as failed attempts, graceful shutdown), `cli`
-//! (`mortar jobs …`, incl. `work --exec CMD`) and `bench` (`mortar bench jobs`).
+//! ## Limits
 //!
-//! ## Not built yet
+//! Payloads up to `jobs.max_payload_bytes` (1 MiB); batches of up to 10 000 jobs or
+//! completions; leases of up to 1000 jobs and waits of up to 60 s. `queued` uniqueness is not
+//! re-taken when a started job goes back to waiting for a retry. A rate limit counts starts
+//! (leases), so a lease that runs out and is leased again counts twice.
 //!
-//! Unique keys and `Idempotency-Key`, transactional enqueue (`enqueue_in_tx`), push workers,
-//! queue management (pause, concurrency and rate limits, retention),
-//! LISTEN/NOTIFY wake-ups (other nodes' enqueues are seen within `jobs.poll_ms`).
+//! ## API
+//!
+//! HTTP in [`api`]; the Rust worker library and client in [`worker`] and [`client`]; the
+//! `mortar jobs …` CLI in [`cli`]; `mortar bench jobs` in [`bench`].
 
 pub mod api;
 pub mod bench;
@@ -30,10 +54,11 @@ pub mod cli;
 pub mod client;
 pub mod engine;
 pub mod error;
+pub mod push;
 pub mod service;
 pub mod store;
 pub mod worker;
 
 pub use client::JobsClient;
-pub use service::{JobsConfig, JobsService, NewJob};
+pub use service::{Enqueued, JobsConfig, JobsService, NewJob};
 pub use worker::{JobError, Worker};

@@ -67,7 +67,7 @@ impl JobsConfig {
         ),
         mortar_core::config::KeyDoc::new(
             "jobs.poll_ms",
-            "how often a waiting lease re-checks for due jobs (enqueues on any node wake it at once)",
+            "how often a waiting lease re-checks for due jobs: scheduled ones and retries coming due, freed concurrency slots (enqueues on any node wake it at once)",
         ),
         mortar_core::config::KeyDoc::new(
             "jobs.retention_ms",
@@ -530,6 +530,21 @@ impl JobsService {
         self.clock.now_ms()
     }
 
+    /// Resolves at the next enqueue, release, retry or settings change (enqueues on any node with
+    /// PostgreSQL).
+    pub(crate) fn woken(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
+    }
+
+    /// Queues with a push target that are not paused.
+    pub(crate) async fn push_queues(&self) -> Result<Vec<QueueRow>, JobsError> {
+        let rows = self.store.all_queue_rows().await.map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .filter(|r| r.target_url.is_some() && !r.paused)
+            .collect())
+    }
+
     /// Enqueues jobs atomically (all or none); durable when this returns. A job whose unique
     /// key is held comes back as the holder with `duplicate: true`.
     pub async fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, JobsError> {
@@ -684,7 +699,6 @@ impl JobsService {
                     .record(now.saturating_sub(start as u64) as f64 / 1000.0);
             }
         }
-        self.wake.notify_waiters(); // a concurrency slot may have opened
         let rejected = if done.len() == items.len() {
             Vec::new()
         } else {
@@ -738,7 +752,6 @@ impl JobsService {
         if next.is_none() {
             metrics::counter!(DEAD, "queue" => q, "kind" => k).increment(1);
         }
-        self.wake.notify_waiters();
         Ok(updated)
     }
 
@@ -1067,4 +1080,12 @@ fn describe_metrics() {
         DEPTH,
         "jobs by queue and state (refreshed every jobs.prune_every_ms)"
     );
+}
+
+impl JobsService {
+    /// Checks a job by the rules `enqueue` applies, without enqueueing it (for blocks that
+    /// store job templates to enqueue later, such as cron).
+    pub fn check(&self, job: &NewJob) -> Result<(), Vec<FieldError>> {
+        prepare(job, "", self.cfg.max_payload_bytes, self.clock.now_ms()).map(drop)
+    }
 }

@@ -568,9 +568,12 @@ impl JobStore {
 
     /// Deletes finished (dead, cancelled, completed) jobs matching the filter; returns how many.
     pub async fn discard(&self, f: &Filter) -> Result<u64, sqlx::Error> {
-        let pick = "SELECT id FROM jobs_jobs WHERE state IN ('dead', 'cancelled', 'completed') \
-            AND ($1 = '' OR queue = $1) AND ($2 = '' OR kind = $2) AND ($3 = '' OR state = $3)";
-        self.delete_where(pick, &[&f.queue, &f.kind, &f.state], None)
+        let pick = format!(
+            "SELECT id FROM jobs_jobs WHERE state IN ('dead', 'cancelled', 'completed') \
+             AND ($1 = '' OR queue = $1) AND ($2 = '' OR kind = $2) AND ($3 = '' OR state = $3){}",
+            self.dialect().skip_locked
+        );
+        self.delete_where(&pick, &[&f.queue, &f.kind, &f.state], None)
             .await
     }
 
@@ -621,8 +624,9 @@ impl JobStore {
             .join(", ");
         let pick = format!(
             "SELECT id FROM jobs_jobs WHERE state IN ({states}) AND finished_at_ms < $3 \
-             AND (($1 <> '' AND queue = $1) OR ($1 = '' AND queue NOT IN ({}))) LIMIT {limit}",
-            self.dialect().strings(2)
+             AND (($1 <> '' AND queue = $1) OR ($1 = '' AND queue NOT IN ({}))) LIMIT {limit}{}",
+            self.dialect().strings(2),
+            self.dialect().skip_locked
         );
         self.delete_where(
             &pick,

@@ -1,6 +1,7 @@
 //! The jobs API through a real node: a worker's life cycle over HTTP and bad input.
 
 use mortar_testkit::{Node, NodeConfig};
+use reqwest::Method;
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -150,4 +151,212 @@ async fn a_worker_leases_heartbeats_completes_and_fails_over_http() {
     assert_eq!(r.status(), 400);
     let r = http.get(node.url("/v1/jobs/nope")).send().await.unwrap();
     assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+#[allow(clippy::many_single_char_names)]
+async fn idempotency_queues_batches_and_bad_input_over_http() {
+    let node = Node::start(NodeConfig::named("jobs-more")).await.unwrap();
+    let http = reqwest::Client::new();
+    let send = |method: reqwest::Method, path: &str, key: Option<&str>, body: Value| {
+        let mut rq = http.request(method, node.url(path)).json(&body);
+        if let Some(k) = key {
+            rq = rq.header("Idempotency-Key", k);
+        }
+        async move {
+            let r = rq.send().await.unwrap();
+            let status = r.status().as_u16();
+            let ctype = r
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let v = r.json::<Value>().await.unwrap_or(Value::Null);
+            if status >= 400 {
+                assert_eq!(ctype.as_deref(), Some("application/problem+json"), "{v}");
+            }
+            (status, v)
+        }
+    };
+    let job = json!({"queue": "pay", "kind": "charge", "payload": {"cents": 100}});
+    let (s, first) = send(Method::POST, "/v1/jobs", Some("order-7"), job.clone()).await;
+    assert_eq!(s, 201, "{first}");
+    let (s, again) = send(Method::POST, "/v1/jobs", Some("order-7"), job.clone()).await;
+    assert_eq!(
+        (s, &again["id"], &again["duplicate"]),
+        (200, &first["id"], &json!(true)),
+        "{again}"
+    );
+    let (s, p) = send(
+        Method::POST,
+        "/v1/jobs",
+        Some("k"),
+        json!({"queue": "pay", "kind": "x", "unique_key": "u"}),
+    )
+    .await;
+    assert_eq!(s, 400, "{p}");
+    let batch = json!({"jobs": [job.clone(), job.clone()]});
+    let (s, b1) = send(
+        Method::POST,
+        "/v1/jobs/batch",
+        Some("import-1"),
+        batch.clone(),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, b2) = send(Method::POST, "/v1/jobs/batch", Some("import-1"), batch).await;
+    assert_eq!(s, 200, "a re-sent batch creates nothing: {b2}");
+    assert_eq!(b1["items"][1]["id"], b2["items"][1]["id"]);
+    let (s, u) = send(Method::POST, "/v1/jobs", None, json!({"queue": "pay", "kind": "x", "unique_key": "nightly", "unique_while": "queued", "tags": ["a"]})).await;
+    assert_eq!(
+        (s, &u["unique_while"], &u["tags"]),
+        (201, &json!("queued"), &json!(["a"])),
+        "{u}"
+    );
+
+    // Queues: limits, pause, counts.
+    let (s, q) = send(
+        Method::PUT,
+        "/v1/jobs/queues/pay",
+        None,
+        json!({"concurrency": 1, "rate": {"limit": 100, "period_ms": 1000}, "retention_ms": 60000}),
+    )
+    .await;
+    assert_eq!(
+        (
+            s,
+            &q["concurrency"],
+            &q["rate"]["limit"],
+            &q["depth"]["available"]
+        ),
+        (200, &json!(1), &json!(100), &json!(4)),
+        "{q}"
+    );
+    let (_, leased) = send(
+        Method::POST,
+        "/v1/jobs/lease",
+        None,
+        json!({"queues": ["pay"], "max": 10, "worker": "w"}),
+    )
+    .await;
+    let items = leased["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "concurrency 1: {leased}");
+    let (s, p) = send(Method::POST, "/v1/jobs/queues/pay/pause", None, json!({})).await;
+    assert_eq!((s, &p["paused"]), (200, &json!(true)));
+    let (s, r) = send(
+        Method::POST,
+        &format!("/v1/jobs/{}/release", items[0]["id"].as_str().unwrap()),
+        None,
+        json!({"lease_id": items[0]["lease_id"]}),
+    )
+    .await;
+    assert_eq!(
+        (s, &r["state"], &r["attempt"]),
+        (200, &json!("available"), &json!(0)),
+        "{r}"
+    );
+    let (_, none) = send(
+        Method::POST,
+        "/v1/jobs/lease",
+        None,
+        json!({"queues": ["pay"], "max": 10, "worker": "w"}),
+    )
+    .await;
+    assert_eq!(none["items"], json!([]), "paused");
+    send(Method::POST, "/v1/jobs/queues/pay/resume", None, json!({})).await;
+    send(Method::PUT, "/v1/jobs/queues/pay", None, json!({})).await;
+    let (_, leased) = send(
+        Method::POST,
+        "/v1/jobs/lease",
+        None,
+        json!({"queues": ["pay"], "max": 10, "worker": "w"}),
+    )
+    .await;
+    let items = leased["items"].as_array().unwrap();
+    assert_eq!(items.len(), 4);
+    let mut done: Vec<Value> = items
+        .iter()
+        .map(|j| json!({"id": j["id"], "lease_id": j["lease_id"], "result": {"ok": 1}}))
+        .collect();
+    done.push(json!({"id": "nope", "lease_id": "x"}));
+    let (s, c) = send(
+        Method::POST,
+        "/v1/jobs/complete",
+        None,
+        json!({"items": done}),
+    )
+    .await;
+    assert_eq!(
+        (s, &c["completed"], &c["rejected"][0]["id"]),
+        (200, &json!(4), &json!("nope")),
+        "{c}"
+    );
+    let (_, all) = send(Method::GET, "/v1/jobs/queues", None, Value::Null).await;
+    let pay = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == "pay")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (&pay["depth"]["completed"], &pay["completed_last_minute"]),
+        (&json!(4), &json!(4)),
+        "{pay}"
+    );
+    let (s, d) = send(
+        Method::POST,
+        "/v1/jobs/bulk/discard",
+        None,
+        json!({"queue": "pay", "state": "completed"}),
+    )
+    .await;
+    assert_eq!((s, &d["count"]), (200, &json!(4)));
+
+    // Bad input: each a problem naming the field.
+    for (path, body, field) in [
+        (
+            "/v1/jobs",
+            json!({"queue": "q", "kind": "k", "delay_ms": -5}),
+            "delay_ms",
+        ),
+        (
+            "/v1/jobs",
+            json!({"queue": "q", "kind": "k", "run_at": "tomorrow"}),
+            "run_at",
+        ),
+        (
+            "/v1/jobs",
+            json!({"queue": "q", "kind": "k", "max_attempts": 0}),
+            "max_attempts",
+        ),
+        (
+            "/v1/jobs",
+            json!({"queue": "q", "kind": "k", "unique_while": "forever", "unique_key": "x"}),
+            "unique_while",
+        ),
+        (
+            "/v1/jobs/lease",
+            json!({"queues": ["q"], "worker": "w", "max": "ten"}),
+            "max",
+        ),
+        (
+            "/v1/jobs/queues/q",
+            json!({"concurrency": 0}),
+            "concurrency",
+        ),
+        ("/v1/jobs/queues/q", json!({"speed": 3}), "speed"),
+        ("/v1/jobs/bulk/retry", json!({"state": "lost"}), "state"),
+    ] {
+        let method = if path.starts_with("/v1/jobs/queues") {
+            Method::PUT
+        } else {
+            Method::POST
+        };
+        let (s, p) = send(method, path, None, body.clone()).await;
+        assert!(s == 400 || s == 422, "{body}: {s} {p}");
+        assert!(
+            p.to_string().contains(field),
+            "{body} should name {field}: {p}"
+        );
+    }
 }

@@ -9,6 +9,7 @@ use mortar_cache::CacheService;
 use mortar_core::auth::{Auth, KeyStore};
 use mortar_core::clock::{Clock, SystemClock};
 use mortar_core::storage::{Storage, core_migrations};
+use mortar_cron::CronService;
 use mortar_jobs::JobsService;
 use mortar_lock::LockService;
 use mortar_ratelimit::RateLimitService;
@@ -38,6 +39,7 @@ pub struct App {
     pub locks: Arc<LockService>,
     pub cache: Arc<CacheService>,
     pub jobs: Arc<JobsService>,
+    pub cron: Arc<CronService>,
 }
 
 #[derive(OpenApi)]
@@ -69,6 +71,7 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         mortar_ratelimit::service::migrations(),
         mortar_lock::service::migrations(),
         mortar_jobs::service::migrations(),
+        mortar_cron::service::migrations(),
     ] {
         storage.migrate(&migrations).await?;
     }
@@ -89,6 +92,12 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
     };
     cache.attach_origins(|name| resilience.breaker(name));
     let jobs = JobsService::start(&storage, &config.jobs, clock.clone());
+    jobs.attach_push({
+        let resilience = resilience.clone();
+        move |name| resilience.breaker(name)
+    });
+    let cron = CronService::new(&storage, jobs.clone(), &config.cron, clock.clone());
+    cron.spawn();
     let node = Arc::new(Node {
         storage,
         started: Instant::now(),
@@ -104,6 +113,7 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         .merge(mortar_lock::api::router(locks.clone()))
         .merge(mortar_cache::api::router(cache.clone()))
         .merge(mortar_jobs::api::router(jobs.clone()))
+        .merge(mortar_cron::api::router(cron.clone()))
         .split_for_parts();
     mortar_core::VERSION.clone_into(&mut openapi.info.version);
     let json = openapi.to_pretty_json().unwrap_or_else(|_| "{}".into());
@@ -118,5 +128,6 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         locks,
         cache,
         jobs,
+        cron,
     })
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use mortar_cache::CacheConfig;
 use mortar_core::config::{AuthConfig, ConfigError, HttpConfig, KeyDoc, LogConfig, LogFormat};
 use mortar_core::storage::StorageConfig;
+use mortar_cron::CronConfig;
 use mortar_jobs::JobsConfig;
 use mortar_lock::LockConfig;
 use mortar_ratelimit::RateLimitConfig;
@@ -31,6 +32,7 @@ pub struct Config {
     pub lock: LockConfig,
     pub cache: CacheConfig,
     pub jobs: JobsConfig,
+    pub cron: CronConfig,
 }
 
 impl Default for Config {
@@ -49,6 +51,7 @@ impl Default for Config {
             lock: LockConfig::default(),
             cache: CacheConfig::default(),
             jobs: JobsConfig::default(),
+            cron: CronConfig::default(),
         }
     }
 }
@@ -87,6 +90,7 @@ impl Config {
             LockConfig::DOCS,
             CacheConfig::DOCS,
             JobsConfig::DOCS,
+            CronConfig::DOCS,
         ]
         .concat()
     }
@@ -99,6 +103,7 @@ impl Config {
         self.resilience.validate()?;
         self.lock.validate()?;
         self.cache.validate()?;
+        self.cron.validate()?;
         if self.redis_prefix.is_empty() || self.redis_prefix.len() > 64 {
             return Err(ConfigError(
                 "key `redis_prefix`: must be 1 to 64 characters".into(),

@@ -52,6 +52,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     if let Some(resp) = resp {
         let _ = resp.await;
     }
+    app.cron.stop();
     app.cache.flush_origins().await;
     tracing::info!("draining done; flushing storage");
     app.node.storage.close().await;

@@ -81,6 +81,13 @@ enum Command {
         #[command(subcommand)]
         command: mortar_jobs::cli::JobsCommand,
     },
+    /// Distributed cron: add, list, show, pause, resume, trigger, backfill, runs, preview, delete.
+    Cron {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: mortar_cron::cli::CronCommand,
+    },
     /// Circuit breakers and bulkheads: list, show, force open/close, disable, reset.
     Resilience {
         #[command(flatten)]
@@ -100,6 +107,8 @@ enum BenchCommand {
     Cache(mortar_cache::bench::BenchArgs),
     /// No-op jobs end to end (batch enqueue + a Rust worker), or with --rate enqueue → start latency.
     Jobs(mortar_jobs::bench::BenchArgs),
+    /// N schedules firing together: fire lag percentiles and CPU between fires.
+    Cron(mortar_cron::bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -136,6 +145,20 @@ enum LogFormatArg {
     Json,
 }
 
+/// Prints a benchmark's report, or its error (exit 1).
+fn report(r: Result<String, impl std::fmt::Display>) -> ExitCode {
+    match r {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mortar: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -158,45 +181,22 @@ fn main() -> ExitCode {
         Command::Bench {
             client,
             block: BenchCommand::Cache(b),
-        } => match runtime.block_on(mortar_cache::bench::run(&b, client.token.as_deref())) {
-            Ok(out) => {
-                print!("{out}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("mortar: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        } => report(runtime.block_on(mortar_cache::bench::run(&b, client.token.as_deref()))),
         Command::Bench {
             client,
             block: BenchCommand::Lock(b),
-        } => match runtime.block_on(mortar_lock::bench::run(&client, &b)) {
-            Ok(out) => {
-                print!("{out}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("mortar: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        } => report(runtime.block_on(mortar_lock::bench::run(&client, &b))),
         Command::Bench {
             client,
             block: BenchCommand::Jobs(b),
-        } => match runtime.block_on(mortar_jobs::bench::run(&client, &b)) {
-            Ok(out) => {
-                print!("{out}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("mortar: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        } => report(runtime.block_on(mortar_jobs::bench::run(&client, &b))),
         Command::Jobs { client, command } => {
             print(runtime.block_on(mortar_jobs::cli::run(&client, &command)))
         }
+        Command::Bench {
+            client,
+            block: BenchCommand::Cron(b),
+        } => print(runtime.block_on(mortar_cron::bench::run(&client, &b))),
         Command::Cache { client, command } => {
             match runtime.block_on(mortar_cache::cli::run(&client, &command)) {
                 Ok(out) => {
@@ -215,6 +215,9 @@ fn main() -> ExitCode {
                 }
                 Err(e) => print(Err(e)),
             }
+        }
+        Command::Cron { client, command } => {
+            print(runtime.block_on(mortar_cron::cli::run(&client, &command)))
         }
         Command::Resilience { client, command } => {
             print(runtime.block_on(mortar_resilience::cli::run(&client, &command)))

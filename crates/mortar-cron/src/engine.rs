@@ -1,0 +1,744 @@
+//! Cron rules, pure: parsing expressions (croner owns the grammar), the next fire times in a
+//! time zone under our DST policy, what a late tick fires under each misfire policy, and
+//! jitter. No IO, no clock reads: `now` is always a parameter.
+//!
+//! ## DST policy
+//!
+//! A schedule is **fixed-time** when its second, minute and hour fields each name exactly one
+//! value (`30 2 * * *`, `@daily`); otherwise it is an **interval** schedule (`*/15 * * * *`,
+//! `0 * * * *`, `0 9-17 * * *`).
+//!
+//! * Spring forward: a fixed-time schedule whose wall-clock time does not exist that day fires
+//!   once, at the first instant after the gap (`30 2 * * *` in New York on 8 March 2026 fires at
+//!   03:00 EDT). An interval schedule skips the wall-clock times that do not exist; its next
+//!   fire is the next one that does, so fires stay spaced in real elapsed time.
+//! * Fall back: a fixed-time schedule whose wall-clock time occurs twice fires once, at the
+//!   first occurrence. An interval schedule fires on both passes (01:00 EDT, 01:30 EDT, 01:00
+//!   EST, 01:30 EST for `*/30 * * * *`): real elapsed time between fires stays the interval.
+//!
+//! croner 4 implements exactly this; the tests below pin it on fixed instants in
+//! America/New_York, Europe/London and Australia/Lord_Howe (a 30-minute shift), so a croner
+//! upgrade that changed it would fail here.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use croner::parser::{CronParser, Seconds, Year};
+use croner::{Cron, JobType};
+
+/// A parsed, valid cron expression: 5 fields, or 6 with seconds first, or a macro.
+#[derive(Debug, Clone)]
+pub struct CronExpr {
+    cron: Cron,
+    source: String,
+    interval: bool,
+}
+
+/// Why an expression is invalid, pointing at the cron field when one field is to blame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExprError {
+    /// The cron field at fault (`minute`, `hour`, `day_of_month`, …), when one is.
+    pub field: Option<&'static str>,
+    /// 1-based character column where the faulty field starts (1 when no field is to blame).
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ExprError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.field {
+            Some(field) => write!(
+                f,
+                "{field} field (column {}): {}",
+                self.column, self.message
+            ),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+const FIVE: [&str; 5] = ["minute", "hour", "day_of_month", "month", "day_of_week"];
+const SIX: [&str; 6] = [
+    "second",
+    "minute",
+    "hour",
+    "day_of_month",
+    "month",
+    "day_of_week",
+];
+const MACROS: [&str; 6] = [
+    "@yearly",
+    "@annually",
+    "@monthly",
+    "@weekly",
+    "@daily",
+    "@hourly",
+];
+
+fn parser() -> CronParser {
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build()
+}
+
+/// croner's messages start with its own category ("Component error: …"); ours say the field.
+fn clean(e: &croner::errors::CronError) -> String {
+    let s = e.to_string();
+    let s = s
+        .strip_prefix("Component error: ")
+        .or_else(|| s.strip_prefix("Invalid pattern: "))
+        .unwrap_or(&s);
+    s.trim_end_matches('.').to_owned()
+}
+
+impl CronExpr {
+    pub fn parse(source: &str) -> Result<Self, ExprError> {
+        let trimmed = source.trim();
+        let whole = |message: String| ExprError {
+            field: None,
+            column: 1,
+            message,
+        };
+        if trimmed.is_empty() {
+            return Err(whole("empty expression".into()));
+        }
+        if source.len() > 256 {
+            return Err(whole("longer than 256 characters".into()));
+        }
+        if trimmed.starts_with('@') {
+            if !MACROS.iter().any(|m| m.eq_ignore_ascii_case(trimmed)) {
+                return Err(whole(format!(
+                    "unknown macro `{trimmed}`: use one of {}",
+                    MACROS.join(", ")
+                )));
+            }
+        } else {
+            // Fields with the column each starts at, to point at the one at fault.
+            let mut fields = Vec::new();
+            let mut start = None;
+            for (i, c) in source.char_indices().chain([(source.len(), ' ')]) {
+                match (c.is_whitespace(), start) {
+                    (false, None) => start = Some(i),
+                    (true, Some(s)) => {
+                        fields.push((&source[s..i], source[..s].chars().count() + 1));
+                        start = None;
+                    }
+                    _ => {}
+                }
+            }
+            let names: &[&'static str] = match fields.len() {
+                5 => &FIVE,
+                6 => &SIX,
+                n => {
+                    return Err(whole(format!(
+                        "{n} fields: give 5 (minute hour day-of-month month day-of-week) or 6 \
+                         (second first), or a macro such as @daily"
+                    )));
+                }
+            };
+            if let Err(e) = parser().parse(trimmed) {
+                // Try each field alone among wildcards: the first that fails is the culprit.
+                for (i, (field, column)) in fields.iter().enumerate() {
+                    let probe: Vec<&str> = (0..fields.len())
+                        .map(|j| if i == j { *field } else { "*" })
+                        .collect();
+                    if let Err(fe) = parser().parse(&probe.join(" ")) {
+                        return Err(ExprError {
+                            field: Some(names[i]),
+                            column: *column,
+                            message: format!("`{field}`: {}", clean(&fe)),
+                        });
+                    }
+                }
+                return Err(whole(clean(&e)));
+            }
+        }
+        let cron = parser().parse(trimmed).map_err(|e| whole(clean(&e)))?;
+        let interval = cron.determine_job_type() == JobType::IntervalWildcard;
+        Ok(Self {
+            cron,
+            source: trimmed.to_owned(),
+            interval,
+        })
+    }
+
+    /// An interval schedule (not a single time of day): follows real time across DST changes.
+    pub fn is_interval(&self) -> bool {
+        self.interval
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+/// An IANA time zone name, validated.
+pub fn parse_zone(name: &str) -> Result<Tz, String> {
+    Tz::from_str(name).map_err(|_| {
+        format!("unknown time zone `{name}`: use an IANA name such as UTC or Europe/London")
+    })
+}
+
+/// When a schedule fires: its expression in its zone, between `start_at` and `end_at`
+/// (both inclusive, epoch ms).
+#[derive(Debug, Clone)]
+pub struct Timing {
+    pub expr: CronExpr,
+    pub zone: Tz,
+    pub start_at_ms: Option<u64>,
+    pub end_at_ms: Option<u64>,
+}
+
+impl Timing {
+    pub fn new(expr: CronExpr, zone: Tz) -> Self {
+        Self {
+            expr,
+            zone,
+            start_at_ms: None,
+            end_at_ms: None,
+        }
+    }
+
+    /// The first fire time strictly after `after_ms`, or `None` when there is none (past
+    /// `end_at`, or an expression that never matches again).
+    pub fn next_after(&self, after_ms: u64) -> Option<u64> {
+        let from = match self.start_at_ms {
+            Some(s) if s > after_ms => s - 1,
+            _ => after_ms,
+        };
+        let secs = i64::try_from(from / 1000).ok()?;
+        let start: DateTime<Tz> = self
+            .zone
+            .from_utc_datetime(&DateTime::<Utc>::from_timestamp(secs, 0)?.naive_utc());
+        // Fire times are whole seconds, so "after the second `from` falls in" is "after `from`".
+        let next = self.expr.cron.find_next_occurrence(&start, false).ok()?;
+        let ms = u64::try_from(next.timestamp_millis()).ok()?;
+        match self.end_at_ms {
+            Some(end) if ms > end => None,
+            _ => Some(ms),
+        }
+    }
+
+    /// Fire times in `(after_ms, upto_ms]`, at most `limit` of them.
+    pub fn fires_between(&self, after_ms: u64, upto_ms: u64, limit: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut t = after_ms;
+        while out.len() < limit {
+            match self.next_after(t) {
+                Some(n) if n <= upto_ms => {
+                    out.push(n);
+                    t = n;
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+}
+
+/// What happens to fire times missed while no node was running (or the schedule's tick was
+/// late by more than the misfire threshold).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misfire {
+    /// Drop every missed fire; continue with the next future one.
+    Skip,
+    /// Fire the most recent missed time (within the catch-up window) once.
+    FireOnce,
+    /// Fire every missed time within the catch-up window, oldest first.
+    FireAll,
+}
+
+/// What a fire does while the previous fire's job is unfinished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlap {
+    /// Enqueue anyway.
+    Allow,
+    /// Record the fire as skipped; enqueue nothing.
+    Skip,
+    /// Keep one fire waiting; enqueue it when the previous job finishes. Later fires while one
+    /// waits are skipped.
+    BufferOne,
+}
+
+macro_rules! names {
+    ($t:ty { $($v:ident = $s:literal),* }) => {
+        impl $t {
+            pub const ALL: &[$t] = &[$(<$t>::$v),*];
+            pub fn as_str(self) -> &'static str {
+                match self { $(<$t>::$v => $s),* }
+            }
+            pub fn parse(s: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|x| x.as_str() == s)
+            }
+        }
+    };
+}
+names!(Misfire { Skip = "skip", FireOnce = "fire_once", FireAll = "fire_all" });
+names!(Overlap { Allow = "allow", Skip = "skip", BufferOne = "buffer_one" });
+
+/// Tuning of [`plan`].
+#[derive(Debug, Clone, Copy)]
+pub struct PlanLimits {
+    /// A fire time more than this far behind `now` is a misfire.
+    pub misfire_threshold_ms: u64,
+    /// Most fires one plan may produce (the rest wait for the next tick).
+    pub max_fires: usize,
+}
+
+/// What one tick does with a due schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Fire times to claim and enqueue, oldest first.
+    pub fires: Vec<u64>,
+    /// Fire times dropped as misfires (policy `skip`, outside the catch-up window, or the older
+    /// ones under `fire_once`).
+    pub missed: u64,
+    /// The schedule's next fire time after this tick (`None`: it has ended).
+    pub next: Option<u64>,
+}
+
+/// Decides what a tick at `now` fires for a schedule whose next fire time is `next_fire_at`.
+pub fn plan(
+    timing: &Timing,
+    next_fire_at: u64,
+    now: u64,
+    misfire: Misfire,
+    catchup_window_ms: u64,
+    limits: PlanLimits,
+) -> Plan {
+    let mut fires = Vec::new();
+    let mut missed = 0u64;
+    let mut latest_late = None;
+    let mut t = Some(next_fire_at);
+    // Fire times too old for any policy are counted one by one up to a bound, then jumped over.
+    let mut counted = 0u32;
+    while let Some(at) = t {
+        if at > now || fires.len() >= limits.max_fires {
+            break;
+        }
+        let behind = now - at;
+        if behind <= limits.misfire_threshold_ms {
+            fires.push(at);
+        } else if behind > catchup_window_ms || misfire == Misfire::Skip {
+            missed += 1;
+            counted += 1;
+            if counted >= 10_000 {
+                let floor = now.saturating_sub(catchup_window_ms.max(limits.misfire_threshold_ms));
+                t = timing.next_after(floor.max(at));
+                continue;
+            }
+        } else if misfire == Misfire::FireAll {
+            fires.push(at);
+        } else if latest_late.replace(at).is_some() {
+            missed += 1;
+        }
+        t = timing.next_after(at);
+    }
+    if let Some(at) = latest_late {
+        fires.insert(0, at);
+    }
+    Plan {
+        fires,
+        missed,
+        next: t,
+    }
+}
+
+/// A fire's delay in `[0, jitter_ms)`, the same for the same (schedule, fire time) on every
+/// node, so a re-enqueue after a crash asks for the same run time.
+pub fn jitter_ms(schedule_id: &str, fire_at_ms: u64, jitter_ms: u64) -> u64 {
+    if jitter_ms == 0 {
+        return 0;
+    }
+    // FNV-1a: small, stable across builds and platforms.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in schedule_id
+        .bytes()
+        .chain(fire_at_ms.to_le_bytes().iter().copied())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h % jitter_ms
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(rfc: &str) -> u64 {
+        DateTime::parse_from_rfc3339(rfc)
+            .unwrap()
+            .timestamp_millis() as u64
+    }
+
+    fn iso(ms: u64) -> String {
+        DateTime::<Utc>::from_timestamp_millis(ms as i64)
+            .unwrap()
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    }
+
+    fn fires(expr: &str, zone: &str, after: &str, n: usize) -> Vec<String> {
+        let t = Timing::new(CronExpr::parse(expr).unwrap(), parse_zone(zone).unwrap());
+        t.fires_between(ms(after), u64::MAX, n)
+            .into_iter()
+            .map(iso)
+            .collect()
+    }
+
+    #[test]
+    fn new_york_spring_forward_fixed_time_fires_once_after_the_gap() {
+        // 2026-03-08 02:00 EST → 03:00 EDT; 02:30 does not exist that day.
+        assert_eq!(
+            fires("30 2 * * *", "America/New_York", "2026-03-07T00:00:00Z", 3),
+            [
+                "2026-03-07T07:30:00Z",
+                "2026-03-08T07:00:00Z",
+                "2026-03-09T06:30:00Z"
+            ]
+        );
+    }
+
+    #[test]
+    fn new_york_fall_back_fixed_time_fires_once_at_the_first_occurrence() {
+        // 2026-11-01 02:00 EDT → 01:00 EST; 01:30 happens twice (05:30Z and 06:30Z).
+        assert_eq!(
+            fires("30 1 * * *", "America/New_York", "2026-10-31T12:00:00Z", 3),
+            [
+                "2026-11-01T05:30:00Z",
+                "2026-11-02T06:30:00Z",
+                "2026-11-03T06:30:00Z"
+            ]
+        );
+        // Asked from inside the repeated hour, after the first 01:30: not again that day.
+        assert_eq!(
+            fires("30 1 * * *", "America/New_York", "2026-11-01T06:10:00Z", 1),
+            ["2026-11-02T06:30:00Z"]
+        );
+    }
+
+    #[test]
+    fn new_york_intervals_follow_real_elapsed_time() {
+        assert_eq!(
+            fires(
+                "*/30 * * * *",
+                "America/New_York",
+                "2026-11-01T04:45:00Z",
+                5
+            ),
+            [
+                "2026-11-01T05:00:00Z",
+                "2026-11-01T05:30:00Z",
+                "2026-11-01T06:00:00Z",
+                "2026-11-01T06:30:00Z",
+                "2026-11-01T07:00:00Z"
+            ],
+            "both passes of the repeated hour, 30 real minutes apart"
+        );
+        assert_eq!(
+            fires(
+                "*/30 * * * *",
+                "America/New_York",
+                "2026-03-08T06:00:00Z",
+                3
+            ),
+            [
+                "2026-03-08T06:30:00Z",
+                "2026-03-08T07:00:00Z",
+                "2026-03-08T07:30:00Z"
+            ],
+            "01:30 EST then 03:00 EDT: 30 real minutes"
+        );
+        assert!(CronExpr::parse("*/15 * * * *").unwrap().is_interval());
+        assert!(CronExpr::parse("0 * * * *").unwrap().is_interval());
+        assert!(!CronExpr::parse("30 2 * * *").unwrap().is_interval());
+        assert!(!CronExpr::parse("@daily").unwrap().is_interval());
+    }
+
+    #[test]
+    fn london_transitions() {
+        // 2026-03-29 01:00 GMT → 02:00 BST; 2026-10-25 02:00 BST → 01:00 GMT.
+        assert_eq!(
+            fires("30 1 * * *", "Europe/London", "2026-03-28T00:00:00Z", 3),
+            [
+                "2026-03-28T01:30:00Z",
+                "2026-03-29T01:00:00Z",
+                "2026-03-30T00:30:00Z"
+            ]
+        );
+        assert_eq!(
+            fires("30 1 * * *", "Europe/London", "2026-10-24T12:00:00Z", 2),
+            ["2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z"]
+        );
+        assert_eq!(
+            fires("0 */30 * * * *", "Europe/London", "2026-10-25T00:15:00Z", 4),
+            [
+                "2026-10-25T00:30:00Z",
+                "2026-10-25T01:00:00Z",
+                "2026-10-25T01:30:00Z",
+                "2026-10-25T02:00:00Z"
+            ],
+            "01:30 BST, 01:00 GMT, 01:30 GMT, 02:00 GMT"
+        );
+    }
+
+    #[test]
+    fn lord_howe_thirty_minute_shift() {
+        // Spring 2026-10-04 02:00 +10:30 → 02:30 +11; autumn 2026-04-05 02:00 +11 → 01:30 +10:30.
+        assert_eq!(
+            fires(
+                "15 2 * * *",
+                "Australia/Lord_Howe",
+                "2026-10-02T00:00:00Z",
+                3
+            ),
+            [
+                "2026-10-02T15:45:00Z",
+                "2026-10-03T15:30:00Z",
+                "2026-10-04T15:15:00Z"
+            ],
+            "02:15 does not exist on 4 October: fires at 02:30 +11"
+        );
+        assert_eq!(
+            fires(
+                "45 1 * * *",
+                "Australia/Lord_Howe",
+                "2026-04-04T00:00:00Z",
+                2
+            ),
+            ["2026-04-04T14:45:00Z", "2026-04-05T15:15:00Z"],
+            "01:45 twice on 5 April: once, at the first"
+        );
+        assert_eq!(
+            fires(
+                "*/15 * * * *",
+                "Australia/Lord_Howe",
+                "2026-04-04T14:20:00Z",
+                5
+            ),
+            [
+                "2026-04-04T14:30:00Z",
+                "2026-04-04T14:45:00Z",
+                "2026-04-04T15:00:00Z",
+                "2026-04-04T15:15:00Z",
+                "2026-04-04T15:30:00Z"
+            ]
+        );
+        assert_eq!(
+            fires(
+                "*/15 * * * *",
+                "Australia/Lord_Howe",
+                "2026-10-03T15:10:00Z",
+                2
+            ),
+            ["2026-10-03T15:15:00Z", "2026-10-03T15:30:00Z"],
+            "01:45 +10:30 then 02:30 +11: 15 real minutes"
+        );
+    }
+
+    #[test]
+    fn leap_days_and_l_w_hash() {
+        assert_eq!(
+            fires("0 12 29 2 *", "UTC", "2025-03-01T00:00:00Z", 2),
+            ["2028-02-29T12:00:00Z", "2032-02-29T12:00:00Z"]
+        );
+        assert_eq!(
+            fires("0 0 L 2 *", "UTC", "2027-01-01T00:00:00Z", 2),
+            ["2027-02-28T00:00:00Z", "2028-02-29T00:00:00Z"]
+        );
+        // 15 August 2026 is a Saturday: the nearest weekday is Friday the 14th.
+        assert_eq!(
+            fires("0 9 15W 8 *", "UTC", "2026-01-01T00:00:00Z", 1),
+            ["2026-08-14T09:00:00Z"]
+        );
+        // Second Monday of March 2026 is the 9th; last Friday of January 2026 the 30th.
+        assert_eq!(
+            fires("0 0 * 3 MON#2", "UTC", "2026-01-01T00:00:00Z", 1),
+            ["2026-03-09T00:00:00Z"]
+        );
+        assert_eq!(
+            fires("0 0 * JAN 5L", "UTC", "2026-01-01T00:00:00Z", 1),
+            ["2026-01-30T00:00:00Z"]
+        );
+        assert_eq!(
+            fires("@hourly", "UTC", "2026-01-01T00:30:00Z", 2),
+            ["2026-01-01T01:00:00Z", "2026-01-01T02:00:00Z"]
+        );
+        assert_eq!(
+            fires("*/20 * * * * *", "UTC", "2026-01-01T00:00:00Z", 3),
+            [
+                "2026-01-01T00:00:20Z",
+                "2026-01-01T00:00:40Z",
+                "2026-01-01T00:01:00Z"
+            ]
+        );
+        assert_eq!(
+            fires("0 8-10/2,17 * * mon-fri", "UTC", "2026-01-02T09:00:00Z", 3),
+            [
+                "2026-01-02T10:00:00Z",
+                "2026-01-02T17:00:00Z",
+                "2026-01-05T08:00:00Z"
+            ]
+        );
+    }
+
+    #[test]
+    fn start_and_end_bound_the_fires() {
+        let mut t = Timing::new(CronExpr::parse("0 * * * *").unwrap(), Tz::UTC);
+        t.start_at_ms = Some(ms("2026-01-01T05:00:00Z"));
+        t.end_at_ms = Some(ms("2026-01-01T07:00:00Z"));
+        let all: Vec<String> = t
+            .fires_between(0, u64::MAX, 10)
+            .into_iter()
+            .map(iso)
+            .collect();
+        assert_eq!(
+            all,
+            [
+                "2026-01-01T05:00:00Z",
+                "2026-01-01T06:00:00Z",
+                "2026-01-01T07:00:00Z"
+            ],
+            "both bounds inclusive"
+        );
+        assert_eq!(t.next_after(ms("2026-01-01T07:00:00Z")), None);
+        // Sub-second `after`: the next whole second that matches.
+        let secs = Timing::new(CronExpr::parse("* * * * * *").unwrap(), Tz::UTC);
+        assert_eq!(secs.next_after(10_500), Some(11_000));
+        assert_eq!(secs.next_after(10_000), Some(11_000));
+    }
+
+    #[test]
+    fn bad_expressions_name_the_field_and_column() {
+        let e = CronExpr::parse("0 25 * * *").unwrap_err();
+        assert_eq!((e.field, e.column), (Some("hour"), 3), "{e}");
+        let e = CronExpr::parse("*/5 * * 13 *").unwrap_err();
+        assert_eq!((e.field, e.column), (Some("month"), 9), "{e}");
+        let e = CronExpr::parse("0 0 * * * FOO").unwrap_err();
+        assert_eq!((e.field, e.column), (Some("day_of_week"), 11), "{e}");
+        let e = CronExpr::parse("61 * * * * *").unwrap_err();
+        assert_eq!(e.field, Some("second"), "{e}");
+        let e = CronExpr::parse("* * *").unwrap_err();
+        assert_eq!(e.field, None);
+        assert!(e.message.contains("3 fields"), "{e}");
+        assert!(CronExpr::parse("0 0 1 1 * 2030").is_err(), "no year field");
+        assert!(CronExpr::parse("@fortnightly").is_err());
+        assert!(CronExpr::parse("").is_err());
+        assert!(CronExpr::parse("0 0 32 * *").is_err());
+        assert!(parse_zone("Mars/Olympus_Mons").is_err());
+        assert!(parse_zone("Europe/London").is_ok());
+    }
+
+    fn every_minute() -> Timing {
+        Timing::new(CronExpr::parse("* * * * *").unwrap(), Tz::UTC)
+    }
+
+    const LIMITS: PlanLimits = PlanLimits {
+        misfire_threshold_ms: 5_000,
+        max_fires: 1000,
+    };
+    const MIN: u64 = 60_000;
+
+    #[test]
+    fn on_time_ticks_fire_whatever_the_policy() {
+        for m in Misfire::ALL {
+            let p = plan(&every_minute(), 10 * MIN, 10 * MIN + 40, *m, 0, LIMITS);
+            assert_eq!(
+                p,
+                Plan {
+                    fires: vec![10 * MIN],
+                    missed: 0,
+                    next: Some(11 * MIN)
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn misfire_policies_after_five_minutes_down() {
+        // Down from 10:00 to 15:00 + 2 s; fires at 10..=14 were missed, 15 is on time.
+        let now = 15 * MIN + 2_000;
+        let t = every_minute();
+        let skip = plan(&t, 10 * MIN, now, Misfire::Skip, 60 * MIN, LIMITS);
+        assert_eq!(
+            (skip.fires, skip.missed, skip.next),
+            (vec![15 * MIN], 5, Some(16 * MIN))
+        );
+        let once = plan(&t, 10 * MIN, now, Misfire::FireOnce, 60 * MIN, LIMITS);
+        assert_eq!(
+            (once.fires, once.missed),
+            (vec![14 * MIN, 15 * MIN], 4),
+            "the latest missed fire, then the on-time one"
+        );
+        let all = plan(&t, 10 * MIN, now, Misfire::FireAll, 60 * MIN, LIMITS);
+        assert_eq!(all.fires, (10..=15).map(|m| m * MIN).collect::<Vec<_>>());
+        assert_eq!(all.missed, 0);
+        // A 2.5 minute catch-up window keeps only fires at most 2.5 minutes old.
+        let windowed = plan(&t, 10 * MIN, now, Misfire::FireAll, 150_000, LIMITS);
+        assert_eq!(windowed.fires, vec![13 * MIN, 14 * MIN, 15 * MIN]);
+        assert_eq!(windowed.missed, 3);
+        let once_out = plan(
+            &t,
+            10 * MIN,
+            now + 60 * MIN,
+            Misfire::FireOnce,
+            1_000,
+            LIMITS,
+        );
+        assert_eq!(
+            once_out.fires,
+            vec![75 * MIN],
+            "nothing missed is within the window; the on-time fire still fires"
+        );
+        assert_eq!(once_out.missed, 65);
+    }
+
+    #[test]
+    fn a_plan_is_bounded_and_resumes_where_it_stopped() {
+        let limits = PlanLimits {
+            misfire_threshold_ms: 5_000,
+            max_fires: 3,
+        };
+        let p = plan(
+            &every_minute(),
+            0,
+            10 * MIN,
+            Misfire::FireAll,
+            u64::MAX,
+            limits,
+        );
+        assert_eq!(p.fires, vec![0, MIN, 2 * MIN]);
+        assert_eq!(p.next, Some(3 * MIN));
+        // A week of per-second fires missed: bounded work, next is in the future.
+        let secs = Timing::new(CronExpr::parse("* * * * * *").unwrap(), Tz::UTC);
+        let week = 7 * 24 * 60 * MIN;
+        let p = plan(&secs, 0, week, Misfire::Skip, 60_000, LIMITS);
+        assert!(p.next.unwrap() > week);
+        assert!(p.fires.len() <= 6, "{:?}", p.fires);
+    }
+
+    #[test]
+    fn jitter_is_stable_and_bounded() {
+        assert_eq!(jitter_ms("a", 1, 0), 0);
+        let j = jitter_ms("sched", 1_000, 500);
+        assert!(j < 500);
+        assert_eq!(j, jitter_ms("sched", 1_000, 500));
+        let spread: std::collections::HashSet<u64> =
+            (0..50).map(|i| jitter_ms("s", i * 1000, 1000)).collect();
+        assert!(spread.len() > 25, "spread out: {}", spread.len());
+    }
+
+    #[test]
+    fn policies_round_trip() {
+        for m in Misfire::ALL {
+            assert_eq!(Misfire::parse(m.as_str()), Some(*m));
+        }
+        for o in Overlap::ALL {
+            assert_eq!(Overlap::parse(o.as_str()), Some(*o));
+        }
+    }
+}
