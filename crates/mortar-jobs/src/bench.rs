@@ -21,6 +21,12 @@ pub struct BenchArgs {
     /// Throughput mode: jobs per `POST /v1/jobs/batch`.
     #[arg(long, default_value_t = 1000)]
     pub batch: u64,
+    /// Jobs the worker leases ahead of its free handlers (default: the concurrency).
+    #[arg(long)]
+    pub prefetch: Option<usize>,
+    /// Most completions per `POST /v1/jobs/complete`.
+    #[arg(long, default_value_t = 64)]
+    pub complete_batch: usize,
     /// Latency mode: enqueue this many jobs per second (one `POST /v1/jobs` each) and report
     /// enqueue → handler start latency.
     #[arg(long)]
@@ -116,6 +122,8 @@ pub async fn measure(args: &ClientArgs, b: &BenchArgs) -> Result<BenchOutcome, S
     let worker = Worker::new(client.clone())
         .queue(queue.clone())
         .concurrency(b.concurrency.max(1))
+        .prefetch(b.prefetch.unwrap_or(b.concurrency))
+        .complete_batch(b.complete_batch)
         .poll_wait(Duration::from_millis(500))
         .shutdown_timeout(Duration::from_secs(5))
         .name(format!("bench-{}", std::process::id()))

@@ -166,6 +166,7 @@ pub struct Worker {
     poll_wait: Duration,
     shutdown_timeout: Duration,
     name: String,
+    complete_batch: usize,
     counters: Arc<Counters>,
 }
 
@@ -199,6 +200,7 @@ impl Worker {
             poll_wait: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
             name: default_worker_name(),
+            complete_batch: 64,
             counters: Arc::new(Counters::default()),
         }
     }
@@ -270,6 +272,14 @@ impl Worker {
         self
     }
 
+    /// Most completions sent in one `POST /v1/jobs/complete` (default 64, at most 10 000).
+    /// Smaller batches are sent sooner; up to four are in flight at once.
+    #[must_use]
+    pub fn complete_batch(mut self, n: usize) -> Self {
+        self.complete_batch = n.clamp(1, 10_000);
+        self
+    }
+
     /// Live counters of this worker.
     pub fn counters(&self) -> Arc<Counters> {
         self.counters.clone()
@@ -322,6 +332,7 @@ impl Worker {
             self.client.clone(),
             done_rx,
             self.counters.clone(),
+            self.complete_batch,
         ));
         let mut tasks = JoinSet::new();
         let mut failures = 0u32;
@@ -571,8 +582,7 @@ async fn run_job(ctx: Arc<Ctx>, job: Job, _slot: Slot) {
     }
 }
 
-/// Most completions in one request, and most such requests in flight.
-const COMPLETE_BATCH: usize = 1000;
+/// Most completion requests in flight.
 const COMPLETE_IN_FLIGHT: usize = 4;
 
 /// Sends completions in batches until every sender is gone and everything is flushed.
@@ -580,6 +590,7 @@ async fn complete_loop(
     client: JobsClient,
     mut rx: mpsc::Receiver<Completion>,
     counters: Arc<Counters>,
+    max_batch: usize,
 ) {
     let in_flight = Arc::new(Semaphore::new(COMPLETE_IN_FLIGHT));
     // Servers without `POST /v1/jobs/complete` get one request per job.
@@ -590,7 +601,7 @@ async fn complete_loop(
             break;
         };
         let mut batch = vec![first];
-        while batch.len() < COMPLETE_BATCH {
+        while batch.len() < max_batch {
             match rx.try_recv() {
                 Ok(c) => batch.push(c),
                 Err(_) => break,
