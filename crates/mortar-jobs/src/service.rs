@@ -1,6 +1,7 @@
 //! `JobsService`: validation, enqueue, long-poll leasing, completion and failure rules.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use mortar_core::FieldError;
@@ -191,6 +192,12 @@ pub struct JobsService {
     clock: Arc<dyn Clock>,
     /// Woken by every enqueue on this node and, on PostgreSQL, by NOTIFY from any node.
     wake: Notify,
+    /// The earliest known time a scheduled/retryable job comes due or a lease runs out (0:
+    /// unknown); see [`JobsService::maintain`].
+    next_due: AtomicI64,
+    /// When `maintain` last ran.
+    checked_at: AtomicU64,
+    maintaining: AtomicBool,
 }
 
 impl std::fmt::Debug for JobsService {
@@ -514,6 +521,9 @@ impl JobsService {
             cfg: cfg.clone(),
             clock,
             wake: Notify::new(),
+            next_due: AtomicI64::new(0),
+            checked_at: AtomicU64::new(0),
+            maintaining: AtomicBool::new(false),
         });
         if let mortar_core::storage::Durable::Postgres(pool) = &storage.durable {
             tokio::spawn(listen(Arc::downgrade(&svc), pool.clone()));
@@ -573,6 +583,9 @@ impl JobsService {
         }
         let out = self.store.insert(&rows, now).await.map_err(db)?;
         for (j, dup) in &out {
+            if j.state == "scheduled" {
+                self.note_due(j.run_at_ms);
+            }
             if !dup {
                 metrics::counter!(ENQUEUED, "queue" => j.queue.clone(), "kind" => j.kind.clone())
                     .increment(1);
@@ -615,11 +628,15 @@ impl JobsService {
             tokio::pin!(woken);
             woken.as_mut().enable();
             let now = self.clock.now_ms();
+            self.maintain(now).await?;
             let jobs = self
                 .store
                 .lease(queues, max, worker, now)
                 .await
                 .map_err(db)?;
+            if let Some(until) = jobs.iter().filter_map(|j| j.lease_until_ms).min() {
+                self.note_due(until);
+            }
             if !jobs.is_empty() || tokio::time::Instant::now() >= deadline {
                 for j in &jobs {
                     let (q, k) = (j.queue.clone(), j.kind.clone());
@@ -631,10 +648,44 @@ impl JobsService {
                 }
                 return Ok(jobs);
             }
-            let nap =
-                Duration::from_millis(self.cfg.poll_ms).min(deadline - tokio::time::Instant::now());
+            // Look again when something comes due, or after poll_ms for other nodes' writes.
+            let due_in = (self.next_due.load(Ordering::SeqCst) - now as i64).max(1) as u64;
+            let nap = Duration::from_millis(self.cfg.poll_ms.min(due_in))
+                .min(deadline - tokio::time::Instant::now());
             let _ = tokio::time::timeout(nap, woken).await;
         }
+    }
+
+    fn note_due(&self, at_ms: i64) {
+        self.next_due.fetch_min(at_ms, Ordering::SeqCst);
+    }
+
+    /// Promotes due scheduled/retryable jobs to `available` and rescues running jobs whose
+    /// lease ran out — when one may be due (the earliest time this node knows of), and at least
+    /// every `poll_ms` (for other nodes' writes). Leases then read `available` jobs only.
+    pub async fn maintain(&self, now: u64) -> Result<(), JobsError> {
+        let due = self.next_due.load(Ordering::SeqCst);
+        let checked = self.checked_at.load(Ordering::SeqCst);
+        if (now as i64) < due && now < checked + self.cfg.poll_ms && now >= checked {
+            return Ok(());
+        }
+        if self.maintaining.swap(true, Ordering::SeqCst) {
+            return Ok(()); // another lease on this node is at it
+        }
+        let result = async {
+            self.checked_at.store(now, Ordering::SeqCst);
+            for d in self.store.rescue(now).await.map_err(db)? {
+                metrics::counter!(DEAD, "queue" => d.queue, "kind" => d.kind).increment(1);
+            }
+            self.store.promote(now).await.map_err(db)?;
+            let next = self.store.next_due().await.map_err(db)?;
+            self.next_due
+                .store(next.unwrap_or(i64::MAX), Ordering::SeqCst);
+            Ok(())
+        }
+        .await;
+        self.maintaining.store(false, Ordering::SeqCst);
+        result
     }
 
     pub async fn heartbeat(
@@ -747,6 +798,9 @@ impl JobsService {
             .await
             .map_err(db)?
             .ok_or_else(|| not_held(id))?;
+        if let Some(at) = next {
+            self.note_due(at as i64);
+        }
         let (q, k) = (updated.queue.clone(), updated.kind.clone());
         metrics::counter!(FAILED, "queue" => q.clone(), "kind" => k.clone()).increment(1);
         if next.is_none() {

@@ -128,10 +128,6 @@ pub(crate) const INSERT: &str = "INSERT INTO jobs_jobs (id, queue, kind, payload
     backoff_base_ms, backoff_max_ms, timeout_ms, unique_key, created_at_ms, tags, unique_while, unique_hold, unique_until_ms) \
     VALUES ($1,$2,$3,$4,$5,$6,$7,0,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17) ON CONFLICT DO NOTHING";
 
-/// States a lease may pick up (with `run_at_ms` due), plus running jobs whose lease ran out.
-const LEASABLE: &str = "((state IN ('available', 'scheduled', 'retryable') AND run_at_ms <= $1) \
-    OR (state = 'running' AND lease_until_ms <= $1))";
-
 /// A job stops blocking duplicates when it finishes (unless its uniqueness is for a time).
 const RELEASE_HOLD_ON_FINISH: &str =
     "unique_hold = CASE WHEN unique_while = 'for_ms' THEN unique_hold ELSE NULL END";
@@ -147,15 +143,15 @@ struct Dialect {
     strings: &'static str,
     /// Row locking of the lease sub-select.
     skip_locked: &'static str,
-    /// `(id, lease_id, result)` rows of a JSON array of completions in parameter `$1`.
+    /// `(id, lease_id, result)` rows of a JSON array of completions in parameter `$1`
+    /// (PostgreSQL; SQLite completes row by row).
     completions: &'static str,
 }
 
 const SQLITE: Dialect = Dialect {
     strings: "SELECT value FROM json_each(${n})",
     skip_locked: "",
-    completions: "SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.lease_id') AS lease_id, \
-        json_extract(value, '$.result') AS result FROM json_each($1)",
+    completions: "",
 };
 
 const POSTGRES: Dialect = Dialect {
@@ -169,15 +165,20 @@ impl Dialect {
         self.strings.replace("{n}", &n.to_string())
     }
 
-    /// Leases due jobs of the queues in `$4` (a JSON array) to lease `$2` for worker `$3`,
-    /// at most `$5`, in priority, run_at, id order.
-    fn lease_sql(self) -> String {
+    /// Leases available jobs of the queue(s) in `$4` to lease `$2` for worker `$3`, at most
+    /// `$5`, in priority, run_at, id order. One queue: `$4` is its name and the partial index
+    /// `jobs_available` is walked in order; several: `$4` is a JSON array of names.
+    fn lease_sql(self, queues: usize) -> String {
+        let queue = if queues == 1 {
+            "queue = $4".to_owned()
+        } else {
+            format!("queue IN ({})", self.strings(4))
+        };
         format!(
             "UPDATE jobs_jobs SET state = 'running', attempt = attempt + 1, lease_id = $2, lease_until_ms = $1 + timeout_ms, \
              worker = $3, started_at_ms = $1, {RELEASE_HOLD_ON_START} \
-             WHERE id IN (SELECT id FROM jobs_jobs WHERE queue IN ({}) AND {LEASABLE} \
+             WHERE id IN (SELECT id FROM jobs_jobs WHERE state = 'available' AND {queue} \
              ORDER BY priority, run_at_ms, id LIMIT $5{}) RETURNING {COLUMNS}",
-            self.strings(4),
             self.skip_locked
         )
     }
@@ -185,6 +186,14 @@ impl Dialect {
 
 fn json_strings(items: &[String]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
+}
+
+/// How `lease_sql(queues.len())` takes its queues.
+fn queue_param(queues: &[String]) -> String {
+    match queues {
+        [one] => one.clone(),
+        many => json_strings(many),
+    }
 }
 
 /// Inserts `rows` on connection `$conn` (inside the caller's transaction): each either inserted
@@ -324,9 +333,9 @@ impl JobStore {
         }
         let want = max - jobs.len() as u32;
         if want > 0 && !free.is_empty() {
-            let sql = self.dialect().lease_sql();
+            let sql = self.dialect().lease_sql(free.len());
             let got: Vec<Job> = with_pool!(&self.durable, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(now_ms as i64).bind(&lease_id).bind(worker).bind(json_strings(&free)).bind(i64::from(want))
+                .bind(now_ms as i64).bind(&lease_id).bind(worker).bind(queue_param(&free)).bind(i64::from(want))
                 .fetch_all(pool).await?);
             jobs.extend(got);
         }
@@ -348,7 +357,7 @@ impl JobStore {
         now_ms: u64,
     ) -> Result<Vec<Job>, sqlx::Error> {
         let now = now_ms as i64;
-        let lease_sql = self.dialect().lease_sql();
+        let lease_sql = self.dialect().lease_sql(1);
         with_pool!(&self.durable, pool => {
             let mut tx = pool.begin().await?;
             // A write first: takes the row lock (PostgreSQL) or the write lock (SQLite) at once.
@@ -376,7 +385,7 @@ impl JobStore {
                 return Ok(Vec::new());
             }
             let jobs: Vec<Job> = sqlx::query_as(sqlx::AssertSqlSafe(lease_sql))
-                .bind(now).bind(lease_id).bind(worker).bind(json_strings(&[queue.to_owned()])).bind(allowed)
+                .bind(now).bind(lease_id).bind(worker).bind(queue).bind(allowed)
                 .fetch_all(&mut *tx).await?;
             if let Some(tokens) = bucket {
                 sqlx::query("UPDATE jobs_queues SET rate_tokens = $2, rate_at_ms = $3 WHERE queue = $1")
@@ -384,6 +393,57 @@ impl JobStore {
             }
             tx.commit().await?;
             Ok(jobs)
+        })
+    }
+
+    /// The earliest time something becomes leasable without a write: a scheduled or retryable
+    /// job's `run_at`, a running job's lease end.
+    pub async fn next_due(&self) -> Result<Option<i64>, sqlx::Error> {
+        let (waiting, leased): (Option<i64>, Option<i64>) = with_pool!(&self.durable, pool => sqlx::query_as(
+            "SELECT (SELECT min(run_at_ms) FROM jobs_jobs WHERE state IN ('scheduled', 'retryable')), \
+                    (SELECT min(lease_until_ms) FROM jobs_jobs WHERE state = 'running')")
+            .fetch_one(pool).await?);
+        Ok(match (waiting, leased) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Makes due scheduled and retryable jobs `available`.
+    pub async fn promote(&self, now_ms: u64) -> Result<u64, sqlx::Error> {
+        with_pool!(&self.durable, pool => sqlx::query(
+            "UPDATE jobs_jobs SET state = 'available' WHERE state IN ('scheduled', 'retryable') AND run_at_ms <= $1")
+            .bind(now_ms as i64).execute(pool).await.map(|d| d.rows_affected()))
+    }
+
+    /// Rescues running jobs whose lease ran out (the worker died, hung or lost its way): the
+    /// lost attempt is recorded as an error and the job is `available` again, or `dead` when
+    /// that was its last attempt. Returns the jobs that died.
+    pub async fn rescue(&self, now_ms: u64) -> Result<Vec<Completed>, sqlx::Error> {
+        let now = now_ms as i64;
+        let sql = "UPDATE jobs_jobs SET \
+            state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'available' END, \
+            finished_at_ms = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END, \
+            unique_hold = CASE WHEN attempt >= max_attempts AND unique_while <> 'for_ms' THEN NULL ELSE unique_hold END, \
+            lease_id = NULL, lease_until_ms = NULL \
+            WHERE state = 'running' AND lease_until_ms <= $1 \
+            RETURNING id, queue, kind, attempt, state, timeout_ms";
+        with_pool!(&self.durable, pool => {
+            let mut tx = pool.begin().await?;
+            let rescued: Vec<(String, String, String, i32, String, i64)> =
+                sqlx::query_as(sql).bind(now).fetch_all(&mut *tx).await?;
+            for (id, _, _, attempt, _, timeout) in &rescued {
+                sqlx::query("INSERT INTO jobs_errors (job_id, attempt, error, at_ms) VALUES ($1, $2, $3, $4)")
+                    .bind(id).bind(attempt)
+                    .bind(format!("lease expired: no completion or heartbeat within {timeout} ms (the worker died, hung or lost its connection)"))
+                    .bind(now).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(rescued
+                .into_iter()
+                .filter(|r| r.4 == "dead")
+                .map(|(id, queue, kind, ..)| Completed { id, queue, kind, started_at_ms: None })
+                .collect())
         })
     }
 
@@ -432,6 +492,30 @@ impl JobStore {
         items: &[Completion],
         now_ms: u64,
     ) -> Result<Vec<Completed>, sqlx::Error> {
+        if let Durable::Sqlite(pool) = &self.durable {
+            // In-process: one primary-key UPDATE per item in one transaction beats any join
+            // SQLite's planner makes with a JSON table.
+            let sql = format!(
+                "UPDATE jobs_jobs SET state = 'completed', result = $3, finished_at_ms = $4, lease_id = NULL, \
+                 lease_until_ms = NULL, {RELEASE_HOLD_ON_FINISH} \
+                 WHERE id = $1 AND lease_id = $2 AND state = 'running' AND lease_until_ms > $4 \
+                 RETURNING id, queue, kind, started_at_ms"
+            );
+            let mut tx = pool.begin().await?;
+            let mut done = Vec::with_capacity(items.len());
+            for c in items {
+                let row: Option<Completed> = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(&c.id)
+                    .bind(&c.lease_id)
+                    .bind(&c.result)
+                    .bind(now_ms as i64)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                done.extend(row);
+            }
+            tx.commit().await?;
+            return Ok(done);
+        }
         let json = serde_json::to_string(items).unwrap_or_else(|_| "[]".into());
         let sql = format!(
             "UPDATE jobs_jobs SET state = 'completed', result = c.result, finished_at_ms = $2, lease_id = NULL, \

@@ -222,6 +222,21 @@ async fn an_expired_lease_returns_the_job_and_fences_the_old_holder(
     svc.complete(&id, second.lease_id.as_deref().unwrap(), None)
         .await
         .unwrap();
+    // A lease that runs out on the last attempt: dead, with the lost attempt as its error.
+    let mut last = job("q3", 10);
+    last.max_attempts = 1;
+    let id = svc.enqueue(&[last]).await.unwrap().remove(0).job.id;
+    lease_one(svc, "q3").await;
+    clock.advance(10_000);
+    assert!(
+        svc.lease(&["q3".into()], 1, 0, "w")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (dead, errors) = svc.get(&id).await.unwrap();
+    assert_eq!(dead.state(), State::Dead);
+    assert!(errors[0].error.starts_with("lease expired"), "{errors:?}");
 }
 
 async fn cancel_and_bad_input(svc: &JobsService) {
