@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 const SCHEDULES: usize = 20;
 /// Seconds of firing (one fire per schedule per second).
-const WINDOW_S: u64 = 50;
+const WINDOW_S: u64 = 60;
 
 fn now_ms() -> u64 {
     SystemTime::now()
