@@ -204,9 +204,9 @@ macro_rules! insert_rows {
         for j in $rows {
             let j: &$crate::store::Job = j;
             let mut found = None;
-            for _ in 0..3 {
-                if let Some(key) = &j.unique_hold {
-                    // An expired time-bound hold stops blocking.
+            for attempt in 0..3 {
+                if attempt > 0 && let Some(key) = &j.unique_hold {
+                    // The key is held: by a time-bound hold that has expired, it stops blocking.
                     sqlx::query("UPDATE jobs_jobs SET unique_hold = NULL WHERE queue = $1 AND unique_hold = $2 AND unique_until_ms <= $3")
                         .bind(&j.queue).bind(key).bind($now as i64)
                         .execute(&mut *$conn).await?;
@@ -225,11 +225,13 @@ macro_rules! insert_rows {
                 let holder: Option<Job> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                     .bind(&j.queue).bind(&j.unique_hold)
                     .fetch_optional(&mut *$conn).await?;
-                if let Some(h) = holder {
+                if let Some(h) = holder
+                    && h.unique_until_ms.is_none_or(|until| until > $now as i64)
+                {
                     found = Some((h, true));
                     break;
                 }
-                // The holder let go between the two statements: try again.
+                // The hold expired, or the holder let go between the two statements: try again.
             }
             match found {
                 Some(f) => out.push(f),
