@@ -118,6 +118,8 @@ pub struct Filter {
 #[derive(Debug, Clone)]
 pub struct JobStore {
     durable: Durable,
+    /// SQLite's single writer, queued for in-process (see [`JobStore::write_lock`]).
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 pub(crate) const COLUMNS: &str = "id, queue, kind, payload, priority, run_at_ms, state, attempt, max_attempts, backoff_base_ms, \
@@ -245,7 +247,20 @@ pub(crate) use insert_rows;
 
 impl JobStore {
     pub fn new(durable: Durable) -> Self {
-        Self { durable }
+        Self {
+            durable,
+            writer: std::sync::Arc::default(),
+        }
+    }
+
+    /// SQLite takes one writer at a time, and a writer that finds the lock taken sleeps in its
+    /// busy handler in steps of up to 100 ms — the tail latency of every write. This node's
+    /// job writes queue here instead, in order. PostgreSQL needs no such thing.
+    async fn write_lock(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.durable {
+            Durable::Sqlite(_) => Some(self.writer.lock().await),
+            Durable::Postgres(_) => None,
+        }
     }
 
     pub fn durable(&self) -> &Durable {
@@ -262,6 +277,7 @@ impl JobStore {
     /// Inserts jobs in one transaction (all or none). A job whose unique key is held comes back
     /// as the holder, marked duplicate. On PostgreSQL, wakes every node's waiting leases.
     pub async fn insert(&self, jobs: &[Job], now_ms: u64) -> Result<Vec<(Job, bool)>, sqlx::Error> {
+        let _writer = self.write_lock().await;
         with_pool!(&self.durable, pool => {
             let mut tx = pool.begin().await?;
             let out = insert_rows!(&mut *tx, jobs, now_ms);
@@ -290,6 +306,7 @@ impl JobStore {
 
     /// Writes a queue's settings (the limiter state is kept).
     pub async fn put_queue(&self, q: &QueueRow) -> Result<(), sqlx::Error> {
+        let _writer = self.write_lock().await;
         with_pool!(&self.durable, pool => sqlx::query(
             "INSERT INTO jobs_queues (queue, paused, concurrency, rate_limit, rate_period_ms, target_url, secret, retention_ms, updated_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (queue) DO UPDATE SET paused = excluded.paused, \
@@ -335,6 +352,7 @@ impl JobStore {
         }
         let want = max - jobs.len() as u32;
         if want > 0 && !free.is_empty() {
+            let _writer = self.write_lock().await;
             let sql = self.dialect().lease_sql(free.len());
             let got: Vec<Job> = with_pool!(&self.durable, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(now_ms as i64).bind(&lease_id).bind(worker).bind(queue_param(&free)).bind(i64::from(want))
@@ -358,6 +376,7 @@ impl JobStore {
         lease_id: &str,
         now_ms: u64,
     ) -> Result<Vec<Job>, sqlx::Error> {
+        let _writer = self.write_lock().await;
         let now = now_ms as i64;
         let lease_sql = self.dialect().lease_sql(1);
         with_pool!(&self.durable, pool => {
@@ -413,6 +432,7 @@ impl JobStore {
 
     /// Makes due scheduled and retryable jobs `available`.
     pub async fn promote(&self, now_ms: u64) -> Result<u64, sqlx::Error> {
+        let _writer = self.write_lock().await;
         with_pool!(&self.durable, pool => sqlx::query(
             "UPDATE jobs_jobs SET state = 'available' WHERE state IN ('scheduled', 'retryable') AND run_at_ms <= $1")
             .bind(now_ms as i64).execute(pool).await.map(|d| d.rows_affected()))
@@ -422,6 +442,7 @@ impl JobStore {
     /// lost attempt is recorded as an error and the job is `available` again, or `dead` when
     /// that was its last attempt. Returns the jobs that died.
     pub async fn rescue(&self, now_ms: u64) -> Result<Vec<Completed>, sqlx::Error> {
+        let _writer = self.write_lock().await;
         let now = now_ms as i64;
         let sql = "UPDATE jobs_jobs SET \
             state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'available' END, \
@@ -451,6 +472,7 @@ impl JobStore {
 
     /// Runs `sql` (which must `RETURNING` the columns) and returns the row it changed.
     async fn update_one(&self, sql: String, binds: Vec<Bind>) -> Result<Option<Job>, sqlx::Error> {
+        let _writer = self.write_lock().await;
         with_pool!(&self.durable, pool => {
             let mut q = sqlx::query_as::<_, Job>(sqlx::AssertSqlSafe(sql));
             for b in binds {
@@ -494,6 +516,7 @@ impl JobStore {
         items: &[Completion],
         now_ms: u64,
     ) -> Result<Vec<Completed>, sqlx::Error> {
+        let _writer = self.write_lock().await;
         if let Durable::Sqlite(pool) = &self.durable {
             // In-process: one primary-key UPDATE per item in one transaction beats any join
             // SQLite's planner makes with a JSON table.
@@ -566,6 +589,7 @@ impl JobStore {
             )
             .await?;
         if updated.is_some() {
+            let _writer = self.write_lock().await;
             with_pool!(&self.durable, pool => sqlx::query("INSERT INTO jobs_errors (job_id, attempt, error, at_ms) VALUES ($1, $2, $3, $4)")
                 .bind(&job.id).bind(job.attempt).bind(error).bind(now_ms as i64)
                 .execute(pool).await.map(drop))?;
@@ -624,6 +648,7 @@ impl JobStore {
         f: &Filter,
         now_ms: u64,
     ) -> Result<Vec<Job>, sqlx::Error> {
+        let _writer = self.write_lock().await;
         let sql = format!(
             "UPDATE jobs_jobs SET state = 'available', attempt = 0, run_at_ms = $1, finished_at_ms = NULL \
              WHERE state IN ('dead', 'cancelled', 'retryable') AND ($2 = '' OR id = $2) AND ($3 = '' OR queue = $3) \
@@ -670,6 +695,7 @@ impl JobStore {
         binds: &[&str],
         cutoff: Option<i64>,
     ) -> Result<u64, sqlx::Error> {
+        let _writer = self.write_lock().await;
         let jobs = format!("DELETE FROM jobs_jobs WHERE id IN ({pick}) RETURNING id");
         let errors = format!(
             "DELETE FROM jobs_errors WHERE job_id IN ({})",
