@@ -68,7 +68,7 @@ impl Job {
 
     /// The lease's length as of now (time until `lease_expires_at`), when leased.
     pub fn lease_left(&self) -> Option<Duration> {
-        let until = parse_rfc3339_ms(self.lease_expires_at.as_deref()?)?;
+        let until = mortar_core::clock::parse_rfc3339(self.lease_expires_at.as_deref()?)?;
         Some(Duration::from_millis(until.saturating_sub(now_ms())))
     }
 }
@@ -282,75 +282,4 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Parses the server's RFC 3339 UTC times (`2026-11-21T03:51:37.123Z`, fraction optional) to
-/// epoch milliseconds.
-pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
-    let bytes = s.as_bytes();
-    if bytes.len() < 20
-        || bytes[4] != b'-'
-        || bytes[7] != b'-'
-        || bytes[10] != b'T'
-        || !s.ends_with('Z')
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let frac = &s[19..s.len() - 1];
-    let ms = if frac.is_empty() {
-        0
-    } else {
-        let digits = frac.strip_prefix('.')?;
-        if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        let three: String = digits.chars().chain("00".chars()).take(3).collect();
-        three.parse::<i64>().ok()?
-    };
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    // Howard Hinnant's days-from-civil.
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + ms).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use mortar_core::clock::rfc3339;
-
-    #[test]
-    fn rfc3339_round_trips_the_servers_format() {
-        for ms in [0, 951_782_400_123, 1_795_000_000_000, 1_795_000_000_999] {
-            assert_eq!(parse_rfc3339_ms(&rfc3339(ms)), Some(ms), "{}", rfc3339(ms));
-        }
-        assert_eq!(
-            parse_rfc3339_ms("2026-11-18T11:06:40Z"),
-            Some(1_795_000_000_000)
-        );
-        assert_eq!(
-            parse_rfc3339_ms("2026-11-18T11:06:40.5Z"),
-            Some(1_795_000_000_500)
-        );
-        for bad in [
-            "",
-            "yesterday",
-            "2026-13-18T11:06:40Z",
-            "2026-11-18 11:06:40Z",
-            "2026-11-18T11:06:40.Z",
-            "2026-11-18T11:06:40+01:00",
-        ] {
-            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
-        }
-    }
 }

@@ -720,13 +720,13 @@ impl JobsService {
             lease_id: lease_id.to_owned(),
             result: result.map(ToString::to_string),
         };
-        if self.complete_batch(vec![item]).await?.completed == 0 {
-            return Err(match self.store.get(id).await.map_err(db)? {
-                None => JobsError::NotFound(id.to_owned()),
-                Some(_) => not_held(id),
-            });
+        let completed = self.complete_batch(vec![item]).await?.completed;
+        // One read answers both ways: the completed job, or why it was not completed.
+        match self.store.get(id).await.map_err(db)? {
+            None => Err(JobsError::NotFound(id.to_owned())),
+            Some(job) if completed == 1 => Ok(job),
+            Some(_) => Err(not_held(id)),
         }
-        Ok(self.get(id).await?.0)
     }
 
     /// Completes many jobs in one statement; those whose lease no longer holds are listed.
