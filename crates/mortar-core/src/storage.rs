@@ -2,7 +2,10 @@
 //!
 //! Embedded mode (no `database_url`): SQLite in WAL mode at `<data_dir>/mortar.db`.
 //! Cluster mode (`database_url = "postgres://…"`): PostgreSQL, usually with Redis beside it.
-//! Blocks get the pools from here; they never open their own connections.
+//! Blocks get the pools from here; they never open their own connections — except through
+//! [`sqlite_writer`], the one writer thread per SQLite file that hot write paths batch into.
+
+pub mod sqlite_writer;
 
 use std::path::PathBuf;
 use std::str::FromStr;
