@@ -380,9 +380,8 @@ pub async fn enqueue_in_tx(
     let row = prepare(job, "", JobsConfig::default().max_payload_bytes, now)
         .map_err(JobsError::Invalid)?;
     let conn: &mut sqlx::PgConnection = tx;
-    let rows = [row];
     let mut out = async {
-        let out = crate::store::insert_rows!(conn, &rows, now);
+        let out = crate::store::insert_pg(conn, vec![row], now as i64).await?;
         sqlx::query("SELECT pg_notify('mortar_jobs', '')")
             .execute(&mut *conn)
             .await?;
@@ -581,7 +580,7 @@ impl JobsService {
         if !errors.is_empty() {
             return Err(JobsError::Invalid(errors));
         }
-        let out = self.store.insert(&rows, now).await.map_err(db)?;
+        let out = self.store.insert(rows, now).await.map_err(db)?;
         for (j, dup) in &out {
             if j.state == "scheduled" {
                 self.note_due(j.run_at_ms);

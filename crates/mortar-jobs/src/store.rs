@@ -1,6 +1,11 @@
 //! Jobs in the durable store: SQLite (embedded) or PostgreSQL (cluster, `FOR UPDATE SKIP
-//! LOCKED` so workers on every node lease disjoint jobs). One implementation over both pools;
-//! only a few fragments differ by dialect ([`Dialect`]).
+//! LOCKED` so workers on every node lease disjoint jobs). The statements are shared; only a few
+//! fragments differ by dialect ([`Dialect`]).
+//!
+//! Writes go different ways to each: on PostgreSQL through the sqlx pool, a batch in a few
+//! multi-row statements; on SQLite through the file's [`SqliteWriter`], each operation (a whole
+//! batch insert, lease or completion) one closure on the writer thread, group-committed with
+//! whatever else is queued. Reads use the pools on both.
 //!
 //! Unique jobs are enforced by the database, not by a read-then-write: `unique_hold` carries the
 //! unique key while the job blocks duplicates, under a partial unique index on
@@ -9,8 +14,10 @@
 //! worker sees one count.
 
 use mortar_core::storage::Durable;
+use mortar_core::storage::sqlite_writer::{SqliteWriter, positional};
 use mortar_core::with_pool;
-use sqlx::FromRow;
+use rusqlite::OptionalExtension;
+use sqlx::{FromRow, PgPool};
 
 use crate::engine::{State, UniqueWhile};
 
@@ -118,15 +125,24 @@ pub struct Filter {
 #[derive(Debug, Clone)]
 pub struct JobStore {
     durable: Durable,
-    /// SQLite's single writer, queued for in-process (see [`JobStore::write_lock`]).
-    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// SQLite's writer thread (embedded mode).
+    writer: Option<SqliteWriter>,
+}
+
+/// Where a write goes.
+enum Writes<'a> {
+    Sqlite(&'a SqliteWriter),
+    Postgres(&'a PgPool),
 }
 
 pub(crate) const COLUMNS: &str = "id, queue, kind, payload, priority, run_at_ms, state, attempt, max_attempts, backoff_base_ms, \
     backoff_max_ms, timeout_ms, lease_id, lease_until_ms, worker, result, unique_key, created_at_ms, finished_at_ms, \
     started_at_ms, tags, unique_while, unique_hold, unique_until_ms";
 
-pub(crate) const INSERT: &str = "INSERT INTO jobs_jobs (id, queue, kind, payload, priority, run_at_ms, state, attempt, max_attempts, \
+const QUEUE_COLUMNS: &str = "queue, paused, concurrency, rate_limit, rate_period_ms, rate_tokens, rate_at_ms, target_url, \
+    secret, retention_ms, updated_at_ms";
+
+const INSERT: &str = "INSERT INTO jobs_jobs (id, queue, kind, payload, priority, run_at_ms, state, attempt, max_attempts, \
     backoff_base_ms, backoff_max_ms, timeout_ms, unique_key, created_at_ms, tags, unique_while, unique_hold, unique_until_ms) \
     VALUES ($1,$2,$3,$4,$5,$6,$7,0,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17) ON CONFLICT DO NOTHING";
 
@@ -145,21 +161,16 @@ struct Dialect {
     strings: &'static str,
     /// Row locking of the lease sub-select.
     skip_locked: &'static str,
-    /// `(id, lease_id, result)` rows of a JSON array of completions in parameter `$1`
-    /// (PostgreSQL; SQLite completes row by row).
-    completions: &'static str,
 }
 
 const SQLITE: Dialect = Dialect {
     strings: "SELECT value FROM json_each(${n})",
     skip_locked: "",
-    completions: "",
 };
 
 const POSTGRES: Dialect = Dialect {
     strings: "SELECT jsonb_array_elements_text(${n}::jsonb)",
     skip_locked: " FOR UPDATE SKIP LOCKED",
-    completions: "SELECT id, lease_id, result FROM jsonb_to_recordset($1::jsonb) AS c(id text, lease_id text, result text)",
 };
 
 impl Dialect {
@@ -198,73 +209,359 @@ fn queue_param(queues: &[String]) -> String {
     }
 }
 
-/// Inserts `rows` on connection `$conn` (inside the caller's transaction): each either inserted
-/// or, when its unique key is held, answered by the holder (`true` = duplicate).
-macro_rules! insert_rows {
-    ($conn:expr, $rows:expr, $now:expr) => {{
-        let mut out = Vec::with_capacity($rows.len());
-        for j in $rows {
-            let j: &$crate::store::Job = j;
-            let mut found = None;
-            for attempt in 0..3 {
-                if attempt > 0 && let Some(key) = &j.unique_hold {
-                    // The key is held: by a time-bound hold that has expired, it stops blocking.
-                    sqlx::query("UPDATE jobs_jobs SET unique_hold = NULL WHERE queue = $1 AND unique_hold = $2 AND unique_until_ms <= $3")
-                        .bind(&j.queue).bind(key).bind($now as i64)
-                        .execute(&mut *$conn).await?;
-                }
-                let done = sqlx::query($crate::store::INSERT)
-                    .bind(&j.id).bind(&j.queue).bind(&j.kind).bind(&j.payload).bind(j.priority).bind(j.run_at_ms)
-                    .bind(&j.state).bind(j.max_attempts).bind(j.backoff_base_ms).bind(j.backoff_max_ms)
-                    .bind(j.timeout_ms).bind(&j.unique_key).bind(j.created_at_ms).bind(&j.tags)
-                    .bind(&j.unique_while).bind(&j.unique_hold).bind(j.unique_until_ms)
-                    .execute(&mut *$conn).await?;
-                if done.rows_affected() == 1 {
-                    found = Some((j.clone(), false));
-                    break;
-                }
-                let sql = format!("SELECT {} FROM jobs_jobs WHERE queue = $1 AND unique_hold = $2", $crate::store::COLUMNS);
-                let holder: Option<Job> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(&j.queue).bind(&j.unique_hold)
-                    .fetch_optional(&mut *$conn).await?;
-                if let Some(h) = holder
-                    && h.unique_until_ms.is_none_or(|until| until > $now as i64)
-                {
-                    found = Some((h, true));
-                    break;
-                }
-                // The hold expired, or the holder let go between the two statements: try again.
-            }
-            match found {
-                Some(f) => out.push(f),
-                None => return Err(sqlx::Error::Protocol(format!("job `{}`: unique key contended", j.id))),
-            }
-        }
-        out
-    }};
+/// Ends a time-bound unique hold that has expired, so the key can be taken again.
+const EXPIRE_HOLD: &str = "UPDATE jobs_jobs SET unique_hold = NULL WHERE queue = $1 AND unique_hold = $2 AND unique_until_ms <= $3";
+
+/// Jobs without a unique key, many in one statement (PostgreSQL; arrays of each column).
+const INSERT_MANY_PG: &str = "INSERT INTO jobs_jobs (id, queue, kind, payload, priority, run_at_ms, state, attempt, max_attempts, \
+    backoff_base_ms, backoff_max_ms, timeout_ms, created_at_ms, tags) \
+    SELECT id, queue, kind, payload, priority, run_at_ms, state, 0, max_attempts, backoff_base_ms, backoff_max_ms, timeout_ms, \
+    created_at_ms, tags FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int8[], $7::text[], \
+    $8::int4[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::text[]) \
+    AS t(id, queue, kind, payload, priority, run_at_ms, state, max_attempts, backoff_base_ms, backoff_max_ms, timeout_ms, \
+    created_at_ms, tags)";
+
+fn holder_sql() -> String {
+    format!("SELECT {COLUMNS} FROM jobs_jobs WHERE queue = $1 AND unique_hold = $2")
 }
-pub(crate) use insert_rows;
+
+fn contended(id: &str) -> String {
+    format!("job `{id}`: unique key contended")
+}
+
+/// Inserts `jobs` on the SQLite writer's connection: each either inserted or, when its unique
+/// key is held, answered by the holder (`true` = duplicate).
+fn insert_sqlite(
+    c: &rusqlite::Connection,
+    jobs: Vec<Job>,
+    now: i64,
+) -> rusqlite::Result<Vec<(Job, bool)>> {
+    let mut insert = c.prepare_cached(&positional(INSERT))?;
+    let mut out = Vec::with_capacity(jobs.len());
+    'jobs: for j in jobs {
+        for attempt in 0..3 {
+            if attempt > 0
+                && let Some(key) = &j.unique_hold
+            {
+                c.prepare_cached(&positional(EXPIRE_HOLD))?
+                    .execute((&j.queue, key, now))?;
+            }
+            let inserted = insert.execute(rusqlite::params![
+                j.id,
+                j.queue,
+                j.kind,
+                j.payload,
+                j.priority,
+                j.run_at_ms,
+                j.state,
+                j.max_attempts,
+                j.backoff_base_ms,
+                j.backoff_max_ms,
+                j.timeout_ms,
+                j.unique_key,
+                j.created_at_ms,
+                j.tags,
+                j.unique_while,
+                j.unique_hold,
+                j.unique_until_ms
+            ])?;
+            if inserted == 1 {
+                out.push((j, false));
+                continue 'jobs;
+            }
+            let holder = c
+                .prepare_cached(&positional(&holder_sql()))?
+                .query_row((&j.queue, &j.unique_hold), Job::from_sqlite)
+                .optional()?;
+            if let Some(h) = holder
+                && h.unique_until_ms.is_none_or(|until| until > now)
+            {
+                out.push((h, true));
+                continue 'jobs;
+            }
+            // The hold expired: try again.
+        }
+        return Err(rusqlite::Error::ToSqlConversionFailure(
+            contended(&j.id).into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Inserts `jobs` on a PostgreSQL connection (inside the caller's transaction), like
+/// [`insert_sqlite`]. Jobs without a unique key go in one statement.
+pub(crate) async fn insert_pg(
+    conn: &mut sqlx::PgConnection,
+    jobs: Vec<Job>,
+    now: i64,
+) -> Result<Vec<(Job, bool)>, sqlx::Error> {
+    let plain: Vec<&Job> = jobs.iter().filter(|j| j.unique_hold.is_none()).collect();
+    if !plain.is_empty() {
+        fn col<T>(rows: &[&Job], f: impl Fn(&Job) -> T) -> Vec<T> {
+            rows.iter().map(|j| f(j)).collect()
+        }
+        sqlx::query(INSERT_MANY_PG)
+            .bind(col(&plain, |j| j.id.clone()))
+            .bind(col(&plain, |j| j.queue.clone()))
+            .bind(col(&plain, |j| j.kind.clone()))
+            .bind(col(&plain, |j| j.payload.clone()))
+            .bind(col(&plain, |j| j.priority))
+            .bind(col(&plain, |j| j.run_at_ms))
+            .bind(col(&plain, |j| j.state.clone()))
+            .bind(col(&plain, |j| j.max_attempts))
+            .bind(col(&plain, |j| j.backoff_base_ms))
+            .bind(col(&plain, |j| j.backoff_max_ms))
+            .bind(col(&plain, |j| j.timeout_ms))
+            .bind(col(&plain, |j| j.created_at_ms))
+            .bind(col(&plain, |j| j.tags.clone()))
+            .execute(&mut *conn)
+            .await?;
+    }
+    let mut out = Vec::with_capacity(jobs.len());
+    'jobs: for j in jobs {
+        let Some(key) = j.unique_hold.clone() else {
+            out.push((j, false));
+            continue;
+        };
+        for attempt in 0..3 {
+            if attempt > 0 {
+                sqlx::query(EXPIRE_HOLD)
+                    .bind(&j.queue)
+                    .bind(&key)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            let done = sqlx::query(INSERT)
+                .bind(&j.id)
+                .bind(&j.queue)
+                .bind(&j.kind)
+                .bind(&j.payload)
+                .bind(j.priority)
+                .bind(j.run_at_ms)
+                .bind(&j.state)
+                .bind(j.max_attempts)
+                .bind(j.backoff_base_ms)
+                .bind(j.backoff_max_ms)
+                .bind(j.timeout_ms)
+                .bind(&j.unique_key)
+                .bind(j.created_at_ms)
+                .bind(&j.tags)
+                .bind(&j.unique_while)
+                .bind(&j.unique_hold)
+                .bind(j.unique_until_ms)
+                .execute(&mut *conn)
+                .await?;
+            if done.rows_affected() == 1 {
+                out.push((j, false));
+                continue 'jobs;
+            }
+            let holder: Option<Job> = sqlx::query_as(sqlx::AssertSqlSafe(holder_sql()))
+                .bind(&j.queue)
+                .bind(&key)
+                .fetch_optional(&mut *conn)
+                .await?;
+            if let Some(h) = holder
+                && h.unique_until_ms.is_none_or(|until| until > now)
+            {
+                out.push((h, true));
+                continue 'jobs;
+            }
+            // The hold expired, or the holder let go between the two statements: try again.
+        }
+        return Err(sqlx::Error::Protocol(contended(&j.id)));
+    }
+    Ok(out)
+}
+
+/// The queues a lease reads: limited ones (under their row lock), and free ones (one
+/// statement for all). Paused queues are in neither.
+fn split_queues(queues: &[String], rows: &[QueueRow]) -> (Vec<QueueRow>, Vec<String>) {
+    let mut limited = Vec::new();
+    let mut free = Vec::with_capacity(queues.len());
+    for q in queues {
+        match rows.iter().find(|r| &r.queue == q) {
+            Some(r) if r.paused => {}
+            Some(r) if r.limited() => limited.push(r.clone()),
+            _ => free.push(q.clone()),
+        }
+    }
+    (limited, free)
+}
+
+/// How many jobs a limited queue may start now (of `max` wanted), given how many of its jobs
+/// run; and its token bucket's level before these starts, when it has one.
+fn allowance(row: &QueueRow, max: u32, running: i64, now_ms: u64) -> (i64, Option<f64>) {
+    let mut allowed = i64::from(max);
+    if let Some(c) = row.concurrency {
+        allowed = allowed.min(i64::from(c) - running);
+    }
+    let bucket = row
+        .rate_limit
+        .zip(row.rate_period_ms)
+        .map(|(limit, period)| {
+            crate::engine::refill(
+                f64::from(limit),
+                period as u64,
+                row.rate_tokens,
+                row.rate_at_ms.map(|t| t as u64),
+                now_ms,
+            )
+        });
+    if let Some(tokens) = bucket {
+        allowed = allowed.min(tokens.floor() as i64);
+    }
+    (allowed, bucket)
+}
+
+const RUNNING_IN_QUEUE: &str =
+    "SELECT count(*) FROM jobs_jobs WHERE queue = $1 AND state = 'running' AND lease_until_ms > $2";
+
+const SPEND_TOKENS: &str =
+    "UPDATE jobs_queues SET rate_tokens = $2, rate_at_ms = $3 WHERE queue = $1";
+
+fn by_lease_order(jobs: &mut [Job]) {
+    // RETURNING does not keep the sub-select's order.
+    jobs.sort_by(|a, b| (a.priority, a.run_at_ms, &a.id).cmp(&(b.priority, b.run_at_ms, &b.id)));
+}
+
+/// A lease on the SQLite writer's connection (the whole of [`JobStore::lease`] in one
+/// operation: the writer's transaction is the queue rows' lock).
+fn lease_sqlite(
+    c: &rusqlite::Connection,
+    queues: &[String],
+    max: u32,
+    worker: &str,
+    now_ms: u64,
+) -> rusqlite::Result<Vec<Job>> {
+    let now = now_ms as i64;
+    let rows: Vec<QueueRow> = sqlite_rows(
+        c,
+        &format!(
+            "SELECT {QUEUE_COLUMNS} FROM jobs_queues WHERE queue IN ({})",
+            SQLITE.strings(1)
+        ),
+        &[Bind::S(json_strings(queues))],
+    )?;
+    let (limited, free) = split_queues(queues, &rows);
+    let lease_id = mortar_core::ids::new_id();
+    let mut jobs: Vec<Job> = Vec::new();
+    for row in limited {
+        let want = max - jobs.len() as u32;
+        if want == 0 {
+            break;
+        }
+        let running = match row.concurrency {
+            Some(_) => c
+                .prepare_cached(&positional(RUNNING_IN_QUEUE))?
+                .query_row((&row.queue, now), |r| r.get(0))?,
+            None => 0,
+        };
+        let (allowed, bucket) = allowance(&row, want, running, now_ms);
+        if allowed <= 0 {
+            continue;
+        }
+        let got: Vec<Job> = sqlite_rows(
+            c,
+            &SQLITE.lease_sql(1),
+            &[
+                Bind::I(now),
+                Bind::S(lease_id.clone()),
+                Bind::S(worker.into()),
+                Bind::S(row.queue.clone()),
+                Bind::I(allowed),
+            ],
+        )?;
+        if let Some(tokens) = bucket {
+            c.prepare_cached(&positional(SPEND_TOKENS))?.execute((
+                &row.queue,
+                tokens - got.len() as f64,
+                now,
+            ))?;
+        }
+        jobs.extend(got);
+    }
+    let want = max - jobs.len() as u32;
+    if want > 0 && !free.is_empty() {
+        jobs.extend(sqlite_rows::<Job>(
+            c,
+            &SQLITE.lease_sql(free.len()),
+            &[
+                Bind::I(now),
+                Bind::S(lease_id),
+                Bind::S(worker.into()),
+                Bind::S(queue_param(&free)),
+                Bind::I(i64::from(want)),
+            ],
+        )?);
+    }
+    by_lease_order(&mut jobs);
+    Ok(jobs)
+}
+
+const COMPLETE_ONE: &str = "UPDATE jobs_jobs SET state = 'completed', result = $3, finished_at_ms = $4, lease_id = NULL, \
+    lease_until_ms = NULL, unique_hold = CASE WHEN unique_while = 'for_ms' THEN unique_hold ELSE NULL END \
+    WHERE id = $1 AND lease_id = $2 AND state = 'running' AND lease_until_ms > $4 \
+    RETURNING id, queue, kind, started_at_ms";
+
+const COMPLETE_MANY_PG: &str = "UPDATE jobs_jobs SET state = 'completed', result = c.result, finished_at_ms = $2, lease_id = NULL, \
+    lease_until_ms = NULL, unique_hold = CASE WHEN unique_while = 'for_ms' THEN unique_hold ELSE NULL END \
+    FROM (SELECT id, lease_id, result FROM jsonb_to_recordset($1::jsonb) AS c(id text, lease_id text, result text)) AS c \
+    WHERE jobs_jobs.id = c.id AND jobs_jobs.lease_id = c.lease_id AND jobs_jobs.state = 'running' \
+    AND jobs_jobs.lease_until_ms > $2 RETURNING jobs_jobs.id, jobs_jobs.queue, jobs_jobs.kind, jobs_jobs.started_at_ms";
+
+const RESCUE: &str = "UPDATE jobs_jobs SET \
+    state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'available' END, \
+    finished_at_ms = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END, \
+    unique_hold = CASE WHEN attempt >= max_attempts AND unique_while <> 'for_ms' THEN NULL ELSE unique_hold END, \
+    lease_id = NULL, lease_until_ms = NULL \
+    WHERE state = 'running' AND lease_until_ms <= $1 \
+    RETURNING id, queue, kind, attempt, state, timeout_ms";
+
+const RECORD_ERROR: &str =
+    "INSERT INTO jobs_errors (job_id, attempt, error, at_ms) VALUES ($1, $2, $3, $4)";
+
+/// One rescued job: id, queue, kind, attempt, new state, timeout.
+type Rescued = (String, String, String, i32, String, i64);
+
+fn lease_expired(timeout_ms: i64) -> String {
+    format!(
+        "lease expired: no completion or heartbeat within {timeout_ms} ms (the worker died, hung or lost its connection)"
+    )
+}
+
+fn died(rescued: Vec<Rescued>) -> Vec<Completed> {
+    rescued
+        .into_iter()
+        .filter(|r| r.4 == "dead")
+        .map(|(id, queue, kind, ..)| Completed {
+            id,
+            queue,
+            kind,
+            started_at_ms: None,
+        })
+        .collect()
+}
 
 impl JobStore {
     pub fn new(durable: Durable) -> Self {
-        Self {
-            durable,
-            writer: std::sync::Arc::default(),
-        }
-    }
-
-    /// SQLite takes one writer at a time, and a writer that finds the lock taken sleeps in its
-    /// busy handler in steps of up to 100 ms — the tail latency of every write. This node's
-    /// job writes queue here instead, in order. PostgreSQL needs no such thing.
-    async fn write_lock(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match self.durable {
-            Durable::Sqlite(_) => Some(self.writer.lock().await),
+        let writer = match &durable {
+            Durable::Sqlite(pool) => Some(SqliteWriter::for_pool(pool)),
             Durable::Postgres(_) => None,
-        }
+        };
+        Self { durable, writer }
     }
 
     pub fn durable(&self) -> &Durable {
         &self.durable
+    }
+
+    fn writes(&self) -> Writes<'_> {
+        match (&self.durable, &self.writer) {
+            (Durable::Sqlite(_), Some(w)) => Writes::Sqlite(w),
+            (Durable::Postgres(pool), _) => Writes::Postgres(pool),
+            (Durable::Sqlite(_), None) => unreachable!("JobStore::new gives SQLite its writer"),
+        }
     }
 
     fn dialect(&self) -> Dialect {
@@ -274,25 +571,72 @@ impl JobStore {
         }
     }
 
+    /// Runs one write statement and returns the rows it gives back (`RETURNING`).
+    async fn write_rows<T>(&self, sql: String, binds: Vec<Bind>) -> Result<Vec<T>, sqlx::Error>
+    where
+        T: FromSqlite + for<'r> FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin + 'static,
+    {
+        match self.writes() {
+            Writes::Sqlite(w) => w.write(move |c| sqlite_rows(c, &sql, &binds)).await,
+            Writes::Postgres(pool) => {
+                sqlx::query_as_with(sqlx::AssertSqlSafe(sql), pg_args(binds)?)
+                    .fetch_all(pool)
+                    .await
+            }
+        }
+    }
+
+    /// Runs one write statement; returns the rows it changed.
+    async fn write_exec(&self, sql: String, binds: Vec<Bind>) -> Result<u64, sqlx::Error> {
+        match self.writes() {
+            Writes::Sqlite(w) => {
+                w.write(move |c| {
+                    c.prepare_cached(&positional(&sql))?
+                        .execute(rusqlite::params_from_iter(&binds))
+                        .map(|n| n as u64)
+                })
+                .await
+            }
+            Writes::Postgres(pool) => sqlx::query_with(sqlx::AssertSqlSafe(sql), pg_args(binds)?)
+                .execute(pool)
+                .await
+                .map(|d| d.rows_affected()),
+        }
+    }
+
+    /// Runs `sql` (which must `RETURNING` the columns) and returns the row it changed.
+    async fn update_one(&self, sql: String, binds: Vec<Bind>) -> Result<Option<Job>, sqlx::Error> {
+        Ok(self.write_rows(sql, binds).await?.into_iter().next())
+    }
+
     /// Inserts jobs in one transaction (all or none). A job whose unique key is held comes back
     /// as the holder, marked duplicate. On PostgreSQL, wakes every node's waiting leases.
-    pub async fn insert(&self, jobs: &[Job], now_ms: u64) -> Result<Vec<(Job, bool)>, sqlx::Error> {
-        let _writer = self.write_lock().await;
-        with_pool!(&self.durable, pool => {
-            let mut tx = pool.begin().await?;
-            let out = insert_rows!(&mut *tx, jobs, now_ms);
-            if matches!(self.durable, Durable::Postgres(_)) && out.iter().any(|(_, dup)| !dup) {
-                sqlx::query("SELECT pg_notify('mortar_jobs', '')").execute(&mut *tx).await?;
+    pub async fn insert(
+        &self,
+        jobs: Vec<Job>,
+        now_ms: u64,
+    ) -> Result<Vec<(Job, bool)>, sqlx::Error> {
+        let now = now_ms as i64;
+        match self.writes() {
+            Writes::Sqlite(w) => w.write(move |c| insert_sqlite(c, jobs, now)).await,
+            Writes::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let out = insert_pg(&mut tx, jobs, now).await?;
+                if out.iter().any(|(_, dup)| !dup) {
+                    sqlx::query("SELECT pg_notify('mortar_jobs', '')")
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(out)
             }
-            tx.commit().await?;
-            Ok(out)
-        })
+        }
     }
 
     /// Settings rows of `queues` (only those that have one).
     pub async fn queue_rows(&self, queues: &[String]) -> Result<Vec<QueueRow>, sqlx::Error> {
         let sql = format!(
-            "SELECT * FROM jobs_queues WHERE queue IN ({})",
+            "SELECT {QUEUE_COLUMNS} FROM jobs_queues WHERE queue IN ({})",
             self.dialect().strings(1)
         );
         with_pool!(&self.durable, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -301,21 +645,33 @@ impl JobStore {
 
     /// Every queue's settings row.
     pub async fn all_queue_rows(&self) -> Result<Vec<QueueRow>, sqlx::Error> {
-        with_pool!(&self.durable, pool => sqlx::query_as("SELECT * FROM jobs_queues ORDER BY queue").fetch_all(pool).await)
+        let sql = format!("SELECT {QUEUE_COLUMNS} FROM jobs_queues ORDER BY queue");
+        with_pool!(&self.durable, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await)
     }
 
     /// Writes a queue's settings (the limiter state is kept).
     pub async fn put_queue(&self, q: &QueueRow) -> Result<(), sqlx::Error> {
-        let _writer = self.write_lock().await;
-        with_pool!(&self.durable, pool => sqlx::query(
-            "INSERT INTO jobs_queues (queue, paused, concurrency, rate_limit, rate_period_ms, target_url, secret, retention_ms, updated_at_ms) \
+        let sql = "INSERT INTO jobs_queues (queue, paused, concurrency, rate_limit, rate_period_ms, target_url, secret, retention_ms, updated_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (queue) DO UPDATE SET paused = excluded.paused, \
              concurrency = excluded.concurrency, rate_limit = excluded.rate_limit, rate_period_ms = excluded.rate_period_ms, \
              target_url = excluded.target_url, secret = excluded.secret, retention_ms = excluded.retention_ms, \
-             updated_at_ms = excluded.updated_at_ms")
-            .bind(&q.queue).bind(q.paused).bind(q.concurrency).bind(q.rate_limit).bind(q.rate_period_ms)
-            .bind(&q.target_url).bind(&q.secret).bind(q.retention_ms).bind(q.updated_at_ms)
-            .execute(pool).await.map(drop))
+             updated_at_ms = excluded.updated_at_ms";
+        self.write_exec(
+            sql.into(),
+            vec![
+                Bind::S(q.queue.clone()),
+                Bind::B(q.paused),
+                Bind::OI(q.concurrency.map(i64::from)),
+                Bind::OI(q.rate_limit.map(i64::from)),
+                Bind::OI(q.rate_period_ms),
+                Bind::OS(q.target_url.clone()),
+                Bind::OS(q.secret.clone()),
+                Bind::OI(q.retention_ms),
+                Bind::I(q.updated_at_ms),
+            ],
+        )
+        .await
+        .map(drop)
     }
 
     /// Leases up to `max` due jobs of `queues` (highest priority, then oldest run_at, then id),
@@ -328,93 +684,100 @@ impl JobStore {
         worker: &str,
         now_ms: u64,
     ) -> Result<Vec<Job>, sqlx::Error> {
-        let rows = self.queue_rows(queues).await?;
-        let mut free = Vec::with_capacity(queues.len());
-        let mut limited = Vec::new();
-        for q in queues {
-            match rows.iter().find(|r| &r.queue == q) {
-                Some(r) if r.paused => {}
-                Some(r) if r.limited() => limited.push(q.clone()),
-                _ => free.push(q.clone()),
+        let pool = match self.writes() {
+            Writes::Sqlite(w) => {
+                let (queues, worker) = (queues.to_vec(), worker.to_owned());
+                return w
+                    .write(move |c| lease_sqlite(c, &queues, max, &worker, now_ms))
+                    .await;
             }
-        }
+            Writes::Postgres(pool) => pool,
+        };
+        let rows = self.queue_rows(queues).await?;
+        let (limited, free) = split_queues(queues, &rows);
         let lease_id = mortar_core::ids::new_id();
         let mut jobs = Vec::new();
-        for q in limited {
+        for row in limited {
             let want = max - jobs.len() as u32;
             if want == 0 {
                 break;
             }
             jobs.extend(
-                self.lease_limited(&q, want, worker, &lease_id, now_ms)
+                self.lease_limited_pg(pool, &row.queue, want, worker, &lease_id, now_ms)
                     .await?,
             );
         }
         let want = max - jobs.len() as u32;
         if want > 0 && !free.is_empty() {
-            let _writer = self.write_lock().await;
-            let sql = self.dialect().lease_sql(free.len());
-            let got: Vec<Job> = with_pool!(&self.durable, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(now_ms as i64).bind(&lease_id).bind(worker).bind(queue_param(&free)).bind(i64::from(want))
-                .fetch_all(pool).await?);
+            let got: Vec<Job> = sqlx::query_as(sqlx::AssertSqlSafe(POSTGRES.lease_sql(free.len())))
+                .bind(now_ms as i64)
+                .bind(&lease_id)
+                .bind(worker)
+                .bind(queue_param(&free))
+                .bind(i64::from(want))
+                .fetch_all(pool)
+                .await?;
             jobs.extend(got);
         }
-        // RETURNING does not keep the sub-select's order.
-        jobs.sort_by(|a, b| {
-            (a.priority, a.run_at_ms, &a.id).cmp(&(b.priority, b.run_at_ms, &b.id))
-        });
+        by_lease_order(&mut jobs);
         Ok(jobs)
     }
 
     /// Leases from one limited queue under its row lock: no more running than `concurrency`,
     /// no more starts than the token bucket (`rate_limit` per `rate_period_ms`) holds.
-    async fn lease_limited(
+    async fn lease_limited_pg(
         &self,
+        pool: &PgPool,
         queue: &str,
         max: u32,
         worker: &str,
         lease_id: &str,
         now_ms: u64,
     ) -> Result<Vec<Job>, sqlx::Error> {
-        let _writer = self.write_lock().await;
         let now = now_ms as i64;
-        let lease_sql = self.dialect().lease_sql(1);
-        with_pool!(&self.durable, pool => {
-            let mut tx = pool.begin().await?;
-            // A write first: takes the row lock (PostgreSQL) or the write lock (SQLite) at once.
-            let row: Option<QueueRow> = sqlx::query_as(
-                "UPDATE jobs_queues SET updated_at_ms = updated_at_ms WHERE queue = $1 RETURNING *")
-                .bind(queue).fetch_optional(&mut *tx).await?;
-            let Some(row) = row else { return Ok(Vec::new()) };
-            if row.paused {
-                return Ok(Vec::new());
+        let mut tx = pool.begin().await?;
+        // A write first: takes the row lock at once.
+        let row: Option<QueueRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE jobs_queues SET updated_at_ms = updated_at_ms WHERE queue = $1 RETURNING {QUEUE_COLUMNS}"
+        )))
+        .bind(queue)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row.filter(|r| !r.paused) else {
+            return Ok(Vec::new());
+        };
+        let running: i64 = match row.concurrency {
+            Some(_) => {
+                sqlx::query_scalar(RUNNING_IN_QUEUE)
+                    .bind(queue)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?
             }
-            let mut allowed = i64::from(max);
-            if let Some(c) = row.concurrency {
-                let running: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM jobs_jobs WHERE queue = $1 AND state = 'running' AND lease_until_ms > $2")
-                    .bind(queue).bind(now).fetch_one(&mut *tx).await?;
-                allowed = allowed.min(i64::from(c) - running);
-            }
-            let bucket = row.rate_limit.zip(row.rate_period_ms).map(|(limit, period)| {
-                crate::engine::refill(f64::from(limit), period as u64, row.rate_tokens, row.rate_at_ms.map(|t| t as u64), now_ms)
-            });
-            if let Some(tokens) = bucket {
-                allowed = allowed.min(tokens.floor() as i64);
-            }
-            if allowed <= 0 {
-                return Ok(Vec::new());
-            }
-            let jobs: Vec<Job> = sqlx::query_as(sqlx::AssertSqlSafe(lease_sql))
-                .bind(now).bind(lease_id).bind(worker).bind(queue).bind(allowed)
-                .fetch_all(&mut *tx).await?;
-            if let Some(tokens) = bucket {
-                sqlx::query("UPDATE jobs_queues SET rate_tokens = $2, rate_at_ms = $3 WHERE queue = $1")
-                    .bind(queue).bind(tokens - jobs.len() as f64).bind(now).execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            Ok(jobs)
-        })
+            None => 0,
+        };
+        let (allowed, bucket) = allowance(&row, max, running, now_ms);
+        if allowed <= 0 {
+            return Ok(Vec::new());
+        }
+        let jobs: Vec<Job> = sqlx::query_as(sqlx::AssertSqlSafe(POSTGRES.lease_sql(1)))
+            .bind(now)
+            .bind(lease_id)
+            .bind(worker)
+            .bind(queue)
+            .bind(allowed)
+            .fetch_all(&mut *tx)
+            .await?;
+        if let Some(tokens) = bucket {
+            sqlx::query(SPEND_TOKENS)
+                .bind(queue)
+                .bind(tokens - jobs.len() as f64)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(jobs)
     }
 
     /// The earliest time something becomes leasable without a write: a scheduled or retryable
@@ -432,58 +795,61 @@ impl JobStore {
 
     /// Makes due scheduled and retryable jobs `available`.
     pub async fn promote(&self, now_ms: u64) -> Result<u64, sqlx::Error> {
-        let _writer = self.write_lock().await;
-        with_pool!(&self.durable, pool => sqlx::query(
-            "UPDATE jobs_jobs SET state = 'available' WHERE state IN ('scheduled', 'retryable') AND run_at_ms <= $1")
-            .bind(now_ms as i64).execute(pool).await.map(|d| d.rows_affected()))
+        self.write_exec(
+            "UPDATE jobs_jobs SET state = 'available' WHERE state IN ('scheduled', 'retryable') AND run_at_ms <= $1".into(),
+            vec![Bind::I(now_ms as i64)],
+        )
+        .await
     }
 
     /// Rescues running jobs whose lease ran out (the worker died, hung or lost its way): the
     /// lost attempt is recorded as an error and the job is `available` again, or `dead` when
     /// that was its last attempt. Returns the jobs that died.
     pub async fn rescue(&self, now_ms: u64) -> Result<Vec<Completed>, sqlx::Error> {
-        let _writer = self.write_lock().await;
         let now = now_ms as i64;
-        let sql = "UPDATE jobs_jobs SET \
-            state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'available' END, \
-            finished_at_ms = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END, \
-            unique_hold = CASE WHEN attempt >= max_attempts AND unique_while <> 'for_ms' THEN NULL ELSE unique_hold END, \
-            lease_id = NULL, lease_until_ms = NULL \
-            WHERE state = 'running' AND lease_until_ms <= $1 \
-            RETURNING id, queue, kind, attempt, state, timeout_ms";
-        with_pool!(&self.durable, pool => {
-            let mut tx = pool.begin().await?;
-            let rescued: Vec<(String, String, String, i32, String, i64)> =
-                sqlx::query_as(sql).bind(now).fetch_all(&mut *tx).await?;
-            for (id, _, _, attempt, _, timeout) in &rescued {
-                sqlx::query("INSERT INTO jobs_errors (job_id, attempt, error, at_ms) VALUES ($1, $2, $3, $4)")
-                    .bind(id).bind(attempt)
-                    .bind(format!("lease expired: no completion or heartbeat within {timeout} ms (the worker died, hung or lost its connection)"))
-                    .bind(now).execute(&mut *tx).await?;
+        match self.writes() {
+            Writes::Sqlite(w) => {
+                w.write(move |c| {
+                    let rescued: Vec<Rescued> = c
+                        .prepare_cached(&positional(RESCUE))?
+                        .query_map([now], |r| {
+                            Ok((
+                                r.get(0)?,
+                                r.get(1)?,
+                                r.get(2)?,
+                                r.get(3)?,
+                                r.get(4)?,
+                                r.get(5)?,
+                            ))
+                        })?
+                        .collect::<rusqlite::Result<_>>()?;
+                    let mut record = c.prepare_cached(&positional(RECORD_ERROR))?;
+                    for (id, _, _, attempt, _, timeout) in &rescued {
+                        record.execute((id, attempt, lease_expired(*timeout), now))?;
+                    }
+                    Ok(died(rescued))
+                })
+                .await
             }
-            tx.commit().await?;
-            Ok(rescued
-                .into_iter()
-                .filter(|r| r.4 == "dead")
-                .map(|(id, queue, kind, ..)| Completed { id, queue, kind, started_at_ms: None })
-                .collect())
-        })
-    }
-
-    /// Runs `sql` (which must `RETURNING` the columns) and returns the row it changed.
-    async fn update_one(&self, sql: String, binds: Vec<Bind>) -> Result<Option<Job>, sqlx::Error> {
-        let _writer = self.write_lock().await;
-        with_pool!(&self.durable, pool => {
-            let mut q = sqlx::query_as::<_, Job>(sqlx::AssertSqlSafe(sql));
-            for b in binds {
-                q = match b {
-                    Bind::I(i) => q.bind(i),
-                    Bind::S(s) => q.bind(s),
-                    Bind::OI(i) => q.bind(i),
-                };
+            Writes::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let rescued: Vec<Rescued> =
+                    sqlx::query_as(RESCUE).bind(now).fetch_all(&mut *tx).await?;
+                for (id, _, _, attempt, _, timeout) in &rescued {
+                    sqlx::query(RECORD_ERROR)
+                        // As an i64, like every binding of RECORD_ERROR (sqlx caches the statement
+                        // with the first binding's types).
+                        .bind(id)
+                        .bind(i64::from(*attempt))
+                        .bind(lease_expired(*timeout))
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(died(rescued))
             }
-            q.fetch_optional(pool).await
-        })
+        }
     }
 
     /// Extends a lease held by `lease_id`.
@@ -509,48 +875,45 @@ impl JobStore {
         .await
     }
 
-    /// Completes every job whose lease still holds, in one statement; returns those completed
+    /// Completes every job whose lease still holds, as one operation; returns those completed
     /// (the others' leases ran out or were never theirs).
     pub async fn complete(
         &self,
         items: &[Completion],
         now_ms: u64,
     ) -> Result<Vec<Completed>, sqlx::Error> {
-        let _writer = self.write_lock().await;
-        if let Durable::Sqlite(pool) = &self.durable {
-            // In-process: one primary-key UPDATE per item in one transaction beats any join
-            // SQLite's planner makes with a JSON table.
-            let sql = format!(
-                "UPDATE jobs_jobs SET state = 'completed', result = $3, finished_at_ms = $4, lease_id = NULL, \
-                 lease_until_ms = NULL, {RELEASE_HOLD_ON_FINISH} \
-                 WHERE id = $1 AND lease_id = $2 AND state = 'running' AND lease_until_ms > $4 \
-                 RETURNING id, queue, kind, started_at_ms"
-            );
-            let mut tx = pool.begin().await?;
-            let mut done = Vec::with_capacity(items.len());
-            for c in items {
-                let row: Option<Completed> = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
-                    .bind(&c.id)
-                    .bind(&c.lease_id)
-                    .bind(&c.result)
-                    .bind(now_ms as i64)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                done.extend(row);
+        let now = now_ms as i64;
+        match self.writes() {
+            Writes::Sqlite(w) => {
+                // On the writer thread, one primary-key UPDATE per item beats any join SQLite's
+                // planner makes with a JSON table.
+                let items = items.to_vec();
+                w.write(move |c| {
+                    let mut complete = c.prepare_cached(&positional(COMPLETE_ONE))?;
+                    let mut done = Vec::with_capacity(items.len());
+                    for i in &items {
+                        done.extend(
+                            complete
+                                .query_row(
+                                    (&i.id, &i.lease_id, &i.result, now),
+                                    Completed::from_sqlite,
+                                )
+                                .optional()?,
+                        );
+                    }
+                    Ok(done)
+                })
+                .await
             }
-            tx.commit().await?;
-            return Ok(done);
+            Writes::Postgres(pool) => {
+                let json = serde_json::to_string(items).unwrap_or_else(|_| "[]".into());
+                sqlx::query_as(COMPLETE_MANY_PG)
+                    .bind(json)
+                    .bind(now)
+                    .fetch_all(pool)
+                    .await
+            }
         }
-        let json = serde_json::to_string(items).unwrap_or_else(|_| "[]".into());
-        let sql = format!(
-            "UPDATE jobs_jobs SET state = 'completed', result = c.result, finished_at_ms = $2, lease_id = NULL, \
-             lease_until_ms = NULL, {RELEASE_HOLD_ON_FINISH} \
-             FROM ({}) AS c WHERE jobs_jobs.id = c.id AND jobs_jobs.lease_id = c.lease_id AND jobs_jobs.state = 'running' \
-             AND jobs_jobs.lease_until_ms > $2 RETURNING jobs_jobs.id, jobs_jobs.queue, jobs_jobs.kind, jobs_jobs.started_at_ms",
-            self.dialect().completions
-        );
-        with_pool!(&self.durable, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(json).bind(now_ms as i64).fetch_all(pool).await)
     }
 
     /// Records a failed attempt and moves the job to `retryable` (at `retry_at`) or `dead`.
@@ -589,10 +952,16 @@ impl JobStore {
             )
             .await?;
         if updated.is_some() {
-            let _writer = self.write_lock().await;
-            with_pool!(&self.durable, pool => sqlx::query("INSERT INTO jobs_errors (job_id, attempt, error, at_ms) VALUES ($1, $2, $3, $4)")
-                .bind(&job.id).bind(job.attempt).bind(error).bind(now_ms as i64)
-                .execute(pool).await.map(drop))?;
+            self.write_exec(
+                RECORD_ERROR.into(),
+                vec![
+                    Bind::S(job.id.clone()),
+                    Bind::I(i64::from(job.attempt)),
+                    Bind::S(error.into()),
+                    Bind::I(now_ms as i64),
+                ],
+            )
+            .await?;
         }
         Ok(updated)
     }
@@ -648,23 +1017,33 @@ impl JobStore {
         f: &Filter,
         now_ms: u64,
     ) -> Result<Vec<Job>, sqlx::Error> {
-        let _writer = self.write_lock().await;
         let sql = format!(
             "UPDATE jobs_jobs SET state = 'available', attempt = 0, run_at_ms = $1, finished_at_ms = NULL \
              WHERE state IN ('dead', 'cancelled', 'retryable') AND ($2 = '' OR id = $2) AND ($3 = '' OR queue = $3) \
              AND ($4 = '' OR kind = $4) AND ($5 = '' OR state = $5) RETURNING {COLUMNS}"
         );
-        with_pool!(&self.durable, pool => {
-            let mut tx = pool.begin().await?;
-            let jobs: Vec<Job> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(now_ms as i64).bind(id.unwrap_or("")).bind(&f.queue).bind(&f.kind).bind(&f.state)
-                .fetch_all(&mut *tx).await?;
-            if matches!(self.durable, Durable::Postgres(_)) && !jobs.is_empty() {
-                sqlx::query("SELECT pg_notify('mortar_jobs', '')").execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            Ok(jobs)
-        })
+        let binds = vec![
+            Bind::I(now_ms as i64),
+            Bind::S(id.unwrap_or("").into()),
+            Bind::S(f.queue.clone()),
+            Bind::S(f.kind.clone()),
+            Bind::S(f.state.clone()),
+        ];
+        let pool = match self.writes() {
+            Writes::Sqlite(_) => return self.write_rows(sql, binds).await,
+            Writes::Postgres(pool) => pool,
+        };
+        let mut tx = pool.begin().await?;
+        let jobs: Vec<Job> = sqlx::query_as_with(sqlx::AssertSqlSafe(sql), pg_args(binds)?)
+            .fetch_all(&mut *tx)
+            .await?;
+        if !jobs.is_empty() {
+            sqlx::query("SELECT pg_notify('mortar_jobs', '')")
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(jobs)
     }
 
     /// Cancels a job that has not run to completion (not running, completed or dead).
@@ -684,39 +1063,55 @@ impl JobStore {
              AND ($1 = '' OR queue = $1) AND ($2 = '' OR kind = $2) AND ($3 = '' OR state = $3){}",
             self.dialect().skip_locked
         );
-        self.delete_where(&pick, &[&f.queue, &f.kind, &f.state], None)
-            .await
+        self.delete_where(
+            &pick,
+            vec![
+                Bind::S(f.queue.clone()),
+                Bind::S(f.kind.clone()),
+                Bind::S(f.state.clone()),
+            ],
+        )
+        .await
     }
 
     /// Deletes the jobs `pick` selects (and their errors) in one transaction.
-    async fn delete_where(
-        &self,
-        pick: &str,
-        binds: &[&str],
-        cutoff: Option<i64>,
-    ) -> Result<u64, sqlx::Error> {
-        let _writer = self.write_lock().await;
+    async fn delete_where(&self, pick: &str, binds: Vec<Bind>) -> Result<u64, sqlx::Error> {
         let jobs = format!("DELETE FROM jobs_jobs WHERE id IN ({pick}) RETURNING id");
         let errors = format!(
             "DELETE FROM jobs_errors WHERE job_id IN ({})",
             self.dialect().strings(1)
         );
-        with_pool!(&self.durable, pool => {
-            let mut tx = pool.begin().await?;
-            let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(jobs));
-            for b in binds {
-                q = q.bind(*b);
+        match self.writes() {
+            Writes::Sqlite(w) => {
+                w.write(move |c| {
+                    let ids: Vec<String> = c
+                        .prepare_cached(&positional(&jobs))?
+                        .query_map(rusqlite::params_from_iter(&binds), |r| r.get(0))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    if !ids.is_empty() {
+                        c.prepare_cached(&positional(&errors))?
+                            .execute([json_strings(&ids)])?;
+                    }
+                    Ok(ids.len() as u64)
+                })
+                .await
             }
-            if let Some(c) = cutoff {
-                q = q.bind(c);
+            Writes::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let ids: Vec<String> =
+                    sqlx::query_scalar_with(sqlx::AssertSqlSafe(jobs), pg_args(binds)?)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                if !ids.is_empty() {
+                    sqlx::query(sqlx::AssertSqlSafe(errors))
+                        .bind(json_strings(&ids))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(ids.len() as u64)
             }
-            let ids: Vec<String> = q.fetch_all(&mut *tx).await?;
-            if !ids.is_empty() {
-                sqlx::query(sqlx::AssertSqlSafe(errors)).bind(json_strings(&ids)).execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            Ok(ids.len() as u64)
-        })
+        }
     }
 
     /// Deletes up to `limit` jobs of `queue` (empty = queues without their own retention,
@@ -742,8 +1137,11 @@ impl JobStore {
         );
         self.delete_where(
             &pick,
-            &[queue, &json_strings(except)],
-            Some(before_ms as i64),
+            vec![
+                Bind::S(queue.into()),
+                Bind::S(json_strings(except)),
+                Bind::I(before_ms as i64),
+            ],
         )
         .await
     }
@@ -795,8 +1193,119 @@ impl UniqueWhile {
     }
 }
 
+/// A statement parameter, for the statements both backends run.
 enum Bind {
     I(i64),
+    B(bool),
     S(String),
     OI(Option<i64>),
+    OS(Option<String>),
+}
+
+impl rusqlite::ToSql for Bind {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Bind::I(i) => i.to_sql(),
+            Bind::B(b) => b.to_sql(),
+            Bind::S(s) => s.to_sql(),
+            Bind::OI(i) => i.to_sql(),
+            Bind::OS(s) => s.to_sql(),
+        }
+    }
+}
+
+fn pg_args(binds: Vec<Bind>) -> Result<sqlx::postgres::PgArguments, sqlx::Error> {
+    use sqlx::Arguments as _;
+    let mut args = sqlx::postgres::PgArguments::default();
+    for b in binds {
+        match b {
+            Bind::I(i) => args.add(i),
+            Bind::B(b) => args.add(b),
+            Bind::S(s) => args.add(s),
+            Bind::OI(i) => args.add(i),
+            Bind::OS(s) => args.add(s),
+        }
+        .map_err(sqlx::Error::Encode)?;
+    }
+    Ok(args)
+}
+
+/// Rows of `sql` (with `$N` parameters) on the SQLite writer's connection.
+fn sqlite_rows<T: FromSqlite>(
+    c: &rusqlite::Connection,
+    sql: &str,
+    binds: &[Bind],
+) -> rusqlite::Result<Vec<T>> {
+    c.prepare_cached(&positional(sql))?
+        .query_map(rusqlite::params_from_iter(binds), T::from_sqlite)?
+        .collect()
+}
+
+/// Decoding of a row on the SQLite writer's connection (sqlx decodes with `FromRow`; both
+/// read the columns in the order the statements list them).
+trait FromSqlite: Sized {
+    fn from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
+}
+
+impl FromSqlite for Job {
+    /// [`COLUMNS`] in order.
+    fn from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Job {
+            id: r.get(0)?,
+            queue: r.get(1)?,
+            kind: r.get(2)?,
+            payload: r.get(3)?,
+            priority: r.get(4)?,
+            run_at_ms: r.get(5)?,
+            state: r.get(6)?,
+            attempt: r.get(7)?,
+            max_attempts: r.get(8)?,
+            backoff_base_ms: r.get(9)?,
+            backoff_max_ms: r.get(10)?,
+            timeout_ms: r.get(11)?,
+            lease_id: r.get(12)?,
+            lease_until_ms: r.get(13)?,
+            worker: r.get(14)?,
+            result: r.get(15)?,
+            unique_key: r.get(16)?,
+            created_at_ms: r.get(17)?,
+            finished_at_ms: r.get(18)?,
+            started_at_ms: r.get(19)?,
+            tags: r.get(20)?,
+            unique_while: r.get(21)?,
+            unique_hold: r.get(22)?,
+            unique_until_ms: r.get(23)?,
+        })
+    }
+}
+
+impl FromSqlite for QueueRow {
+    /// [`QUEUE_COLUMNS`] in order.
+    fn from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(QueueRow {
+            queue: r.get(0)?,
+            paused: r.get(1)?,
+            concurrency: r.get(2)?,
+            rate_limit: r.get(3)?,
+            rate_period_ms: r.get(4)?,
+            rate_tokens: r.get(5)?,
+            rate_at_ms: r.get(6)?,
+            target_url: r.get(7)?,
+            secret: r.get(8)?,
+            retention_ms: r.get(9)?,
+            updated_at_ms: r.get(10)?,
+        })
+    }
+}
+
+impl FromSqlite for Completed {
+    /// `id, queue, kind, started_at_ms`.
+    fn from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Completed {
+            id: r.get(0)?,
+            queue: r.get(1)?,
+            kind: r.get(2)?,
+            started_at_ms: r.get(3)?,
+        })
+    }
 }

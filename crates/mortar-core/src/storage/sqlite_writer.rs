@@ -102,37 +102,45 @@ fn writers() -> &'static Mutex<HashMap<PathBuf, Weak<Inner>>> {
 impl SqliteWriter {
     /// The writer of the file `pool` opens, started on first use and shared while any handle
     /// lives.
-    pub fn for_pool(pool: &SqlitePool) -> Result<Self, rusqlite::Error> {
+    pub fn for_pool(pool: &SqlitePool) -> Self {
         let path = pool.connect_options().get_filename().to_path_buf();
-        let mut all = writers().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all = writers()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         all.retain(|_, w| w.strong_count() > 0);
         if let Some(inner) = all.get(&path).and_then(Weak::upgrade) {
-            return Ok(Self { inner });
+            return Self { inner };
         }
-        let writer = Self::open(&path)?;
+        let writer = Self::open(&path);
         all.insert(path, Arc::downgrade(&writer.inner));
-        Ok(writer)
+        writer
     }
 
-    /// Opens a connection to `path` and starts its thread.
-    pub fn open(path: &Path) -> Result<Self, rusqlite::Error> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.set_prepared_statement_cache_capacity(128);
+    /// Starts a writer thread on `path`. If the file cannot be opened (or the thread cannot
+    /// start), every operation gets that error.
+    pub fn open(path: &Path) -> Self {
         let (tx, rx) = mpsc::channel::<Op>();
-        std::thread::Builder::new()
+        let file = path.to_path_buf();
+        let started = std::thread::Builder::new()
             .name("mortar-sqlite-writer".into())
-            .spawn(move || run(&conn, &rx))
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        Ok(Self {
+            .spawn(move || match connect(&file) {
+                Ok(conn) => run(&conn, &rx),
+                Err(e) => {
+                    tracing::error!(error = %e, path = %file.display(), "sqlite writer: cannot open");
+                    while let Ok(op) = rx.recv() {
+                        op.fail(&e);
+                    }
+                }
+            });
+        if let Err(e) = started {
+            tracing::error!(error = %e, "sqlite writer: cannot start its thread");
+        }
+        Self {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 tx: Mutex::new(tx),
             }),
-        })
+        }
     }
 
     /// Runs `f` on the writer's connection inside a transaction (under its own savepoint) and
@@ -181,6 +189,16 @@ pub fn positional(sql: &str) -> String {
         }
     }
     out
+}
+
+fn connect(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(128);
+    Ok(conn)
 }
 
 fn run(conn: &Connection, rx: &mpsc::Receiver<Op>) {
@@ -234,7 +252,7 @@ mod tests {
 
     fn writer() -> (tempfile::TempDir, SqliteWriter) {
         let dir = tempfile::tempdir().unwrap();
-        let w = SqliteWriter::open(&dir.path().join("w.db")).unwrap();
+        let w = SqliteWriter::open(&dir.path().join("w.db"));
         (dir, w)
     }
 
