@@ -1059,7 +1059,7 @@ impl JobStore {
     /// Deletes finished (dead, cancelled, completed) jobs matching the filter; returns how many.
     pub async fn discard(&self, f: &Filter) -> Result<u64, sqlx::Error> {
         let pick = format!(
-            "SELECT id FROM jobs_jobs WHERE state IN ('dead', 'cancelled', 'completed') \
+            "SELECT id FROM jobs_jobs WHERE state IN ('dead', 'cancelled', 'completed') AND finished_at_ms IS NOT NULL \
              AND ($1 = '' OR queue = $1) AND ($2 = '' OR kind = $2) AND ($3 = '' OR state = $3){}",
             self.dialect().skip_locked
         );
@@ -1147,6 +1147,8 @@ impl JobStore {
     }
 
     /// Per queue: jobs by state, the oldest due job's `run_at`, completions in the last minute.
+    /// Each part reads an index made for it (live states: the partial indexes leases and
+    /// maintenance use; finished states: `jobs_finished`).
     pub async fn counts(&self, now_ms: u64) -> Result<Vec<(String, QueueCounts)>, sqlx::Error> {
         type Rows = (
             Vec<(String, String, i64)>,
@@ -1155,8 +1157,7 @@ impl JobStore {
         );
         let now = now_ms as i64;
         let (by_state, oldest, recent): Rows = with_pool!(&self.durable, pool => (
-            sqlx::query_as("SELECT queue, state, count(*) FROM jobs_jobs GROUP BY queue, state ORDER BY queue, state")
-                .fetch_all(pool).await?,
+            sqlx::query_as(BY_STATE).fetch_all(pool).await?,
             sqlx::query_as("SELECT queue, min(run_at_ms) FROM jobs_jobs WHERE state IN ('available', 'scheduled', 'retryable') \
                 AND run_at_ms <= $1 GROUP BY queue").bind(now).fetch_all(pool).await?,
             sqlx::query_as("SELECT queue, count(*) FROM jobs_jobs WHERE state = 'completed' AND finished_at_ms > $1 GROUP BY queue")
@@ -1192,6 +1193,14 @@ impl UniqueWhile {
         }
     }
 }
+
+/// Jobs by queue and state, ordered so, each arm answered by one index.
+const BY_STATE: &str = "SELECT queue, state, n FROM ( \
+    SELECT queue, 'available' AS state, count(*) AS n FROM jobs_jobs WHERE state = 'available' GROUP BY queue \
+    UNION ALL SELECT queue, state, count(*) FROM jobs_jobs WHERE state IN ('scheduled', 'retryable') GROUP BY queue, state \
+    UNION ALL SELECT queue, 'running', count(*) FROM jobs_jobs WHERE state = 'running' GROUP BY queue \
+    UNION ALL SELECT queue, state, count(*) FROM jobs_jobs WHERE finished_at_ms IS NOT NULL GROUP BY queue, state \
+    ) AS c ORDER BY queue, state";
 
 /// A statement parameter, for the statements both backends run.
 enum Bind {

@@ -167,7 +167,9 @@ impl SqliteWriter {
 }
 
 fn closed() -> sqlx::Error {
-    sqlx::Error::Protocol("the SQLite writer thread has stopped".into())
+    sqlx::Error::Protocol(
+        "the SQLite writer dropped the operation (it panicked, or the writer stopped)".into(),
+    )
 }
 
 /// A rusqlite error as the sqlx error every store returns.
@@ -197,6 +199,8 @@ fn connect(path: &Path) -> Result<Connection, rusqlite::Error> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Every operation runs under a savepoint; its statement journal stays in memory.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(128);
     Ok(conn)
 }
@@ -227,7 +231,7 @@ fn run(conn: &Connection, rx: &mpsc::Receiver<Op>) {
             let _ = conn.execute_batch("ROLLBACK");
         }
         for deliver in deliveries {
-            deliver(commit.as_ref().map(|_| ()));
+            deliver(commit.as_ref().map(|&()| ()));
         }
     }
 }
@@ -238,12 +242,21 @@ fn run_one(conn: &Connection, op: Op) -> Option<Deliver> {
         op.fail(&e);
         return None;
     }
-    let (ok, deliver) = op.run(conn);
+    // A panicking operation is rolled back like a failed one; its caller sees its channel
+    // close. The writer (every block's) goes on.
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.run(conn)));
+    let (ok, deliver) = match ran {
+        Ok(r) => (r.0, Some(r.1)),
+        Err(_) => {
+            tracing::error!("sqlite writer: an operation panicked; rolled back");
+            (false, None)
+        }
+    };
     if !ok && let Err(e) = conn.execute_batch("ROLLBACK TO op") {
         tracing::error!(error = %e, "sqlite writer: rollback to savepoint failed");
     }
     let _ = conn.execute_batch("RELEASE op");
-    Some(deliver)
+    deliver
 }
 
 #[cfg(test)]
@@ -295,6 +308,26 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(k7, 0);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_operation_is_rolled_back_and_the_writer_goes_on() {
+        let (_dir, w) = writer();
+        w.write(|c| c.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY)"))
+            .await
+            .unwrap();
+        let failed = w
+            .write(|c| -> rusqlite::Result<()> {
+                c.execute("INSERT INTO t VALUES ('a')", ())?;
+                panic!("boom");
+            })
+            .await;
+        assert!(failed.is_err());
+        let n: i64 = w
+            .write(|c| c.query_row("SELECT count(*) FROM t", (), |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
     }
 
     #[test]
