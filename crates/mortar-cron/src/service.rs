@@ -374,7 +374,7 @@ impl CronService {
         let threshold = self.cfg.misfire_threshold_ms;
         let claimed = self
             .store
-            .claim_due(now, self.cfg.batch, &self.node, |s| {
+            .claim_due(now, self.cfg.batch, &self.node, move |s| {
                 decide(s, now, threshold, limits)
             })
             .await

@@ -1,16 +1,37 @@
 //! Schedules and runs in the durable store: SQLite (embedded) or PostgreSQL (cluster). One
-//! implementation over both pools.
+//! implementation over both, with one SQL text per statement (`store/sql.rs`).
 //!
 //! Exactly once rests on two things here. A tick advances a schedule's `next_fire_at_ms` and
 //! inserts its runs in **one transaction** (PostgreSQL: the due rows are taken `FOR UPDATE SKIP
-//! LOCKED`, so nodes split the due schedules instead of queueing on them; SQLite: `BEGIN
-//! IMMEDIATE`, one writer). And `cron_runs` has the primary key `(schedule_id, fire_at_ms)`:
-//! a fire time is claimed once, whatever path reaches it (tick, backfill, a re-planned
-//! schedule), with `ON CONFLICT DO NOTHING`.
+//! LOCKED`, so nodes split the due schedules instead of queueing on them; SQLite: one operation
+//! of the file's single writer, below). And `cron_runs` has the primary key `(schedule_id,
+//! fire_at_ms)`: a fire time is claimed once, whatever path reaches it (tick, backfill, a
+//! re-planned schedule), with `ON CONFLICT DO NOTHING`; `RETURNING` tells which this claim got.
+//!
+//! Batches are set-based: the rows of an advance, a claim or a settle travel as one JSON array
+//! parameter that the statement reads as a table, so a batch of thousands of runs is a handful
+//! of statements on either backend, not one per run.
+//!
+//! On SQLite every write goes through the process's one writer thread for the file
+//! ([`SqliteWriter`]): a whole operation (a tick's select, plan, advance and claim) runs on it
+//! synchronously, one thread hand-off instead of one per statement and per row as through sqlx,
+//! and cron never contends with the other blocks' writers for SQLite's write lock. Reads go
+//! through the sqlx pool.
+
+mod batch;
+mod sql;
+
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
+use std::sync::OnceLock;
 
 use mortar_core::storage::Durable;
+use mortar_core::storage::sqlite_writer::{self, SqliteWriter};
 use mortar_core::with_pool;
-use sqlx::FromRow;
+use sqlx::{FromRow, PgExecutor, SqlitePool};
+
+use batch::{Inserted, Planned, claim_rows, claimed_run};
+use sql::{POSTGRES, Param, SQLITE, SettleRow, Sql, bind, json, params};
 
 /// A schedule as stored.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
@@ -72,6 +93,9 @@ pub struct Claimed {
 #[derive(Debug, Clone)]
 pub struct CronStore {
     durable: Durable,
+    /// SQLite: the file's writer thread, which every write here goes through (opened on the
+    /// first write).
+    writer: OnceLock<SqliteWriter>,
 }
 
 const COLUMNS: &str = "id, name, expr, timezone, job, overlap, misfire, catchup_window_ms, jitter_ms, start_at_ms, end_at_ms, \
@@ -81,36 +105,58 @@ const RUN_COLUMNS: &str =
 
 impl CronStore {
     pub fn new(durable: Durable) -> Self {
-        Self { durable }
+        Self {
+            durable,
+            writer: OnceLock::new(),
+        }
     }
 
     /// Inserts a schedule; `false` when the name is taken.
     pub async fn insert(&self, s: &Schedule) -> Result<bool, sqlx::Error> {
-        let sql = format!(
-            "INSERT INTO cron_schedules ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17) \
-             ON CONFLICT (name) DO NOTHING"
-        );
-        let done = with_pool!(&self.durable, pool => sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&s.id).bind(&s.name).bind(&s.expr).bind(&s.timezone).bind(&s.job).bind(&s.overlap)
-            .bind(&s.misfire).bind(s.catchup_window_ms).bind(s.jitter_ms).bind(s.start_at_ms).bind(s.end_at_ms)
-            .bind(s.enabled).bind(s.version).bind(s.next_fire_at_ms).bind(s.last_fire_at_ms)
-            .bind(s.created_at_ms).bind(s.updated_at_ms)
-            .execute(pool).await?.rows_affected());
-        Ok(done == 1)
+        let params = params![
+            s.id.as_str(),
+            s.name.as_str(),
+            s.expr.as_str(),
+            s.timezone.as_str(),
+            s.job.as_str(),
+            s.overlap.as_str(),
+            s.misfire.as_str(),
+            s.catchup_window_ms,
+            s.jitter_ms,
+            s.start_at_ms,
+            s.end_at_ms,
+            s.enabled,
+            s.version,
+            s.next_fire_at_ms,
+            s.last_fire_at_ms,
+            s.created_at_ms,
+            s.updated_at_ms,
+        ];
+        let done = self.execute(vec![(&self.sql().insert, params)]).await?;
+        Ok(done == [1])
     }
 
     /// Replaces a schedule's definition (not its id, name or history) if `version` is still
     /// current; bumps the version. `false` when it changed meanwhile or is gone.
     pub async fn replace(&self, s: &Schedule) -> Result<bool, sqlx::Error> {
-        let sql = "UPDATE cron_schedules SET expr = $2, timezone = $3, job = $4, overlap = $5, misfire = $6, \
-             catchup_window_ms = $7, jitter_ms = $8, start_at_ms = $9, end_at_ms = $10, enabled = $11, \
-             next_fire_at_ms = $12, updated_at_ms = $13, version = version + 1 WHERE id = $1 AND version = $14";
-        let done = with_pool!(&self.durable, pool => sqlx::query(sql)
-            .bind(&s.id).bind(&s.expr).bind(&s.timezone).bind(&s.job).bind(&s.overlap).bind(&s.misfire)
-            .bind(s.catchup_window_ms).bind(s.jitter_ms).bind(s.start_at_ms).bind(s.end_at_ms).bind(s.enabled)
-            .bind(s.next_fire_at_ms).bind(s.updated_at_ms).bind(s.version)
-            .execute(pool).await?.rows_affected());
-        Ok(done == 1)
+        let params = params![
+            s.id.as_str(),
+            s.expr.as_str(),
+            s.timezone.as_str(),
+            s.job.as_str(),
+            s.overlap.as_str(),
+            s.misfire.as_str(),
+            s.catchup_window_ms,
+            s.jitter_ms,
+            s.start_at_ms,
+            s.end_at_ms,
+            s.enabled,
+            s.next_fire_at_ms,
+            s.updated_at_ms,
+            s.version,
+        ];
+        let done = self.execute(vec![(&self.sql().replace, params)]).await?;
+        Ok(done == [1])
     }
 
     /// A schedule by id or by name.
@@ -129,13 +175,14 @@ impl CronStore {
 
     /// Deletes a schedule and its history; `false` when there was none.
     pub async fn delete(&self, id: &str) -> Result<bool, sqlx::Error> {
-        with_pool!(&self.durable, pool => {
-            let mut tx = pool.begin().await?;
-            let n = sqlx::query("DELETE FROM cron_schedules WHERE id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
-            sqlx::query("DELETE FROM cron_runs WHERE schedule_id = $1").bind(id).execute(&mut *tx).await?;
-            tx.commit().await?;
-            Ok(n == 1)
-        })
+        let sql = self.sql();
+        let done = self
+            .execute(vec![
+                (&sql.delete, params![id]),
+                (&sql.delete_runs, params![id]),
+            ])
+            .await?;
+        Ok(done[0] == 1)
     }
 
     /// The earliest next fire time of any enabled schedule.
@@ -148,71 +195,77 @@ impl CronStore {
     /// Takes up to `limit` schedules due at `now` (enabled, `next_fire_at_ms <= now`), lets
     /// `decide` plan each, and in one transaction advances each schedule and claims its runs.
     /// Runs some other path already claimed are skipped.
+    ///
+    /// On SQLite all of it, `decide` included, runs on the writer thread.
     pub async fn claim_due<F>(
         &self,
         now_ms: u64,
         limit: u32,
         node: &str,
-        mut decide: F,
+        decide: F,
     ) -> Result<Vec<Claimed>, sqlx::Error>
     where
-        F: FnMut(&Schedule) -> Decision + Send,
+        F: FnMut(&Schedule) -> Decision + Send + 'static,
     {
-        let (begin, lock) = match &self.durable {
-            Durable::Sqlite(_) => ("BEGIN IMMEDIATE", ""),
-            Durable::Postgres(_) => ("BEGIN", " FOR UPDATE SKIP LOCKED"),
-        };
-        let select = format!(
-            "SELECT {COLUMNS} FROM cron_schedules WHERE enabled AND next_fire_at_ms IS NOT NULL AND next_fire_at_ms <= $1 \
-             ORDER BY next_fire_at_ms LIMIT $2{lock}"
-        );
-        let advance = "UPDATE cron_schedules SET next_fire_at_ms = $2, last_fire_at_ms = COALESCE($3, last_fire_at_ms) \
-             WHERE id = $1 AND version = $4";
-        let insert = format!(
-            "INSERT INTO cron_runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, 'claimed', $4, $5, NULL, NULL) \
-             ON CONFLICT (schedule_id, fire_at_ms) DO NOTHING"
-        );
-        with_pool!(&self.durable, pool => {
-            let mut tx = pool.begin_with(begin).await?;
-            let due: Vec<Schedule> = sqlx::query_as(sqlx::AssertSqlSafe(select))
-                .bind(now_ms as i64).bind(i64::from(limit)).fetch_all(&mut *tx).await?;
-            let mut out = Vec::with_capacity(due.len());
-            for mut s in due {
-                let d = decide(&s);
-                let last = d.fires.last().map(|f| f.0 as i64);
-                let next = d.next_fire_at_ms.map(|n| n as i64);
-                let n = sqlx::query(advance).bind(&s.id).bind(next).bind(last).bind(s.version)
-                    .execute(&mut *tx).await?.rows_affected();
-                if n == 0 {
-                    continue;
-                }
-                let mut runs = Vec::with_capacity(d.fires.len());
-                for (at, kind) in d.fires {
-                    let inserted = sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
-                        .bind(&s.id).bind(at as i64).bind(kind).bind(now_ms as i64).bind(node)
-                        .execute(&mut *tx).await?.rows_affected();
-                    if inserted == 1 {
-                        runs.push(Run {
-                            schedule_id: s.id.clone(),
-                            fire_at_ms: at as i64,
-                            kind: kind.into(),
-                            status: "claimed".into(),
-                            claimed_at_ms: now_ms as i64,
-                            node: node.into(),
-                            job_id: None,
-                            enqueued_at_ms: None,
-                        });
-                    }
-                }
-                s.next_fire_at_ms = next;
-                if last.is_some() {
-                    s.last_fire_at_ms = last;
-                }
-                out.push(Claimed { schedule: s, runs });
+        let now = now_ms as i64;
+        let limit = i64::from(limit);
+        match &self.durable {
+            Durable::Sqlite(pool) => {
+                let node = node.to_owned();
+                let op = move |c: &rusqlite::Connection| {
+                    let due = c
+                        .prepare_cached(&SQLITE.select_due)?
+                        .query_map((now, limit), schedule_row)?
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    // The writer thread serves every block: a panicking plan fails this tick,
+                    // not the thread.
+                    let planned =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| Planned::new(due, decide)))
+                            .map_err(|_| {
+                                rusqlite::Error::ToSqlConversionFailure(
+                                    "cron: planning a tick panicked".into(),
+                                )
+                            })?;
+                    let advanced = match planned.advances() {
+                        Some(rows) => c
+                            .prepare_cached(&SQLITE.advance)?
+                            .query_map([rows], |r| r.get(0))?
+                            .collect::<rusqlite::Result<_>>()?,
+                        None => HashSet::new(),
+                    };
+                    let inserted = match planned.claims(&advanced) {
+                        Some(rows) => sqlite_claim(c, &rows, now, &node)?,
+                        None => Inserted::default(),
+                    };
+                    Ok(planned.claimed(now, &node, &advanced, inserted))
+                };
+                self.writer(pool)?.write(op).await
             }
-            tx.commit().await?;
-            Ok(out)
-        })
+            Durable::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let due: Vec<Schedule> = sqlx::query_as(POSTGRES.select_due.as_str())
+                    .bind(now)
+                    .bind(limit)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let planned = Planned::new(due, decide);
+                let advanced = match planned.advances() {
+                    Some(rows) => sqlx::query_scalar(POSTGRES.advance.as_str())
+                        .bind(rows)
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .into_iter()
+                        .collect(),
+                    None => HashSet::new(),
+                };
+                let inserted = match planned.claims(&advanced) {
+                    Some(rows) => pg_claim(&mut *tx, rows, now, node).await?,
+                    None => Inserted::default(),
+                };
+                tx.commit().await?;
+                Ok(planned.claimed(now, node, &advanced, inserted))
+            }
+        }
     }
 
     /// Claims given fire times of one schedule (trigger, backfill). Returns the runs claimed
@@ -224,51 +277,40 @@ impl CronStore {
         node: &str,
         now_ms: u64,
     ) -> Result<Vec<Run>, sqlx::Error> {
-        let insert = format!(
-            "INSERT INTO cron_runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, 'claimed', $4, $5, NULL, NULL) \
-             ON CONFLICT (schedule_id, fire_at_ms) DO NOTHING"
-        );
-        with_pool!(&self.durable, pool => {
-            let mut tx = pool.begin().await?;
-            let mut runs = Vec::new();
-            for (at, kind) in fires {
-                let n = sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
-                    .bind(schedule_id).bind(*at as i64).bind(*kind).bind(now_ms as i64).bind(node)
-                    .execute(&mut *tx).await?.rows_affected();
-                if n == 1 {
-                    runs.push(Run {
-                        schedule_id: schedule_id.into(),
-                        fire_at_ms: *at as i64,
-                        kind: (*kind).into(),
-                        status: "claimed".into(),
-                        claimed_at_ms: now_ms as i64,
-                        node: node.into(),
-                        job_id: None,
-                        enqueued_at_ms: None,
-                    });
-                }
+        let Some(rows) = claim_rows(fires.iter().map(|(at, kind)| (schedule_id, *at, *kind)))
+        else {
+            return Ok(Vec::new());
+        };
+        let now = now_ms as i64;
+        let mut inserted = match &self.durable {
+            Durable::Sqlite(pool) => {
+                let node = node.to_owned();
+                self.writer(pool)?
+                    .write(move |c| sqlite_claim(c, &rows, now, &node))
+                    .await?
             }
-            tx.commit().await?;
-            Ok(runs)
-        })
+            Durable::Postgres(pool) => pg_claim(pool, rows, now, node).await?,
+        };
+        Ok(fires
+            .iter()
+            .filter(|(at, _)| inserted.take(schedule_id, *at))
+            .map(|(at, kind)| claimed_run(schedule_id, *at, kind, now, node))
+            .collect())
     }
 
     /// Records what became of claimed runs (`enqueued` with a job, `skipped`, `buffered`), in
-    /// one transaction. Finished runs (enqueued, skipped) are not changed again.
+    /// one statement. Finished runs (enqueued, skipped) are not changed again.
     pub async fn settle(&self, runs: &[Run]) -> Result<(), sqlx::Error> {
         if runs.is_empty() {
             return Ok(());
         }
-        let sql = "UPDATE cron_runs SET status = $3, job_id = $4, enqueued_at_ms = $5 \
-             WHERE schedule_id = $1 AND fire_at_ms = $2 AND status IN ('claimed', 'buffered')";
-        with_pool!(&self.durable, pool => {
-            let mut tx = pool.begin().await?;
-            for r in runs {
-                sqlx::query(sql).bind(&r.schedule_id).bind(r.fire_at_ms).bind(&r.status).bind(&r.job_id)
-                    .bind(r.enqueued_at_ms).execute(&mut *tx).await?;
-            }
-            tx.commit().await
-        })
+        let mut rows: Vec<SettleRow> = runs.iter().map(SettleRow::from).collect();
+        // Key order: concurrent settles of the same runs (sweepers on several nodes) lock
+        // them in one order instead of deadlocking.
+        rows.sort_unstable_by_key(|r| (r.schedule_id, r.fire_at_ms));
+        self.execute(vec![(&self.sql().settle, params![json(&rows)])])
+            .await?;
+        Ok(())
     }
 
     /// Runs in `status` claimed before `claimed_before` (crashed between claim and enqueue, or
@@ -318,8 +360,116 @@ impl CronStore {
 
     /// Forgets finished runs claimed before `before`; returns how many.
     pub async fn prune(&self, before: u64) -> Result<u64, sqlx::Error> {
-        with_pool!(&self.durable, pool => sqlx::query(
-            "DELETE FROM cron_runs WHERE claimed_at_ms < $1 AND status IN ('enqueued', 'skipped')")
-            .bind(before as i64).execute(pool).await.map(|r| r.rows_affected()))
+        let done = self
+            .execute(vec![(&self.sql().prune, params![before as i64])])
+            .await?;
+        Ok(done[0])
     }
+
+    /// The write statements in this store's dialect.
+    fn sql(&self) -> &'static Sql {
+        match self.durable {
+            Durable::Sqlite(_) => &SQLITE,
+            Durable::Postgres(_) => &POSTGRES,
+        }
+    }
+
+    fn writer(&self, pool: &SqlitePool) -> Result<&SqliteWriter, sqlx::Error> {
+        if let Some(w) = self.writer.get() {
+            return Ok(w);
+        }
+        let w = SqliteWriter::for_pool(pool).map_err(sqlite_writer::wrap)?;
+        Ok(self.writer.get_or_init(|| w))
+    }
+
+    /// Runs `statements` (from [`Self::sql`]) in one transaction; returns the rows each
+    /// changed.
+    async fn execute(
+        &self,
+        statements: Vec<(&'static String, Vec<Param>)>,
+    ) -> Result<Vec<u64>, sqlx::Error> {
+        match &self.durable {
+            Durable::Sqlite(pool) => {
+                let op = move |c: &rusqlite::Connection| {
+                    statements
+                        .iter()
+                        .map(|(sql, params)| {
+                            let n = c
+                                .prepare_cached(sql)?
+                                .execute(rusqlite::params_from_iter(params))?;
+                            Ok(n as u64)
+                        })
+                        .collect()
+                };
+                self.writer(pool)?.write(op).await
+            }
+            Durable::Postgres(pool) => {
+                if let [(sql, params)] = statements.as_slice() {
+                    let done = bind(sqlx::query(sql.as_str()), params)
+                        .execute(pool)
+                        .await?;
+                    return Ok(vec![done.rows_affected()]);
+                }
+                let mut tx = pool.begin().await?;
+                let mut out = Vec::with_capacity(statements.len());
+                for (sql, params) in &statements {
+                    let done = bind(sqlx::query(sql.as_str()), params)
+                        .execute(&mut *tx)
+                        .await?;
+                    out.push(done.rows_affected());
+                }
+                tx.commit().await?;
+                Ok(out)
+            }
+        }
+    }
+}
+
+fn sqlite_claim(
+    c: &rusqlite::Connection,
+    rows: &str,
+    now: i64,
+    node: &str,
+) -> rusqlite::Result<Inserted> {
+    c.prepare_cached(&SQLITE.claim)?
+        .query_map((rows, now, node), |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}
+
+async fn pg_claim(
+    ex: impl PgExecutor<'_>,
+    rows: String,
+    now: i64,
+    node: &str,
+) -> Result<Inserted, sqlx::Error> {
+    let keys: Vec<(String, i64)> = sqlx::query_as(POSTGRES.claim.as_str())
+        .bind(rows)
+        .bind(now)
+        .bind(node)
+        .fetch_all(ex)
+        .await?;
+    Ok(keys.into_iter().collect())
+}
+
+/// A schedule from a rusqlite row of [`COLUMNS`].
+fn schedule_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Schedule> {
+    Ok(Schedule {
+        id: r.get("id")?,
+        name: r.get("name")?,
+        expr: r.get("expr")?,
+        timezone: r.get("timezone")?,
+        job: r.get("job")?,
+        overlap: r.get("overlap")?,
+        misfire: r.get("misfire")?,
+        catchup_window_ms: r.get("catchup_window_ms")?,
+        jitter_ms: r.get("jitter_ms")?,
+        start_at_ms: r.get("start_at_ms")?,
+        end_at_ms: r.get("end_at_ms")?,
+        enabled: r.get("enabled")?,
+        version: r.get("version")?,
+        next_fire_at_ms: r.get("next_fire_at_ms")?,
+        last_fire_at_ms: r.get("last_fire_at_ms")?,
+        created_at_ms: r.get("created_at_ms")?,
+        updated_at_ms: r.get("updated_at_ms")?,
+    })
 }

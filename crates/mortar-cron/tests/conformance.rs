@@ -1,14 +1,16 @@
 //! The same cron behaviour on SQLite (embedded) and PostgreSQL (cluster), on injected time:
-//! exactly-once fires, misfire and overlap policies, the sweeper, operations, bad input, and
-//! several nodes ticking the same database at once.
+//! exactly-once fires, misfire and overlap policies, the sweeper, operations, bad input,
+//! batch claims of thousands of runs racing each other, and several nodes ticking the same
+//! database at once.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use mortar_core::clock::ManualClock;
 use mortar_core::storage::{Storage, StorageConfig};
 use mortar_core::with_pool;
 use mortar_cron::error::CronError;
-use mortar_cron::store::CronStore;
+use mortar_cron::store::{CronStore, Decision, Run, Schedule};
 use mortar_cron::{CronConfig, CronService, ScheduleSpec};
 use mortar_jobs::{JobsConfig, JobsService};
 use serde_json::json;
@@ -524,6 +526,102 @@ async fn bad_input(env: &Env, n: &Node) {
     );
 }
 
+/// The `(schedule, fire time)` of each run, asserting there is no repeat.
+fn keys(runs: &[Run]) -> HashSet<(String, i64)> {
+    let keys: HashSet<_> = runs
+        .iter()
+        .map(|r| (r.schedule_id.clone(), r.fire_at_ms))
+        .collect();
+    assert_eq!(keys.len(), runs.len(), "a run returned twice");
+    keys
+}
+
+/// Two claimers take the same due runs at once, thousands per batch: each run goes to exactly
+/// one of them, and together they take every run.
+async fn batch_claims_race_exactly_once(env: &Env, n: &Node) {
+    env.clock.set(T0);
+    let mut ids = HashSet::new();
+    for i in 0..40 {
+        let s = n
+            .cron
+            .create(&spec(&format!("bulk-{i:02}"), "* * * * * *", &json!({})))
+            .await
+            .unwrap();
+        ids.insert(s.id);
+    }
+    let a = CronStore::new(env.storage.durable.clone());
+    let b = CronStore::new(env.storage.durable.clone());
+
+    // Ticks: every schedule is 100 fires behind, 4 000 runs; each claimer takes up to 25
+    // schedules (2 500 runs) per batch.
+    let now = T0 + 100_000;
+    let decide = move |s: &Schedule| Decision {
+        fires: (s.next_fire_at_ms.unwrap() as u64..=now)
+            .step_by(1000)
+            .map(|t| (t, "catchup"))
+            .collect(),
+        next_fire_at_ms: Some(now + 1000),
+    };
+    let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+    loop {
+        let (ra, rb) = tokio::join!(
+            a.claim_due(now, 25, "a", decide),
+            b.claim_due(now, 25, "b", decide)
+        );
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        if ra.is_empty() && rb.is_empty() {
+            break;
+        }
+        for (claimed, got) in [(ra, &mut got_a), (rb, &mut got_b)] {
+            for c in claimed {
+                assert_eq!(c.schedule.next_fire_at_ms, Some((now + 1000) as i64));
+                assert_eq!(c.schedule.last_fire_at_ms, Some(now as i64));
+                got.extend(c.runs);
+            }
+        }
+    }
+    let (ka, kb) = (keys(&got_a), keys(&got_b));
+    assert!(ka.is_disjoint(&kb), "a run claimed by both");
+    let all: HashSet<_> = ka.union(&kb).cloned().collect();
+    let expected: HashSet<_> = ids
+        .iter()
+        .flat_map(|id| (1..=100).map(move |i| (id.clone(), (T0 + i * 1000) as i64)))
+        .collect();
+    assert_eq!(all, expected, "every due run claimed");
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM cron_runs WHERE node = 'a'")
+            .await,
+        got_a.len() as i64
+    );
+    for id in &ids {
+        let s = n.cron.get(id).await.unwrap();
+        assert_eq!(s.next_fire_at_ms, Some((now + 1000) as i64), "advanced");
+    }
+
+    // Trigger/backfill claims of overlapping fire times of one schedule: 3 000 each, 1 500
+    // in common.
+    let id = ids.iter().next().unwrap();
+    let times = |from: u64, to: u64| -> Vec<(u64, &'static str)> {
+        (from..to).map(|i| (T0 - i * 1000, "backfill")).collect()
+    };
+    let (fa, fb) = (times(0, 3000), times(1500, 4500));
+    let (ra, rb) = tokio::join!(a.claim(id, &fa, "a", now), b.claim(id, &fb, "b", now));
+    let (ka, kb) = (keys(&ra.unwrap()), keys(&rb.unwrap()));
+    assert!(ka.is_disjoint(&kb), "a fire time claimed by both");
+    let all: HashSet<_> = ka.union(&kb).map(|k| k.1 as u64).collect();
+    let asked: HashSet<_> = fa.iter().chain(&fb).map(|f| f.0).collect();
+    assert_eq!((all.len(), &all), (4500, &asked));
+    assert!(
+        a.claim(id, &fb, "a", now).await.unwrap().is_empty(),
+        "claimed once"
+    );
+
+    for id in &ids {
+        n.cron.delete(id).await.unwrap();
+    }
+    assert_eq!(env.count("SELECT COUNT(*) FROM cron_runs").await, 0);
+}
+
 async fn suite(env: &Env) {
     let one = env.node();
     let two = env.node();
@@ -533,6 +631,7 @@ async fn suite(env: &Env) {
     a_run_left_claimed_by_a_dead_node_is_enqueued_once(env, &one, &two).await;
     trigger_backfill_pause_resume_update(env, &one).await;
     bad_input(env, &one).await;
+    batch_claims_race_exactly_once(env, &one).await;
 }
 
 #[tokio::test]
