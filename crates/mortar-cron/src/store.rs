@@ -23,12 +23,11 @@ mod sql;
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
-use std::sync::OnceLock;
 
 use mortar_core::storage::Durable;
-use mortar_core::storage::sqlite_writer::{self, SqliteWriter};
+use mortar_core::storage::sqlite_writer::SqliteWriter;
 use mortar_core::with_pool;
-use sqlx::{FromRow, PgExecutor, SqlitePool};
+use sqlx::{FromRow, PgExecutor};
 
 use batch::{Inserted, Planned, claim_rows, claimed_run};
 use sql::{POSTGRES, Param, SQLITE, SettleRow, Sql, bind, json, params};
@@ -93,9 +92,8 @@ pub struct Claimed {
 #[derive(Debug, Clone)]
 pub struct CronStore {
     durable: Durable,
-    /// SQLite: the file's writer thread, which every write here goes through (opened on the
-    /// first write).
-    writer: OnceLock<SqliteWriter>,
+    /// SQLite: the file's writer thread, which every write here goes through.
+    writer: Option<SqliteWriter>,
 }
 
 const COLUMNS: &str = "id, name, expr, timezone, job, overlap, misfire, catchup_window_ms, jitter_ms, start_at_ms, end_at_ms, \
@@ -105,10 +103,11 @@ const RUN_COLUMNS: &str =
 
 impl CronStore {
     pub fn new(durable: Durable) -> Self {
-        Self {
-            durable,
-            writer: OnceLock::new(),
-        }
+        let writer = match &durable {
+            Durable::Sqlite(pool) => Some(SqliteWriter::for_pool(pool)),
+            Durable::Postgres(_) => None,
+        };
+        Self { durable, writer }
     }
 
     /// Inserts a schedule; `false` when the name is taken.
@@ -210,7 +209,7 @@ impl CronStore {
         let now = now_ms as i64;
         let limit = i64::from(limit);
         match &self.durable {
-            Durable::Sqlite(pool) => {
+            Durable::Sqlite(_) => {
                 let node = node.to_owned();
                 let op = move |c: &rusqlite::Connection| {
                     let due = c
@@ -239,7 +238,7 @@ impl CronStore {
                     };
                     Ok(planned.claimed(now, &node, &advanced, inserted))
                 };
-                self.writer(pool)?.write(op).await
+                self.writer()?.write(op).await
             }
             Durable::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
@@ -283,9 +282,9 @@ impl CronStore {
         };
         let now = now_ms as i64;
         let mut inserted = match &self.durable {
-            Durable::Sqlite(pool) => {
+            Durable::Sqlite(_) => {
                 let node = node.to_owned();
-                self.writer(pool)?
+                self.writer()?
                     .write(move |c| sqlite_claim(c, &rows, now, &node))
                     .await?
             }
@@ -374,12 +373,10 @@ impl CronStore {
         }
     }
 
-    fn writer(&self, pool: &SqlitePool) -> Result<&SqliteWriter, sqlx::Error> {
-        if let Some(w) = self.writer.get() {
-            return Ok(w);
-        }
-        let w = SqliteWriter::for_pool(pool).map_err(sqlite_writer::wrap)?;
-        Ok(self.writer.get_or_init(|| w))
+    fn writer(&self) -> Result<&SqliteWriter, sqlx::Error> {
+        self.writer
+            .as_ref()
+            .ok_or_else(|| sqlx::Error::Protocol("no SQLite writer in cluster mode".into()))
     }
 
     /// Runs `statements` (from [`Self::sql`]) in one transaction; returns the rows each
@@ -389,7 +386,7 @@ impl CronStore {
         statements: Vec<(&'static String, Vec<Param>)>,
     ) -> Result<Vec<u64>, sqlx::Error> {
         match &self.durable {
-            Durable::Sqlite(pool) => {
+            Durable::Sqlite(_) => {
                 let op = move |c: &rusqlite::Connection| {
                     statements
                         .iter()
@@ -401,7 +398,7 @@ impl CronStore {
                         })
                         .collect()
                 };
-                self.writer(pool)?.write(op).await
+                self.writer()?.write(op).await
             }
             Durable::Postgres(pool) => {
                 if let [(sql, params)] = statements.as_slice() {
