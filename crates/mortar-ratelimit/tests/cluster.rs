@@ -198,7 +198,10 @@ async fn three_nodes_admit_exactly_the_limit() {
     let last = allowed.iter().max_by_key(|a| a.sent_ms).unwrap();
     let interval_ms = WINDOW_MS / LIMIT;
     let min_span = last.sent_ms.saturating_sub(first.recv_ms);
-    let max_span = last.recv_ms - allowed.iter().map(|a| a.sent_ms).min().unwrap();
+    // The latest admission happened by the latest reply of any admitted request (not
+    // necessarily the one sent last), the earliest after the earliest send.
+    let max_span = allowed.iter().map(|a| a.recv_ms).max().unwrap()
+        - allowed.iter().map(|a| a.sent_ms).min().unwrap();
     let (lo, hi) = (
         LIMIT + min_span / interval_ms,
         LIMIT + max_span.div_ceil(interval_ms) + 1,
