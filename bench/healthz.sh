@@ -19,7 +19,7 @@ PATH_UNDER_TEST=/healthz
 # nginx: the same answer mortar gives, from a static `return`.
 NGINX_SERVER_BODY='location /healthz { return 200 '"'"'{"status":"ok"}'"'"'; }'
 
-bench_init
+bench_init "$WRK_BIN" "$NGINX_BIN"
 require_free_port "$NGINX_PORT"   # fail before the (slow) build, not after
 require_free_port "$MORTAR_PORT"
 build_mortar

@@ -27,9 +27,6 @@
 #        CARGO_TARGET_DIR (~/.cache/mortar-target) BENCH_KEEP_TMP=1 keeps the scratch dir.
 set -euo pipefail
 
-# This script needs neither wrk nor nginx; bench_init checks for both, so point it at curl.
-WRK_BIN="${WRK_BIN:-$(command -v curl)}"
-NGINX_BIN="${NGINX_BIN:-$(command -v curl)}"
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

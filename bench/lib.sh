@@ -4,7 +4,7 @@
 # Source it from a bench script (which should `set -euo pipefail` first):
 #
 #   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-#   bench_init                      # temp dir + cleanup trap
+#   bench_init [tool...]            # temp dir + cleanup trap; checks curl, cargo, awk and the tools named
 #   build_mortar                    # sets MORTAR_BIN
 #   nginx_start 18790 'location / { return 200; }'   # sets NGINX_PID, NGINX_CONF
 #   mortar_start 18700                                # sets MORTAR_PID, MORTAR_CMD
@@ -50,10 +50,11 @@ die() { log "error: $*"; exit 1; }
 
 # ------------------------------------------------------ setup and cleanup --
 
-# bench_init: create the scratch directory ($BENCH_TMP) and install traps.
+# bench_init [tool...]: check for curl, cargo, awk and the tools a script names (e.g.
+# "$WRK_BIN" "$NGINX_BIN"), create the scratch directory ($BENCH_TMP) and install traps.
 bench_init() {
     local tool
-    for tool in "$WRK_BIN" "$NGINX_BIN" curl cargo awk; do
+    for tool in "$@" curl cargo awk; do
         command -v "$tool" >/dev/null || die "required tool not found: $tool"
     done
     BENCH_TMP="$(mktemp -d "${TMPDIR:-/tmp}/mortar-bench.XXXXXX")"

@@ -36,7 +36,7 @@ NGINX_BURST=1000000000
 NGINX_HTTP_BODY='limit_req_zone $binary_remote_addr zone=one:10m rate='"$NGINX_RATE"'r/s;'
 NGINX_SERVER_BODY='location = '"$CHECK_PATH"' { limit_req zone=one burst='"$NGINX_BURST"' nodelay; return 204; }'
 
-bench_init
+bench_init "$WRK_BIN" "$NGINX_BIN"
 redis_require
 for port in "$NGINX_PORT" "$MORTAR_MEMORY_PORT" "$MORTAR_REDIS_PORT"; do
     require_free_port "$port" # fail before the (slow) build, not after

@@ -30,6 +30,16 @@ fn bench(c: &mut Criterion) {
         });
     });
     g.bench_function("miss", |b| b.iter(|| black_box(store.get(b"absent:key"))));
+    let value = Value {
+        data: Bytes::from(vec![b'y'; 100]),
+        expires_at_ms: None,
+    };
+    g.bench_function("set_existing_100_byte_value", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            store.set(&keys[i], &value);
+        });
+    });
     g.finish();
 }
 

@@ -53,6 +53,17 @@ fn upper(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_ascii_uppercase()
 }
 
+/// A command name in upper case, in `buf` (no allocation per command); "" when it cannot be
+/// one we know (longer than any, or not UTF-8).
+fn upper_name<'a>(b: &[u8], buf: &'a mut [u8; 32]) -> &'a str {
+    let Some(dst) = buf.get_mut(..b.len()) else {
+        return "";
+    };
+    dst.copy_from_slice(b);
+    dst.make_ascii_uppercase();
+    std::str::from_utf8(dst).unwrap_or("")
+}
+
 /// Executes one command.
 pub fn execute(
     store: &Store,
@@ -63,15 +74,13 @@ pub fn execute(
     let Some(first) = args.first() else {
         return Reply::err("ERR empty command");
     };
-    let cmd = upper(first);
+    let mut name = [0u8; 32];
+    let cmd = upper_name(first, &mut name);
     let a = &args[1..];
-    if server.password().is_some()
-        && !session.authed
-        && !matches!(cmd.as_str(), "AUTH" | "HELLO" | "QUIT")
-    {
+    if server.password().is_some() && !session.authed && !matches!(cmd, "AUTH" | "HELLO" | "QUIT") {
         return Reply::err("NOAUTH Authentication required.");
     }
-    match cmd.as_str() {
+    match cmd {
         "PING" => match a {
             [] => Reply::Simple("PONG"),
             [m] => Reply::Bulk(m.clone()),
@@ -212,7 +221,7 @@ pub fn execute(
             }
             Reply::Int(a.iter().filter(|k| store.peek(k).is_some()).count() as i64)
         }
-        "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => expire(store, &cmd, a),
+        "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => expire(store, cmd, a),
         "TTL" | "PTTL" => match a {
             [k] => match store.peek(k) {
                 None => Reply::Int(-2),
@@ -255,7 +264,7 @@ pub fn execute(
             }),
             _ => arity("type"),
         },
-        "INCR" | "DECR" | "INCRBY" | "DECRBY" => incr(store, &cmd, a),
+        "INCR" | "DECR" | "INCRBY" | "DECRBY" => incr(store, cmd, a),
         "INCRBYFLOAT" => match a {
             [k, by] => {
                 let Some(by) = std::str::from_utf8(by)
@@ -523,6 +532,17 @@ fn set(store: &Store, a: &[Bytes]) -> Reply {
         i += 1;
     }
     let data = v.clone();
+    if cond == Cond::Always && !keep && !get {
+        // Plain SET: nothing to read back, so no read-modify-write.
+        store.set(
+            k,
+            &Value {
+                data,
+                expires_at_ms: ttl,
+            },
+        );
+        return Reply::ok();
+    }
     let (set, old) = store.update(k, |cur| {
         let ok = match cond {
             Cond::Always => true,

@@ -50,7 +50,7 @@ impl CacheConfig {
         ),
         KeyDoc::new(
             "cache.eviction",
-            "\"tiny_lfu\" (W-TinyLFU, the default) or \"lru\"",
+            "\"tiny_lfu\" (sampled eviction with TinyLFU admission, the default) or \"lru\"",
         ),
         KeyDoc::new(
             "cache.max_bulk_bytes",

@@ -8,9 +8,10 @@
 //!   pipelining, Redis's own error texts. Values are binary-safe.
 //! * An **HTTP API** on the same entries: `/v1/cache/{namespace}/{key}` is the RESP key
 //!   `{namespace}:{key}`.
-//! * A **memory-bounded store** ([`store`]): moka with W-TinyLFU (or LRU) eviction weighed in
-//!   bytes (`cache.max_memory`), per-entry TTLs, hit/miss/eviction/expiry counters in INFO and
-//!   /metrics.
+//! * A **memory-bounded store** ([`store`]) of our own: sharded hash tables bounded in bytes
+//!   (`cache.max_memory`, keys + values + a per-entry overhead), Redis-style sampled eviction
+//!   with TinyLFU admission (default) or approximated LRU, per-entry TTLs (invisible at once,
+//!   reclaimed by a background sweep), hit/miss/eviction/expiry counters in INFO and /metrics.
 //!
 //! ## Limits (today)
 //!

@@ -102,13 +102,16 @@ async fn connection(
         if n == 0 {
             return Ok(());
         }
+        // Counted once per read, not per command: one shared counter written by every loop
+        // per pipelined command would bounce its cache line between the cores.
+        let mut commands = 0;
         loop {
             match parse_command(&mut rbuf, &svc.limits) {
                 Ok(Some(args)) => {
                     if args.is_empty() {
                         continue;
                     }
-                    svc.commands.fetch_add(1, Ordering::Relaxed);
+                    commands += 1;
                     svc.run(&mut session, &args)
                         .await
                         .encode(&mut wbuf, session.proto);
@@ -125,6 +128,7 @@ async fn connection(
                 }
             }
         }
+        svc.commands.fetch_add(commands, Ordering::Relaxed);
         if !wbuf.is_empty() {
             stream.write_all(&wbuf).await?;
             wbuf.clear();

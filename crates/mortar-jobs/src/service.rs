@@ -1,18 +1,21 @@
 //! `JobsService`: validation, enqueue, long-poll leasing, completion and failure rules.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use mortar_core::FieldError;
 use mortar_core::clock::Clock;
 use mortar_core::storage::Storage;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 use crate::engine::{AfterFailure, UniqueWhile, after_failure};
 use crate::error::JobsError;
-use crate::store::{AttemptError, Completion, Filter, Job, JobStore, QueueCounts, QueueRow};
+use crate::store::{
+    AttemptError, Completion, Filter, Job, JobStore, LeaseAsk, QueueCounts, QueueRow,
+};
 
 pub const ENQUEUED: &str = "mortar_jobs_enqueued_total";
 pub const STARTED: &str = "mortar_jobs_started_total";
@@ -198,6 +201,50 @@ pub struct JobsService {
     /// When `maintain` last ran.
     checked_at: AtomicU64,
     maintaining: AtomicBool,
+    /// Long-poll leases on this node waiting for jobs, oldest first. An enqueue takes those
+    /// its new jobs can serve and leases for them in its own transaction.
+    waiting: Mutex<Vec<Waiting>>,
+    waiting_ids: AtomicU64,
+    /// PostgreSQL: asks the announcer task to NOTIFY the other nodes (capacity 1, so the
+    /// announcements made while one is being sent make one more).
+    announce_tx: Option<tokio::sync::mpsc::Sender<()>>,
+}
+
+/// A waiting lease and where its jobs go.
+struct Waiting {
+    id: u64,
+    ask: LeaseAsk,
+    reply: oneshot::Sender<Vec<Job>>,
+}
+
+/// Takes a waiting lease off the list when its long-poll ends or is dropped.
+struct WaitingGuard<'a> {
+    svc: &'a JobsService,
+    id: u64,
+}
+
+impl WaitingGuard<'_> {
+    /// Whether the lease was still waiting (false: an enqueue took it and answers it).
+    fn withdraw(&self) -> bool {
+        let mut waiting = self
+            .svc
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match waiting.iter().position(|w| w.id == self.id) {
+            Some(i) => {
+                waiting.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.withdraw();
+    }
 }
 
 impl std::fmt::Debug for JobsService {
@@ -515,6 +562,15 @@ pub struct BatchCompleted {
 impl JobsService {
     pub fn start(storage: &Storage, cfg: &JobsConfig, clock: Arc<dyn Clock>) -> Arc<Self> {
         describe_metrics();
+        let (announce_tx, announce_rx) = match storage.durable {
+            mortar_core::storage::Durable::Postgres(_) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                (Some(tx), Some(rx))
+            }
+            mortar_core::storage::Durable::Sqlite(_) => (None, None),
+        };
+        // This node's NOTIFY payload, so its listener skips its own announcements.
+        let node = mortar_core::ids::new_id();
         let svc = Arc::new(Self {
             store: JobStore::new(storage.durable.clone()),
             cfg: cfg.clone(),
@@ -523,12 +579,26 @@ impl JobsService {
             next_due: AtomicI64::new(0),
             checked_at: AtomicU64::new(0),
             maintaining: AtomicBool::new(false),
+            waiting: Mutex::new(Vec::new()),
+            waiting_ids: AtomicU64::new(0),
+            announce_tx,
         });
-        if let mortar_core::storage::Durable::Postgres(pool) = &storage.durable {
-            tokio::spawn(listen(Arc::downgrade(&svc), pool.clone()));
+        if let (Some(rx), mortar_core::storage::Durable::Postgres(pool)) =
+            (announce_rx, &storage.durable)
+        {
+            tokio::spawn(listen(Arc::downgrade(&svc), pool.clone(), node.clone()));
+            tokio::spawn(announcer(rx, pool.clone(), node));
         }
         tokio::spawn(housekeeping(Arc::downgrade(&svc)));
         svc
+    }
+
+    /// Long-poll leases waiting on this node for jobs right now.
+    pub fn waiting_leases(&self) -> usize {
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     pub fn config(&self) -> &JobsConfig {
@@ -580,7 +650,30 @@ impl JobsService {
         if !errors.is_empty() {
             return Err(JobsError::Invalid(errors));
         }
-        let out = self.store.insert(rows, now).await.map_err(db)?;
+        let (asks, replies): (Vec<LeaseAsk>, Vec<_>) = self
+            .take_waiting(&rows)
+            .into_iter()
+            .map(|w| (w.ask, w.reply))
+            .unzip();
+        let out = if replies.is_empty() {
+            self.store.insert(rows, now, asks).await.map_err(db)?.0
+        } else {
+            // A task of its own, so that jobs leased for waiting leases are answered (or given
+            // back) even if this request is dropped after the commit. On failure the replies
+            // are dropped: those leases look again.
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                let (out, leased) = store.insert(rows, now, asks).await?;
+                deliver(&store, replies, leased, now).await;
+                Ok::<_, sqlx::Error>(out)
+            })
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "jobs: enqueue task failed");
+                JobsError::Unavailable("database".into())
+            })?
+            .map_err(db)?
+        };
         for (j, dup) in &out {
             if j.state == "scheduled" {
                 self.note_due(j.run_at_ms);
@@ -590,7 +683,9 @@ impl JobsService {
                     .increment(1);
             }
         }
-        self.wake.notify_waiters();
+        if out.iter().any(|(_, dup)| !dup) {
+            self.announce();
+        }
         Ok(out
             .into_iter()
             .map(|(job, duplicate)| Enqueued { job, duplicate })
@@ -628,30 +723,115 @@ impl JobsService {
             woken.as_mut().enable();
             let now = self.clock.now_ms();
             self.maintain(now).await?;
-            let jobs = self
+            let mut jobs = self
                 .store
                 .lease(queues, max, worker, now)
                 .await
                 .map_err(db)?;
-            if let Some(until) = jobs.iter().filter_map(|j| j.lease_until_ms).min() {
-                self.note_due(until);
-            }
-            if !jobs.is_empty() || tokio::time::Instant::now() >= deadline {
-                for j in &jobs {
-                    let (q, k) = (j.queue.clone(), j.kind.clone());
-                    metrics::counter!(STARTED, "queue" => q.clone(), "kind" => k.clone())
-                        .increment(1);
-                    let due = j.run_at_ms.max(j.created_at_ms) as u64;
-                    metrics::histogram!(WAIT, "queue" => q, "kind" => k)
-                        .record(now.saturating_sub(due) as f64 / 1000.0);
+            if jobs.is_empty() && tokio::time::Instant::now() < deadline {
+                // Wait for an enqueue on this node to hand jobs over, a wake-up (another
+                // node's enqueue, a release), something coming due, or poll_ms for other
+                // nodes' writes; then look again.
+                let due_in = (self.next_due.load(Ordering::SeqCst) - now as i64).max(1) as u64;
+                let nap = Duration::from_millis(self.cfg.poll_ms.min(due_in))
+                    .min(deadline - tokio::time::Instant::now());
+                let ask = LeaseAsk {
+                    queues: queues.to_vec(),
+                    max,
+                    worker: worker.to_owned(),
+                };
+                jobs = self.wait_for_jobs(ask, nap, woken).await;
+                if jobs.is_empty() {
+                    continue;
                 }
-                return Ok(jobs);
             }
-            // Look again when something comes due, or after poll_ms for other nodes' writes.
-            let due_in = (self.next_due.load(Ordering::SeqCst) - now as i64).max(1) as u64;
-            let nap = Duration::from_millis(self.cfg.poll_ms.min(due_in))
-                .min(deadline - tokio::time::Instant::now());
-            let _ = tokio::time::timeout(nap, woken).await;
+            self.started(&jobs);
+            return Ok(jobs);
+        }
+    }
+
+    /// Waits up to `nap` (or until `woken`) on the waiting list for an enqueue to hand jobs
+    /// over. Empty: none came.
+    async fn wait_for_jobs(
+        &self,
+        ask: LeaseAsk,
+        nap: Duration,
+        woken: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    ) -> Vec<Job> {
+        let (reply, mut handed) = oneshot::channel();
+        let id = self.waiting_ids.fetch_add(1, Ordering::Relaxed);
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Waiting { id, ask, reply });
+        let guard = WaitingGuard { svc: self, id };
+        tokio::select! {
+            biased;
+            jobs = &mut handed => return jobs.unwrap_or_default(),
+            _ = tokio::time::timeout(nap, woken) => {}
+        }
+        if guard.withdraw() {
+            Vec::new()
+        } else {
+            // An enqueue took this lease and is committing: its answer comes shortly.
+            handed.await.unwrap_or_default()
+        }
+    }
+
+    /// The waiting leases that `rows` (about to be inserted) can serve, taken off the list,
+    /// oldest first, until their room covers the jobs that are available at once.
+    fn take_waiting(&self, rows: &[Job]) -> Vec<Waiting> {
+        let mut ready: HashMap<&str, u64> = HashMap::new();
+        for r in rows.iter().filter(|r| r.state == "available") {
+            *ready.entry(r.queue.as_str()).or_default() += 1;
+        }
+        let mut taken = Vec::new();
+        if ready.is_empty() {
+            return taken;
+        }
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut i = 0;
+        while i < waiting.len() && ready.values().any(|&n| n > 0) {
+            let mut room = u64::from(waiting[i].ask.max);
+            let mut serves = false;
+            for q in &waiting[i].ask.queues {
+                if let Some(n) = ready.get_mut(q.as_str()).filter(|n| **n > 0) {
+                    let take = room.min(*n);
+                    *n -= take;
+                    room -= take;
+                    serves = true;
+                }
+            }
+            if serves {
+                taken.push(waiting.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        taken
+    }
+
+    /// Counts leased jobs as started.
+    fn started(&self, jobs: &[Job]) {
+        if let Some(until) = jobs.iter().filter_map(|j| j.lease_until_ms).min() {
+            self.note_due(until);
+        }
+        let now = self.clock.now_ms();
+        for j in jobs {
+            let (q, k) = (j.queue.clone(), j.kind.clone());
+            metrics::counter!(STARTED, "queue" => q.clone(), "kind" => k.clone()).increment(1);
+            let due = j.run_at_ms.max(j.created_at_ms) as u64;
+            metrics::histogram!(WAIT, "queue" => q, "kind" => k)
+                .record(now.saturating_sub(due) as f64 / 1000.0);
+        }
+    }
+
+    /// Jobs may be leasable: wakes this node's waiting leases and, on PostgreSQL, the other
+    /// nodes' (see [`announcer`]).
+    fn announce(&self) {
+        self.wake.notify_waiters();
+        if let Some(tx) = &self.announce_tx {
+            let _ = tx.try_send(()); // full: an announcement is already due
         }
     }
 
@@ -816,7 +996,7 @@ impl JobsService {
             .await
             .map_err(db)?
             .ok_or_else(|| not_held(id))?;
-        self.wake.notify_waiters();
+        self.announce();
         Ok(job)
     }
 
@@ -854,7 +1034,7 @@ impl JobsService {
             .map_err(db)?;
         match jobs.pop() {
             Some(j) => {
-                self.wake.notify_waiters();
+                self.announce();
                 Ok(j)
             }
             None => Err(self
@@ -872,7 +1052,7 @@ impl JobsService {
             .await
             .map_err(db)?
             .len();
-        self.wake.notify_waiters();
+        self.announce();
         Ok(n)
     }
 
@@ -962,7 +1142,7 @@ impl JobsService {
             .put_queue(&s.row(queue, self.clock.now_ms()))
             .await
             .map_err(db)?;
-        self.wake.notify_waiters();
+        self.announce();
         self.queue(queue).await
     }
 
@@ -980,7 +1160,7 @@ impl JobsService {
             .put_queue(&s.row(queue, self.clock.now_ms()))
             .await
             .map_err(db)?;
-        self.wake.notify_waiters();
+        self.announce();
         self.queue(queue).await
     }
 
@@ -1052,9 +1232,49 @@ fn check_queue(queue: &str) -> Result<(), JobsError> {
     }
 }
 
-/// Wakes this node's waiting leases whenever any node enqueues (PostgreSQL NOTIFY, sent at
-/// commit). Reconnects when the connection drops; polling covers the gap.
-async fn listen(svc: std::sync::Weak<JobsService>, pool: sqlx::PgPool) {
+/// Answers the waiting leases an enqueue served; a lease whose long-poll ended meanwhile gets
+/// its jobs given back at once.
+async fn deliver(
+    store: &JobStore,
+    replies: Vec<oneshot::Sender<Vec<Job>>>,
+    leased: Vec<Vec<Job>>,
+    now: u64,
+) {
+    for (reply, jobs) in replies.into_iter().zip(leased) {
+        let Err(jobs) = reply.send(jobs) else {
+            continue;
+        };
+        for j in jobs {
+            let lease_id = j.lease_id.unwrap_or_default();
+            if let Err(e) = store.release(&j.id, &lease_id, now).await {
+                tracing::warn!(job = %j.id, error = %e, "jobs: releasing a job nobody waits for failed; it runs when its lease runs out");
+            }
+        }
+    }
+}
+
+/// Sends the announcements other nodes' [`listen`] hears: one NOTIFY at a time, outside the
+/// enqueues' transactions and without waiting for a WAL flush. (A NOTIFY inside an enqueue
+/// would serialize every enqueue's commit, flush included, on PostgreSQL's notification-queue
+/// lock: under 1 000 enqueues/s here.) Stops when the service is dropped.
+async fn announcer(mut rx: tokio::sync::mpsc::Receiver<()>, pool: sqlx::PgPool, node: String) {
+    while rx.recv().await.is_some() {
+        let sent = sqlx::query(
+            "SELECT set_config('synchronous_commit', 'off', true), pg_notify('mortar_jobs', $1)",
+        )
+        .bind(&node)
+        .execute(&pool)
+        .await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "jobs: NOTIFY failed; other nodes find the jobs when they poll");
+        }
+    }
+}
+
+/// Wakes this node's waiting leases whenever another node announces jobs, or a transactional
+/// enqueue commits (PostgreSQL NOTIFY). Reconnects when the connection drops; polling covers
+/// the gap.
+async fn listen(svc: std::sync::Weak<JobsService>, pool: sqlx::PgPool, node: String) {
     loop {
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -1071,6 +1291,7 @@ async fn listen(svc: std::sync::Weak<JobsService>, pool: sqlx::PgPool) {
         }
         loop {
             match listener.try_recv().await {
+                Ok(Some(n)) if n.payload() == node => {} // this node's own
                 Ok(Some(_) | None) => match svc.upgrade() {
                     Some(s) => s.wake.notify_waiters(),
                     None => return,
@@ -1140,5 +1361,52 @@ impl JobsService {
     /// store job templates to enqueue later, such as cron).
     pub fn check(&self, job: &NewJob) -> Result<(), Vec<FieldError>> {
         prepare(job, "", self.cfg.max_payload_bytes, self.clock.now_ms()).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn jobs_handed_to_a_lease_that_is_gone_go_back_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::connect(&mortar_core::storage::StorageConfig {
+            data_dir: dir.path().into(),
+            database_url: None,
+            redis_url: None,
+            redis_prefix: "m:".into(),
+        })
+        .await
+        .unwrap();
+        storage.migrate(&migrations()).await.unwrap();
+        let clock = mortar_core::clock::ManualClock::at(1_800_000_000_000);
+        let svc = JobsService::start(&storage, &JobsConfig::default(), Arc::new(clock));
+        // A lease taken off the waiting list by an enqueue whose long-poll ended meanwhile.
+        let (reply, handed) = oneshot::channel();
+        drop(handed);
+        svc.waiting.lock().unwrap().push(Waiting {
+            id: 7,
+            ask: LeaseAsk {
+                queues: vec!["q".into()],
+                max: 1,
+                worker: "gone".into(),
+            },
+            reply,
+        });
+        let job: NewJob =
+            serde_json::from_value(serde_json::json!({"queue": "q", "kind": "k"})).unwrap();
+        let id = svc.enqueue(&[job]).await.unwrap().remove(0).job.id;
+        assert_eq!(
+            svc.waiting_leases(),
+            0,
+            "the enqueue took the waiting lease"
+        );
+        let (j, _) = svc.get(&id).await.unwrap();
+        assert_eq!(
+            (j.state.as_str(), j.attempt, j.lease_id),
+            ("available", 0, None),
+            "leased for the gone lease, then released without counting the attempt"
+        );
     }
 }

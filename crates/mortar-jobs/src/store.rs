@@ -127,6 +127,11 @@ pub struct JobStore {
     durable: Durable,
     /// SQLite's writer thread (embedded mode).
     writer: Option<SqliteWriter>,
+    /// PostgreSQL connections that commit without waiting for the WAL flush, for the writes
+    /// a crash may undo without losing anything acknowledged: a worker's lease (undone, the
+    /// job is simply available again: at-least-once). A later durable commit on any
+    /// connection (a completion, say) flushes the WAL up to it.
+    relaxed: Option<PgPool>,
 }
 
 /// Where a write goes.
@@ -181,6 +186,14 @@ impl Dialect {
     /// Leases available jobs of the queue(s) in `$4` to lease `$2` for worker `$3`, at most
     /// `$5`, in priority, run_at, id order. One queue: `$4` is its name and the partial index
     /// `jobs_available` is walked in order; several: `$4` is a JSON array of names.
+    /// The settings rows of the queues named in the JSON array `$1`.
+    fn queue_rows_sql(self) -> String {
+        format!(
+            "SELECT {QUEUE_COLUMNS} FROM jobs_queues WHERE queue IN ({})",
+            self.strings(1)
+        )
+    }
+
     fn lease_sql(self, queues: usize) -> String {
         let queue = if queues == 1 {
             "queue = $4".to_owned()
@@ -195,6 +208,14 @@ impl Dialect {
             self.skip_locked
         )
     }
+}
+
+/// A lease waiting on this node, served by an enqueue (see [`JobStore::insert`]).
+#[derive(Debug, Clone)]
+pub struct LeaseAsk {
+    pub queues: Vec<String>,
+    pub max: u32,
+    pub worker: String,
 }
 
 fn json_strings(items: &[String]) -> String {
@@ -437,10 +458,7 @@ fn lease_sqlite(
     let now = now_ms as i64;
     let rows: Vec<QueueRow> = sqlite_rows(
         c,
-        &format!(
-            "SELECT {QUEUE_COLUMNS} FROM jobs_queues WHERE queue IN ({})",
-            SQLITE.strings(1)
-        ),
+        &SQLITE.queue_rows_sql(),
         &[Bind::S(json_strings(queues))],
     )?;
     let (limited, free) = split_queues(queues, &rows);
@@ -543,13 +561,175 @@ fn died(rescued: Vec<Rescued>) -> Vec<Completed> {
         .collect()
 }
 
+/// A hand-off's jobs, or none for each of the `n` leases when it failed (it was rolled back
+/// alone; those leases look again).
+fn or_nothing<E: std::fmt::Display>(served: Result<Vec<Vec<Job>>, E>, n: usize) -> Vec<Vec<Job>> {
+    served.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "jobs: handing new jobs to waiting leases failed; they lease them again");
+        vec![Vec::new(); n]
+    })
+}
+
+/// Serves waiting leases inside an enqueue's transaction on the SQLite writer (see
+/// [`JobStore::insert`]), under a savepoint of their own.
+fn handoff_sqlite(c: &rusqlite::Connection, asks: &[LeaseAsk], now_ms: u64) -> Vec<Vec<Job>> {
+    if asks.is_empty() {
+        return Vec::new();
+    }
+    let served = (|| {
+        c.execute_batch("SAVEPOINT handoff")?;
+        let leased = asks
+            .iter()
+            .map(|a| lease_sqlite(c, &a.queues, a.max, &a.worker, now_ms))
+            .collect::<rusqlite::Result<Vec<_>>>();
+        match leased {
+            Ok(l) => c.execute_batch("RELEASE handoff").map(|()| l),
+            Err(e) => {
+                c.execute_batch("ROLLBACK TO handoff; RELEASE handoff")?;
+                Err(e)
+            }
+        }
+    })();
+    or_nothing(served, asks.len())
+}
+
+/// Serves waiting leases inside an enqueue's transaction on PostgreSQL, under a savepoint.
+async fn handoff_pg(
+    conn: &mut sqlx::PgConnection,
+    asks: &[LeaseAsk],
+    now_ms: u64,
+) -> Vec<Vec<Job>> {
+    if asks.is_empty() {
+        return Vec::new();
+    }
+    let served = async {
+        let mut sp = sqlx::Connection::begin(&mut *conn).await?;
+        let mut leased = Vec::with_capacity(asks.len());
+        for a in asks {
+            leased.push(lease_pg(&mut sp, &a.queues, a.max, &a.worker, now_ms).await?);
+        }
+        sp.commit().await?;
+        Ok::<_, sqlx::Error>(leased)
+    }
+    .await;
+    or_nothing(served, asks.len())
+}
+
+/// A lease on one PostgreSQL connection: limited queues each in a transaction of their own
+/// (a savepoint when the connection is in one), then the free ones in one statement.
+async fn lease_pg(
+    conn: &mut sqlx::PgConnection,
+    queues: &[String],
+    max: u32,
+    worker: &str,
+    now_ms: u64,
+) -> Result<Vec<Job>, sqlx::Error> {
+    let rows: Vec<QueueRow> = sqlx::query_as(sqlx::AssertSqlSafe(POSTGRES.queue_rows_sql()))
+        .bind(json_strings(queues))
+        .fetch_all(&mut *conn)
+        .await?;
+    let (limited, free) = split_queues(queues, &rows);
+    let lease_id = mortar_core::ids::new_id();
+    let mut jobs = Vec::new();
+    for row in limited {
+        let want = max - jobs.len() as u32;
+        if want == 0 {
+            break;
+        }
+        jobs.extend(lease_limited_pg(conn, &row.queue, want, worker, &lease_id, now_ms).await?);
+    }
+    let want = max - jobs.len() as u32;
+    if want > 0 && !free.is_empty() {
+        let got: Vec<Job> = sqlx::query_as(sqlx::AssertSqlSafe(POSTGRES.lease_sql(free.len())))
+            .bind(now_ms as i64)
+            .bind(&lease_id)
+            .bind(worker)
+            .bind(queue_param(&free))
+            .bind(i64::from(want))
+            .fetch_all(&mut *conn)
+            .await?;
+        jobs.extend(got);
+    }
+    by_lease_order(&mut jobs);
+    Ok(jobs)
+}
+
+/// Leases from one limited queue under its row lock: no more running than `concurrency`,
+/// no more starts than the token bucket (`rate_limit` per `rate_period_ms`) holds.
+async fn lease_limited_pg(
+    conn: &mut sqlx::PgConnection,
+    queue: &str,
+    max: u32,
+    worker: &str,
+    lease_id: &str,
+    now_ms: u64,
+) -> Result<Vec<Job>, sqlx::Error> {
+    let now = now_ms as i64;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    // A write first: takes the row lock at once.
+    let row: Option<QueueRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE jobs_queues SET updated_at_ms = updated_at_ms WHERE queue = $1 RETURNING {QUEUE_COLUMNS}"
+    )))
+    .bind(queue)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row.filter(|r| !r.paused) else {
+        return Ok(Vec::new());
+    };
+    let running: i64 = match row.concurrency {
+        Some(_) => {
+            sqlx::query_scalar(RUNNING_IN_QUEUE)
+                .bind(queue)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?
+        }
+        None => 0,
+    };
+    let (allowed, bucket) = allowance(&row, max, running, now_ms);
+    if allowed <= 0 {
+        return Ok(Vec::new());
+    }
+    let jobs: Vec<Job> = sqlx::query_as(sqlx::AssertSqlSafe(POSTGRES.lease_sql(1)))
+        .bind(now)
+        .bind(lease_id)
+        .bind(worker)
+        .bind(queue)
+        .bind(allowed)
+        .fetch_all(&mut *tx)
+        .await?;
+    if let Some(tokens) = bucket {
+        sqlx::query(SPEND_TOKENS)
+            .bind(queue)
+            .bind(tokens - jobs.len() as f64)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(jobs)
+}
+
 impl JobStore {
     pub fn new(durable: Durable) -> Self {
-        let writer = match &durable {
-            Durable::Sqlite(pool) => Some(SqliteWriter::for_pool(pool)),
-            Durable::Postgres(_) => None,
+        let (writer, relaxed) = match &durable {
+            Durable::Sqlite(pool) => (Some(SqliteWriter::for_pool(pool)), None),
+            Durable::Postgres(pool) => {
+                let opts = (*pool.connect_options())
+                    .clone()
+                    .options([("synchronous_commit", "off")]);
+                let relaxed = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(pool.options().get_acquire_timeout())
+                    .connect_lazy_with(opts);
+                (None, Some(relaxed))
+            }
         };
-        Self { durable, writer }
+        Self {
+            durable,
+            writer,
+            relaxed,
+        }
     }
 
     pub fn durable(&self) -> &Durable {
@@ -610,36 +790,40 @@ impl JobStore {
     }
 
     /// Inserts jobs in one transaction (all or none). A job whose unique key is held comes back
-    /// as the holder, marked duplicate. On PostgreSQL, wakes every node's waiting leases.
+    /// as the holder, marked duplicate.
+    ///
+    /// `asks` are leases waiting on this node: each is served in the same transaction, after
+    /// the insert (so a new job can start as soon as its enqueue commits, without a second
+    /// commit), and the jobs leased for each come back in the same order. A failing hand-off
+    /// is rolled back alone and answered with no jobs: it never fails the enqueue.
     pub async fn insert(
         &self,
         jobs: Vec<Job>,
         now_ms: u64,
-    ) -> Result<Vec<(Job, bool)>, sqlx::Error> {
+        asks: Vec<LeaseAsk>,
+    ) -> Result<(Vec<(Job, bool)>, Vec<Vec<Job>>), sqlx::Error> {
         let now = now_ms as i64;
         match self.writes() {
-            Writes::Sqlite(w) => w.write(move |c| insert_sqlite(c, jobs, now)).await,
+            Writes::Sqlite(w) => {
+                w.write(move |c| {
+                    let out = insert_sqlite(c, jobs, now)?;
+                    Ok((out, handoff_sqlite(c, &asks, now_ms)))
+                })
+                .await
+            }
             Writes::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 let out = insert_pg(&mut tx, jobs, now).await?;
-                if out.iter().any(|(_, dup)| !dup) {
-                    sqlx::query("SELECT pg_notify('mortar_jobs', '')")
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                let leased = handoff_pg(&mut tx, &asks, now_ms).await;
                 tx.commit().await?;
-                Ok(out)
+                Ok((out, leased))
             }
         }
     }
 
     /// Settings rows of `queues` (only those that have one).
     pub async fn queue_rows(&self, queues: &[String]) -> Result<Vec<QueueRow>, sqlx::Error> {
-        let sql = format!(
-            "SELECT {QUEUE_COLUMNS} FROM jobs_queues WHERE queue IN ({})",
-            self.dialect().strings(1)
-        );
-        with_pool!(&self.durable, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        with_pool!(&self.durable, pool => sqlx::query_as(sqlx::AssertSqlSafe(self.dialect().queue_rows_sql()))
             .bind(json_strings(queues)).fetch_all(pool).await)
     }
 
@@ -693,91 +877,8 @@ impl JobStore {
             }
             Writes::Postgres(pool) => pool,
         };
-        let rows = self.queue_rows(queues).await?;
-        let (limited, free) = split_queues(queues, &rows);
-        let lease_id = mortar_core::ids::new_id();
-        let mut jobs = Vec::new();
-        for row in limited {
-            let want = max - jobs.len() as u32;
-            if want == 0 {
-                break;
-            }
-            jobs.extend(
-                self.lease_limited_pg(pool, &row.queue, want, worker, &lease_id, now_ms)
-                    .await?,
-            );
-        }
-        let want = max - jobs.len() as u32;
-        if want > 0 && !free.is_empty() {
-            let got: Vec<Job> = sqlx::query_as(sqlx::AssertSqlSafe(POSTGRES.lease_sql(free.len())))
-                .bind(now_ms as i64)
-                .bind(&lease_id)
-                .bind(worker)
-                .bind(queue_param(&free))
-                .bind(i64::from(want))
-                .fetch_all(pool)
-                .await?;
-            jobs.extend(got);
-        }
-        by_lease_order(&mut jobs);
-        Ok(jobs)
-    }
-
-    /// Leases from one limited queue under its row lock: no more running than `concurrency`,
-    /// no more starts than the token bucket (`rate_limit` per `rate_period_ms`) holds.
-    async fn lease_limited_pg(
-        &self,
-        pool: &PgPool,
-        queue: &str,
-        max: u32,
-        worker: &str,
-        lease_id: &str,
-        now_ms: u64,
-    ) -> Result<Vec<Job>, sqlx::Error> {
-        let now = now_ms as i64;
-        let mut tx = pool.begin().await?;
-        // A write first: takes the row lock at once.
-        let row: Option<QueueRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "UPDATE jobs_queues SET updated_at_ms = updated_at_ms WHERE queue = $1 RETURNING {QUEUE_COLUMNS}"
-        )))
-        .bind(queue)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row.filter(|r| !r.paused) else {
-            return Ok(Vec::new());
-        };
-        let running: i64 = match row.concurrency {
-            Some(_) => {
-                sqlx::query_scalar(RUNNING_IN_QUEUE)
-                    .bind(queue)
-                    .bind(now)
-                    .fetch_one(&mut *tx)
-                    .await?
-            }
-            None => 0,
-        };
-        let (allowed, bucket) = allowance(&row, max, running, now_ms);
-        if allowed <= 0 {
-            return Ok(Vec::new());
-        }
-        let jobs: Vec<Job> = sqlx::query_as(sqlx::AssertSqlSafe(POSTGRES.lease_sql(1)))
-            .bind(now)
-            .bind(lease_id)
-            .bind(worker)
-            .bind(queue)
-            .bind(allowed)
-            .fetch_all(&mut *tx)
-            .await?;
-        if let Some(tokens) = bucket {
-            sqlx::query(SPEND_TOKENS)
-                .bind(queue)
-                .bind(tokens - jobs.len() as f64)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(jobs)
+        let pool = self.relaxed.as_ref().unwrap_or(pool);
+        lease_pg(&mut *pool.acquire().await?, queues, max, worker, now_ms).await
     }
 
     /// The earliest time something becomes leasable without a write: a scheduled or retryable
@@ -1316,5 +1417,30 @@ impl FromSqlite for Completed {
             kind: r.get(2)?,
             started_at_ms: r.get(3)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Worker leases commit without waiting for the WAL flush; everything else waits.
+    #[tokio::test]
+    async fn postgres_leases_commit_relaxed_and_the_rest_durably() {
+        let Some(services) = mortar_testkit::services("jobs relaxed lease pool") else {
+            return;
+        };
+        let db = services.create_database().await.unwrap();
+        let pool = PgPool::connect(&db.url).await.unwrap();
+        let store = JobStore::new(Durable::Postgres(pool.clone()));
+        let setting = |p: PgPool| async move {
+            sqlx::query_scalar::<_, String>("SHOW synchronous_commit")
+                .fetch_one(&p)
+                .await
+                .unwrap()
+        };
+        assert_eq!(setting(store.relaxed.clone().unwrap()).await, "off");
+        assert_eq!(setting(pool.clone()).await, "on");
+        pool.close().await;
     }
 }

@@ -155,13 +155,7 @@ async fn complete_fail_retry_and_the_dlq(svc: &JobsService, clock: &ManualClock)
         "a completed job is not retried"
     );
     // Non-retryable failures go straight to the DLQ.
-    let id = svc
-        .enqueue(&[job("q2", 10)])
-        .await
-        .unwrap()
-        .remove(0)
-        .job
-        .id;
+    let id = enqueue_one(svc, "q2").await;
     let l = svc
         .lease(&["q2".into()], 1, 0, "w")
         .await
@@ -186,13 +180,7 @@ async fn an_expired_lease_returns_the_job_and_fences_the_old_holder(
     svc: &JobsService,
     clock: &ManualClock,
 ) {
-    let id = svc
-        .enqueue(&[job("q3", 10)])
-        .await
-        .unwrap()
-        .remove(0)
-        .job
-        .id;
+    let id = enqueue_one(svc, "q3").await;
     let first = svc
         .lease(&["q3".into()], 1, 0, "crashed-worker")
         .await
@@ -240,13 +228,7 @@ async fn an_expired_lease_returns_the_job_and_fences_the_old_holder(
 }
 
 async fn cancel_and_bad_input(svc: &JobsService) {
-    let id = svc
-        .enqueue(&[job("q4", 10)])
-        .await
-        .unwrap()
-        .remove(0)
-        .job
-        .id;
+    let id = enqueue_one(svc, "q4").await;
     assert_eq!(svc.cancel(&id).await.unwrap().state, "cancelled");
     assert!(
         svc.lease(&["q4".into()], 1, 0, "w")
@@ -681,6 +663,110 @@ async fn backoff_on_injected_time(svc: &JobsService, clock: &ManualClock) {
     }
 }
 
+/// Enqueues one job on `queue`; its id.
+async fn enqueue_one(svc: &JobsService, queue: &str) -> String {
+    svc.enqueue(&[job(queue, 10)])
+        .await
+        .unwrap()
+        .remove(0)
+        .job
+        .id
+}
+
+/// Drives `lease` until `n` leases wait on this node (panics if it returns first).
+async fn until_waiting<F: std::future::Future>(
+    svc: &JobsService,
+    lease: std::pin::Pin<&mut F>,
+    n: usize,
+) {
+    tokio::select! {
+        _ = lease => panic!("the lease returned instead of waiting"),
+        () = async {
+            while svc.waiting_leases() < n {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        } => {}
+    }
+}
+
+async fn a_waiting_lease_gets_new_jobs_within_the_enqueue(svc: &JobsService) {
+    // A waiting lease is served inside the enqueue's transaction: the job is running when the
+    // enqueue returns, before the lease is polled again.
+    let ho = ["ho".to_owned()];
+    let lease = svc.lease(&ho, 5, 30_000, "w1");
+    tokio::pin!(lease);
+    until_waiting(svc, lease.as_mut(), 1).await;
+    let id = enqueue_one(svc, "ho").await;
+    let (stored, _) = svc.get(&id).await.unwrap();
+    assert_eq!(
+        (
+            stored.state.as_str(),
+            stored.attempt,
+            stored.worker.as_deref()
+        ),
+        ("running", 1, Some("w1")),
+        "leased by the enqueue"
+    );
+    assert_eq!(svc.waiting_leases(), 0);
+    let got = lease.await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!((&got[0].id, &got[0].lease_id), (&id, &stored.lease_id));
+    svc.complete(&id, stored.lease_id.as_deref().unwrap(), None)
+        .await
+        .unwrap();
+
+    // An enqueue dropped right after it took a waiting lease (its request cancelled) still
+    // commits and answers that lease.
+    let lease = svc.lease(&ho, 5, 30_000, "w2");
+    tokio::pin!(lease);
+    until_waiting(svc, lease.as_mut(), 1).await;
+    let jobs = [job("ho", 10)];
+    let mut enqueue = Box::pin(svc.enqueue(&jobs));
+    tokio::select! {
+        biased;
+        _ = &mut enqueue => panic!("the enqueue finished in one poll"),
+        () = std::future::ready(()) => {}
+    }
+    assert_eq!(svc.waiting_leases(), 0, "the enqueue took the lease");
+    drop(enqueue);
+    let got = lease.await.unwrap();
+    assert_eq!(got.len(), 1, "the dropped enqueue's job reached the lease");
+    svc.complete(&got[0].id, got[0].lease_id.as_deref().unwrap(), None)
+        .await
+        .unwrap();
+
+    // The oldest waiting lease is served first and only as many as the new jobs need.
+    let first = svc.lease(&ho, 1, 30_000, "first");
+    let mut second = Box::pin(svc.lease(&ho, 1, 30_000, "second"));
+    tokio::pin!(first);
+    until_waiting(svc, first.as_mut(), 1).await;
+    until_waiting(svc, second.as_mut(), 2).await;
+    let id = enqueue_one(svc, "ho").await;
+    assert_eq!(svc.waiting_leases(), 1, "one job takes one waiting lease");
+    let got = first.await.unwrap();
+    assert_eq!(
+        (got[0].id.as_str(), got[0].worker.as_deref()),
+        (id.as_str(), Some("first"))
+    );
+    // A dropped long-poll leaves the list.
+    drop(second);
+    assert_eq!(svc.waiting_leases(), 0, "the dropped lease left the list");
+    svc.complete(&id, got[0].lease_id.as_deref().unwrap(), None)
+        .await
+        .unwrap();
+
+    // The hand-off keeps the queue's rules: a paused queue's job stays available.
+    svc.set_paused("ho-paused", true).await.unwrap();
+    let ho_paused = ["ho-paused".to_owned()];
+    let mut paused = Box::pin(svc.lease(&ho_paused, 5, 30_000, "w"));
+    until_waiting(svc, paused.as_mut(), 1).await;
+    let id = enqueue_one(svc, "ho-paused").await;
+    assert_eq!(svc.get(&id).await.unwrap().0.state, "available");
+    until_waiting(svc, paused.as_mut(), 1).await; // answered empty, it waits again
+    drop(paused);
+    svc.cancel(&id).await.unwrap();
+}
+
 #[tokio::test]
 async fn sqlite() {
     let (svc, clock, _dir, _st) = service(None).await;
@@ -692,6 +778,7 @@ async fn sqlite() {
     queue_pause_concurrency_and_rate_limits(&svc, &clock).await;
     batch_complete_release_bulk_and_retention(&svc, &clock).await;
     backoff_on_injected_time(&svc, &clock).await;
+    a_waiting_lease_gets_new_jobs_within_the_enqueue(&svc).await;
 }
 
 #[tokio::test]
@@ -709,6 +796,7 @@ async fn postgres() {
     queue_pause_concurrency_and_rate_limits(&svc, &clock).await;
     batch_complete_release_bulk_and_retention(&svc, &clock).await;
     backoff_on_injected_time(&svc, &clock).await;
+    a_waiting_lease_gets_new_jobs_within_the_enqueue(&svc).await;
     st.close().await;
 }
 

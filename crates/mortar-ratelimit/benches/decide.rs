@@ -1,14 +1,18 @@
-//! In-process rate-limit decisions: Mortar's `MemoryStore::check_now` vs governor's keyed
-//! limiter (`RateLimiter::keyed` + `check_key`), both with `String` keys, both with quotas so
-//! large that every call is allowed (the common, hot path).
+//! In-process rate-limit decisions: Mortar's `MemoryStore::check_one` (what the service calls
+//! for a one-policy check on the memory backend) vs governor's keyed limiter
+//! (`RateLimiter::keyed` + `check_key`), both with `String` keys, both with quotas so large that
+//! every call is allowed (the common, hot path).
 //!
 //! Groups:
 //! * `single/*` — one thread; the same key every call, and 1000 distinct keys round-robin.
 //! * `two_threads/*` — two std threads at once, each with its own 1000 keys (distinct between
-//!   threads); one iteration = one decision on **each** thread, timed by wall clock. Perfect
-//!   scaling shows the same time per iteration as `single/*/1000_keys`.
-//! * `clock/*` — what the clocks cost alone (Mortar reads `SystemClock` on every check;
-//!   governor reads quanta's TSC clock).
+//!   threads); one iteration = one decision on **each** thread, timed by wall clock from the
+//!   first thread's start to the last one's end. Perfect scaling shows the same time per
+//!   iteration as `single/*/1000_keys`.
+//! * `single/mortar_check_now/same_key` — the same through `check_now` (the `&[Check]` API,
+//!   which returns a `Vec`).
+//! * `clock/*` — what the clocks cost alone (`SystemClock`; the `FastClock` the store reads in
+//!   its place; governor's quanta clock).
 //!
 //! Run: `cargo bench -p mortar-ratelimit --bench decide` (under a minute on 2 cores).
 //! Results and the mortar/governor ratio are recorded in `bench/RESULTS.md`.
@@ -20,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use mortar_core::clock::{Clock, ManualClock, SystemClock};
+use mortar_core::clock::{Clock, FastClock, ManualClock, SystemClock};
 use mortar_ratelimit::engine::{Algorithm, Limit};
 use mortar_ratelimit::store::Check;
 use mortar_ratelimit::store::memory::MemoryStore;
@@ -57,6 +61,16 @@ fn keys(prefix: &str) -> Vec<String> {
 
 #[inline]
 fn mortar_check(store: &MemoryStore, key: &str) -> bool {
+    let check = Check {
+        policy: POLICY,
+        limit: LIMIT,
+        key,
+    };
+    store.check_one(&check, 1).allowed
+}
+
+#[inline]
+fn mortar_check_now(store: &MemoryStore, key: &str) -> bool {
     let checks = [Check {
         policy: POLICY,
         limit: LIMIT,
@@ -93,7 +107,14 @@ fn single(c: &mut Criterion) {
             "governor denied: quota too small"
         );
     }
-    // Mortar with a clock that costs an atomic load: how much of the time is the system clock.
+    {
+        let store = mortar(Arc::new(SystemClock));
+        g.bench_function("mortar_check_now/same_key", |b| {
+            b.iter(|| mortar_check_now(&store, black_box(&key)));
+        });
+        assert!(mortar_check_now(&store, &key), "mortar denied");
+    }
+    // Mortar with a clock that costs an atomic load: how much of the time is the clock.
     {
         let store = mortar(Arc::new(ManualClock::at(1_800_000_000_000)));
         g.bench_function("mortar_manual_clock/same_key", |b| {
@@ -132,32 +153,42 @@ fn single(c: &mut Criterion) {
     g.finish();
 }
 
-/// Runs `iters` decisions on each of two threads at once (own keys per thread); wall time.
+/// Runs `iters` decisions on each of two threads at once (own keys per thread); wall time from
+/// the first thread's start to the last one's end (each thread reads the clock itself, so a
+/// descheduled main thread cannot shorten the span).
 fn two_threads<S: Sync>(
     shared: &S,
     per_thread: &[Vec<String>; 2],
     iters: u64,
     check: impl Fn(&S, &String) -> bool + Sync,
 ) -> Duration {
-    let barrier = Barrier::new(3);
-    std::thread::scope(|s| {
-        for ks in per_thread {
-            let (barrier, check) = (&barrier, &check);
-            s.spawn(move || {
-                barrier.wait();
-                let mut allowed = 0u64;
-                for n in 0..iters {
-                    allowed += u64::from(check(shared, black_box(&ks[n as usize % KEYS])));
-                }
-                assert_eq!(allowed, iters, "a check was denied: quota too small");
-            });
-        }
-        barrier.wait();
-        let start = Instant::now();
-        // Leaving the scope joins both threads.
-        start
-    })
-    .elapsed()
+    let barrier = Barrier::new(2);
+    let spans: Vec<(Instant, Instant)> = std::thread::scope(|s| {
+        let handles: Vec<_> = per_thread
+            .iter()
+            .map(|ks| {
+                let (barrier, check) = (&barrier, &check);
+                s.spawn(move || {
+                    barrier.wait();
+                    let start = Instant::now();
+                    let mut allowed = 0u64;
+                    for n in 0..iters {
+                        allowed += u64::from(check(shared, black_box(&ks[n as usize % KEYS])));
+                    }
+                    let end = Instant::now();
+                    assert_eq!(allowed, iters, "a check was denied: quota too small");
+                    (start, end)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("bench thread"))
+            .collect()
+    });
+    let start = spans.iter().map(|s| s.0).min().expect("two spans");
+    let end = spans.iter().map(|s| s.1).max().expect("two spans");
+    end - start
 }
 
 fn scaling(c: &mut Criterion) {
@@ -183,6 +214,10 @@ fn clocks(c: &mut Criterion) {
     g.bench_function("mortar_system_clock_now_ms", |b| {
         b.iter(|| black_box(&sys).now_ms());
     });
+    let fast = FastClock::new();
+    g.bench_function("mortar_fast_clock_now_ms", |b| {
+        b.iter(|| black_box(&fast).now_ms());
+    });
     let q = governor::clock::DefaultClock::default();
     g.bench_function("governor_default_clock_now", |b| {
         b.iter(|| governor::clock::Clock::now(black_box(&q)));
@@ -191,7 +226,7 @@ fn clocks(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
-    // 8 benchmarks × (1 s warm-up + 3 s measurement) + 2 clock ones: ~45 s plus analysis.
+    // 9 benchmarks × (1 s warm-up + 3 s measurement) + 3 clock ones: ~50 s plus analysis.
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))

@@ -61,6 +61,7 @@ pub const MAX_WINDOW_MS: u64 = 366 * 24 * 3_600_000;
 
 impl Limit {
     /// The most units one check may ask for.
+    #[inline]
     pub fn capacity(&self) -> u64 {
         match self.algorithm {
             Algorithm::TokenBucket => self.burst.unwrap_or(self.limit),
@@ -69,6 +70,7 @@ impl Limit {
     }
 
     /// GCRA emission interval in microseconds (time to earn one unit).
+    #[inline]
     fn emission_us(&self) -> u64 {
         (self.window_ms * 1000 / self.limit).max(1)
     }
@@ -103,6 +105,7 @@ pub struct Decision {
 /// Decides whether `cost` units may be used now. Returns the decision and the state after
 /// the decision (with the units taken if allowed). `cost` 0 peeks. `state` of another
 /// algorithm (the policy changed) counts as empty.
+#[inline]
 pub fn decide(limit: &Limit, state: Option<&State>, now_ms: u64, cost: u64) -> (Decision, State) {
     match limit.algorithm {
         Algorithm::TokenBucket => gcra(limit, state, now_ms, cost),
@@ -113,6 +116,7 @@ pub fn decide(limit: &Limit, state: Option<&State>, now_ms: u64, cost: u64) -> (
 }
 
 /// How long a key's state must be kept after `now_ms` (the TTL backends give it).
+#[inline]
 pub fn ttl_ms(limit: &Limit, state: &State, now_ms: u64) -> u64 {
     match state {
         State::Gcra { tat_us } => tat_us.saturating_sub(now_ms * 1000).div_ceil(1000),
@@ -125,6 +129,7 @@ pub fn ttl_ms(limit: &Limit, state: &State, now_ms: u64) -> u64 {
     .max(1)
 }
 
+#[inline]
 fn gcra(limit: &Limit, state: Option<&State>, now_ms: u64, cost: u64) -> (Decision, State) {
     let now = now_ms * 1000;
     let t = limit.emission_us();

@@ -296,6 +296,17 @@ impl RateLimitService {
     }
 
     async fn decide(&self, policies: &[Arc<Policy>], key: &str, cost: u64) -> Outcome {
+        // One policy on an in-process backend: decided right here, no future, no deadline.
+        if let [p] = policies {
+            let check = Check {
+                policy: &p.name,
+                limit: p.limit,
+                key,
+            };
+            if let Some(d) = self.store.check_one_now(&check, cost) {
+                return Outcome::new(vec![(p.clone(), d)], false, false);
+            }
+        }
         let checks: Vec<Check<'_>> = policies
             .iter()
             .map(|p| Check {
@@ -311,7 +322,9 @@ impl RateLimitService {
         }
         match result {
             Ok(decisions) => {
-                if self.backend_down.swap(false, Ordering::Relaxed) {
+                if self.backend_down.load(Ordering::Relaxed)
+                    && self.backend_down.swap(false, Ordering::Relaxed)
+                {
                     tracing::info!(backend = self.store.name(), "ratelimit: backend recovered");
                 }
                 Outcome::new(
@@ -575,3 +588,116 @@ fn describe_metrics() {
 
 /// Unused-variant guard: every algorithm has a store code path.
 const _: [Algorithm; 4] = Algorithm::ALL;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use futures_util::future::BoxFuture;
+    use mortar_core::clock::ManualClock;
+
+    use super::*;
+    use crate::engine::Limit;
+    use crate::policy::{FailureMode, Source};
+    use crate::store::StoreError;
+
+    /// The memory store, counting which entry point the service used.
+    struct Counting {
+        inner: MemoryStore,
+        futures: AtomicUsize,
+        sync: AtomicUsize,
+    }
+
+    impl RateLimitStore for Counting {
+        fn name(&self) -> &'static str {
+            "memory"
+        }
+
+        fn check<'a>(
+            &'a self,
+            checks: &'a [Check<'a>],
+            cost: u64,
+        ) -> BoxFuture<'a, Result<Vec<Decision>, StoreError>> {
+            self.futures.fetch_add(1, Ordering::SeqCst);
+            self.inner.check(checks, cost)
+        }
+
+        fn check_one_now(&self, check: &Check<'_>, cost: u64) -> Option<Decision> {
+            self.sync.fetch_add(1, Ordering::SeqCst);
+            self.inner.check_one_now(check, cost)
+        }
+
+        fn reset<'a>(
+            &'a self,
+            policy: &'a str,
+            key: &'a str,
+        ) -> BoxFuture<'a, Result<(), StoreError>> {
+            self.inner.reset(policy, key)
+        }
+    }
+
+    fn policy(name: &str, limit: u64) -> Policy {
+        Policy {
+            name: name.into(),
+            limit: Limit {
+                algorithm: Algorithm::FixedWindow,
+                limit,
+                window_ms: 60_000,
+                burst: None,
+            },
+            failure_mode: FailureMode::FailClosed,
+            source: Source::Config,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_policy_is_decided_synchronously_several_through_the_atomic_check() {
+        let clock = ManualClock::at(1_800_000_000_000);
+        let store = Arc::new(Counting {
+            inner: MemoryStore::new(Arc::new(clock.clone())),
+            futures: AtomicUsize::new(0),
+            sync: AtomicUsize::new(0),
+        });
+        let pool = sqlx::SqlitePool::connect_lazy("sqlite::memory:").unwrap();
+        let svc = RateLimitService::with_store(
+            store.clone(),
+            false,
+            &RateLimitConfig::default(),
+            vec![policy("a", 2), policy("b", 1)],
+            Durable::Sqlite(pool),
+            Arc::new(clock),
+        );
+        let names = |n: &[&str]| n.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let one = svc.check(&names(&["a"]), "k", 1).await.unwrap();
+        assert!(one.allowed);
+        assert_eq!(one.decision().1.remaining, 1);
+        assert_eq!(
+            (
+                store.sync.load(Ordering::SeqCst),
+                store.futures.load(Ordering::SeqCst)
+            ),
+            (1, 0)
+        );
+        // a has 1 left, b 1: both pass, then b is spent and a multi-check takes nothing from a.
+        assert!(
+            svc.check(&names(&["a", "b"]), "k", 1)
+                .await
+                .unwrap()
+                .allowed
+        );
+        let first = svc.check(&names(&["b", "a"]), "k2", 1).await.unwrap();
+        assert!(first.allowed);
+        let denied = svc.check(&names(&["b", "a"]), "k2", 1).await.unwrap();
+        assert!(!denied.allowed);
+        assert_eq!(denied.decision().0.name, "b");
+        assert_eq!(store.futures.load(Ordering::SeqCst), 3);
+        let peek = svc.peek("a", "k2").await.unwrap();
+        assert_eq!(
+            peek.decision().1.remaining,
+            1,
+            "the denied multi-check took nothing"
+        );
+        assert_eq!(store.sync.load(Ordering::SeqCst), 2);
+        assert!(!svc.check(&names(&["a"]), "k", 1).await.unwrap().allowed);
+    }
+}

@@ -42,5 +42,12 @@ pub trait RateLimitStore: Send + Sync + 'static {
         cost: u64,
     ) -> BoxFuture<'a, Result<Vec<Decision>, StoreError>>;
 
+    /// Decides one check synchronously, without a future or a `Vec`, when the backend can
+    /// (the in-process one); `None` means: use [`check`](Self::check).
+    fn check_one_now(&self, check: &Check<'_>, cost: u64) -> Option<Decision> {
+        let _ = (check, cost);
+        None
+    }
+
     fn reset<'a>(&'a self, policy: &'a str, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 }
