@@ -381,7 +381,11 @@ fn tables_shrink_after_most_keys_go() {
     assert!(after * 4 <= before, "{after} of {before} buckets left");
     for sh in s.inner.shards.iter() {
         let n = sh.table.read().map.num_buckets();
-        assert!(n <= 256, "a shard kept {n} buckets for {} keys", sh.table.read().map.len());
+        assert!(
+            n <= 256,
+            "a shard kept {n} buckets for {} keys",
+            sh.table.read().map.len()
+        );
     }
     assert_eq!(s.counts(), (100, 0));
     assert_accounting(&s);
