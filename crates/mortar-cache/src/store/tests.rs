@@ -379,7 +379,7 @@ fn tables_shrink_after_most_keys_go() {
     // shard shrinks to the floor of 256 buckets (capacity 224, which no longer shrinks).
     let after = buckets(&s);
     assert!(after * 4 <= before, "{after} of {before} buckets left");
-    for sh in s.inner.shards.iter() {
+    for sh in &s.inner.shards {
         let n = sh.table.read().map.num_buckets();
         assert!(
             n <= 256,
