@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram};
@@ -77,58 +77,52 @@ pub fn in_flight() -> &'static Gauge {
 }
 
 /// The request counter and latency histogram of one (route template, method, status).
-#[derive(Clone)]
-pub struct HttpMetrics {
+struct HttpMetrics {
     requests: Counter,
     duration: Histogram,
 }
 
-impl HttpMetrics {
-    pub fn record(&self, elapsed: Duration) {
-        self.requests.increment(1);
-        self.duration.record(elapsed.as_secs_f64());
-    }
+type HandleKey = (Box<str>, http::Method, u16);
+
+thread_local! {
+    /// Handles by label set, per thread: the hot path hashes three small values and touches
+    /// no lock and no shared reference count (the HTTP event loops are one per CPU).
+    static HTTP_HANDLES: std::cell::RefCell<HashMap<u64, Vec<(HandleKey, HttpMetrics)>>> =
+        std::cell::RefCell::default();
 }
 
-type HandleKey = (Arc<str>, http::Method, u16);
-
-/// Handles by label set, so the hot path hashes three small values instead of building and
-/// registering a metrics key (and its label strings) on every request.
-type HandleMap = RwLock<HashMap<u64, Vec<(HandleKey, HttpMetrics)>>>;
-static HTTP_HANDLES: OnceLock<(RandomState, HandleMap)> = OnceLock::new();
-
-/// The metrics handles for a request's labels.
-pub fn http_request(
-    route: &Arc<str>,
+/// Counts a served request and records its latency under its route template, method and status.
+pub fn record_http(
+    route: &str,
     method: &http::Method,
     status: http::StatusCode,
-) -> HttpMetrics {
-    let (hasher, map) = HTTP_HANDLES.get_or_init(Default::default);
-    let h = hasher.hash_one((&**route, method.as_str(), status.as_u16()));
-    let matches = |k: &HandleKey| *k.0 == **route && k.1 == *method && k.2 == status.as_u16();
-    if let Some(m) = map
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(&h)
-        .and_then(|v| v.iter().find(|(k, _)| matches(k)))
-    {
-        return m.1.clone();
-    }
-    let labels = [
-        ("route", route.to_string()),
-        ("method", method.as_str().to_owned()),
-        ("status", status.as_str().to_owned()),
-    ];
-    let m = HttpMetrics {
-        requests: metrics::counter!(HTTP_REQUESTS, &labels),
-        duration: metrics::histogram!(HTTP_DURATION, &labels),
-    };
-    let mut w = map
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let bucket = w.entry(h).or_default();
-    if !bucket.iter().any(|(k, _)| matches(k)) {
-        bucket.push(((route.clone(), method.clone(), status.as_u16()), m.clone()));
-    }
-    m
+    elapsed: Duration,
+) {
+    static HASHER: OnceLock<RandomState> = OnceLock::new();
+    let h =
+        HASHER
+            .get_or_init(RandomState::new)
+            .hash_one((route, method.as_str(), status.as_u16()));
+    let matches = |k: &HandleKey| &*k.0 == route && k.1 == *method && k.2 == status.as_u16();
+    HTTP_HANDLES.with_borrow_mut(|map| {
+        let bucket = map.entry(h).or_default();
+        let m = match bucket.iter().position(|(k, _)| matches(k)) {
+            Some(i) => &bucket[i].1,
+            None => {
+                let labels = [
+                    ("route", route.to_owned()),
+                    ("method", method.as_str().to_owned()),
+                    ("status", status.as_str().to_owned()),
+                ];
+                let m = HttpMetrics {
+                    requests: metrics::counter!(HTTP_REQUESTS, &labels),
+                    duration: metrics::histogram!(HTTP_DURATION, &labels),
+                };
+                bucket.push(((route.into(), method.clone(), status.as_u16()), m));
+                &bucket.last().expect("just pushed").1
+            }
+        };
+        m.requests.increment(1);
+        m.duration.record(elapsed.as_secs_f64());
+    });
 }

@@ -138,6 +138,21 @@ impl TraceContext {
         )
     }
 
+    /// [`Self::traceparent`] as a header value, written without a formatter or a `String`.
+    pub fn traceparent_header(&self) -> http::HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        let mut put = |at: usize, digits: usize, v: u128| {
+            for i in 0..digits {
+                buf[at + i] = HEX[(v >> (4 * (digits - 1 - i)) & 0xf) as usize];
+            }
+        };
+        put(3, 32, self.trace_id);
+        put(36, 16, u128::from(self.span_id));
+        put(53, 2, u128::from(self.sampled));
+        http::HeaderValue::from_bytes(&buf).expect("hex digits and dashes")
+    }
+
     pub fn trace_id_hex(&self) -> String {
         format!("{:032x}", self.trace_id)
     }
@@ -244,5 +259,10 @@ mod tests {
         assert_ne!(a.trace_id, b.trace_id);
         assert_eq!(a.parent_id, None);
         assert_eq!(a.traceparent().len(), 55);
+        assert_eq!(
+            a.traceparent_header().to_str().unwrap(),
+            a.traceparent(),
+            "the header and the string agree"
+        );
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use mortar_core::Problem;
 use mortar_core::extract::{ApiJson, ApiPath};
 use serde::{Deserialize, Serialize};
@@ -120,38 +120,56 @@ impl From<&Outcome> for CheckResponse {
 /// The rate-limit headers for an outcome: draft-ietf-httpapi-ratelimit-headers-11
 /// (`RateLimit-Policy`, `RateLimit`), the legacy `X-RateLimit-*`, and `Retry-After` when denied.
 pub fn headers(o: &Outcome) -> HeaderMap {
-    let mut h = HeaderMap::new();
+    let mut h = HeaderMap::with_capacity(8);
+    put_headers(o, &mut h);
+    h
+}
+
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// Adds the rate-limit headers of `o` to `h` (see [`headers`]).
+pub fn put_headers(o: &Outcome, h: &mut HeaderMap) {
+    use std::fmt::Write as _;
     let (p, d) = o.decision();
     let secs = |ms: u64| ms.div_ceil(1000);
-    let policy_list: Vec<String> = o
-        .results
-        .iter()
-        .map(|(p, _)| {
-            format!(
-                "\"{}\";q={};w={}",
-                p.name,
-                p.limit.capacity(),
-                secs(p.limit.window_ms).max(1)
-            )
-        })
-        .collect();
-    let mut set = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(name, v);
-        }
-    };
-    set("ratelimit-policy", policy_list.join(", "));
-    set(
-        "ratelimit",
-        format!("\"{}\";r={};t={}", p.name, d.remaining, secs(d.reset_ms)),
-    );
-    set("x-ratelimit-limit", d.limit.to_string());
-    set("x-ratelimit-remaining", d.remaining.to_string());
-    set("x-ratelimit-reset", secs(d.reset_ms).to_string());
-    if !o.allowed {
-        set("retry-after", secs(d.retry_after_ms).max(1).to_string());
+    let mut text = String::with_capacity(64);
+    for (i, (p, _)) in o.results.iter().enumerate() {
+        let sep = if i == 0 { "" } else { ", " };
+        let _ = write!(
+            text,
+            "{sep}\"{}\";q={};w={}",
+            p.name,
+            p.limit.capacity(),
+            secs(p.limit.window_ms).max(1)
+        );
     }
-    h
+    if let Ok(v) = HeaderValue::from_str(&text) {
+        h.insert(RATELIMIT_POLICY.clone(), v);
+    }
+    text.clear();
+    let _ = write!(
+        text,
+        "\"{}\";r={};t={}",
+        p.name,
+        d.remaining,
+        secs(d.reset_ms)
+    );
+    if let Ok(v) = HeaderValue::from_str(&text) {
+        h.insert(RATELIMIT.clone(), v);
+    }
+    h.insert(X_LIMIT.clone(), HeaderValue::from(d.limit));
+    h.insert(X_REMAINING.clone(), HeaderValue::from(d.remaining));
+    h.insert(X_RESET.clone(), HeaderValue::from(secs(d.reset_ms)));
+    if !o.allowed {
+        h.insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from(secs(d.retry_after_ms).max(1)),
+        );
+    }
 }
 
 /// The 429 answer: a problem (`type` …/rate-limited) that also carries every field of
@@ -190,12 +208,9 @@ async fn check(
     if !outcome.allowed {
         return Err(denied(&outcome));
     }
-    Ok((
-        StatusCode::OK,
-        headers(&outcome),
-        ApiJson(CheckResponse::from(&outcome)),
-    )
-        .into_response())
+    let mut res = ApiJson(CheckResponse::from(&outcome)).into_response();
+    put_headers(&outcome, res.headers_mut());
+    Ok(res)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -254,12 +269,9 @@ async fn peek(
     ApiPath((policy, key)): ApiPath<(String, String)>,
 ) -> Result<Response, Problem> {
     let outcome = svc.peek(&policy, &key).await?;
-    Ok((
-        StatusCode::OK,
-        headers(&outcome),
-        ApiJson(CheckResponse::from(&outcome)),
-    )
-        .into_response())
+    let mut res = ApiJson(CheckResponse::from(&outcome)).into_response();
+    put_headers(&outcome, res.headers_mut());
+    Ok(res)
 }
 
 /// Forget a key's usage under a policy.

@@ -115,7 +115,7 @@ where
             let outcome = layer.svc.check_resolved(&policies, &key, 1).await;
             if outcome.allowed {
                 let mut res = inner.call(req).await?;
-                res.headers_mut().extend(crate::api::headers(&outcome));
+                crate::api::put_headers(&outcome, res.headers_mut());
                 return Ok(res);
             }
             Ok(crate::api::denied(&outcome).into_response())

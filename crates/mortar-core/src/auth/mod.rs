@@ -13,10 +13,7 @@
 pub mod api;
 pub mod keys;
 
-use std::sync::Arc;
-
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::{Method, header};
 use subtle::ConstantTimeEq;
@@ -113,41 +110,46 @@ pub fn need_for<'a>(method: &Method, path: &'a str) -> Need<'a> {
     }
 }
 
-/// The middleware: rejects requests whose principal lacks what the route needs, and puts the
-/// principal in the request extensions for handlers.
-pub async fn middleware(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
-    let need = need_for(req.method(), req.uri().path());
-    if need == Need::Public || !auth.enabled() {
-        return next.run(req).await;
+impl Auth {
+    /// Whether `req` must be admitted by [`Auth::admit`]: auth is on and the route is not public.
+    pub fn guards(&self, req: &Request) -> bool {
+        self.enabled() && need_for(req.method(), req.uri().path()) != Need::Public
     }
-    let bearer = match bearer(req.headers()) {
-        Ok(b) => b,
-        Err(p) => return p.into_response(),
-    };
-    let principal = match auth.authenticate(bearer).await {
-        Ok(Some(p)) => p,
-        Ok(None) if bearer.is_none() => {
-            return Problem::unauthorized("send `Authorization: Bearer <token>`").into_response();
-        }
-        Ok(None) => {
-            return Problem::unauthorized("the token is unknown or revoked").into_response();
-        }
-        Err(p) => return p.into_response(),
-    };
-    if !principal.allows(need) {
-        let detail = match need {
-            Need::Block { block, write } => {
-                format!(
-                    "this API key lacks the scope `{block}:{}`",
-                    if write { "write" } else { "read" }
-                )
+
+    /// Admits `req` if its principal has what the route needs, and puts the principal in the
+    /// request extensions for handlers; otherwise the 401/403 answer.
+    pub async fn admit(&self, req: &mut Request) -> Result<(), Response> {
+        let need = need_for(req.method(), req.uri().path());
+        let bearer = bearer(req.headers()).map_err(IntoResponse::into_response)?;
+        let principal = match self.authenticate(bearer).await {
+            Ok(Some(p)) => p,
+            Ok(None) if bearer.is_none() => {
+                return Err(
+                    Problem::unauthorized("send `Authorization: Bearer <token>`").into_response(),
+                );
             }
-            _ => "this route needs the admin token".to_owned(),
+            Ok(None) => {
+                return Err(
+                    Problem::unauthorized("the token is unknown or revoked").into_response()
+                );
+            }
+            Err(p) => return Err(p.into_response()),
         };
-        return Problem::forbidden(detail).into_response();
+        if !principal.allows(need) {
+            let detail = match need {
+                Need::Block { block, write } => {
+                    format!(
+                        "this API key lacks the scope `{block}:{}`",
+                        if write { "write" } else { "read" }
+                    )
+                }
+                _ => "this route needs the admin token".to_owned(),
+            };
+            return Err(Problem::forbidden(detail).into_response());
+        }
+        req.extensions_mut().insert(principal);
+        Ok(())
     }
-    req.extensions_mut().insert(principal);
-    next.run(req).await
 }
 
 fn bearer(headers: &http::HeaderMap) -> Result<Option<&str>, Problem> {

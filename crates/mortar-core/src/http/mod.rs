@@ -13,15 +13,18 @@
 
 pub mod server;
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use futures_util::future::BoxFuture;
 use http::{HeaderName, HeaderValue, StatusCode, header};
+use tower::{Layer, Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
@@ -36,15 +39,17 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Wraps `app` in the standard stack (see the module docs).
+///
+/// The stack is one layer: axum boxes each `Router::layer` around every route and clones it per
+/// request, so the pieces are composed statically here and observation and auth are one
+/// hand-written service (not `from_fn`, which boxes and clones the rest of the stack per call).
 pub fn finish(app: Router, max_body_bytes: usize, auth: Arc<Auth>) -> Router {
-    app.fallback(fallback)
-        .layer(middleware::from_fn_with_state(
-            auth,
-            crate::auth::middleware,
-        ))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(middleware::from_fn(observe))
-        .layer(CatchPanicLayer::custom(panic_response))
+    app.fallback(fallback).layer(
+        ServiceBuilder::new()
+            .layer(CatchPanicLayer::custom(panic_response))
+            .layer(StackLayer { auth })
+            .layer(DefaultBodyLimit::max(max_body_bytes)),
+    )
 }
 
 async fn fallback(req: Request) -> Problem {
@@ -66,79 +71,154 @@ fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
     Problem::internal().into_response()
 }
 
-async fn observe(mut req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let route: Arc<str> = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| Arc::from("unmatched"), |m| Arc::from(m.as_str()));
-    let method = req.method().clone();
-    let request_id = req
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(new_request_id, str::to_owned);
-    let trace = TraceContext::from_headers(req.headers());
-    let span = tracing::info_span!(
-        "request",
-        request_id = %request_id,
-        trace_id = tracing::field::Empty,
-        method = %method,
-        route = %route,
-    );
-    let mut trace = trace;
-    if !span.is_disabled() {
-        trace.attach(&span);
-        span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
-    }
-    req.extensions_mut().insert(trace);
-
-    let in_flight = crate::metrics::in_flight();
-    in_flight.increment(1.0);
-    let mut res = match crate::deadline::from_headers(req.headers()) {
-        Err(problem) => problem.into_response(),
-        Ok(None) => next.run(req).instrument(span.clone()).await,
-        Ok(Some(deadline)) => {
-            let run =
-                crate::deadline::scope(Some(deadline), next.run(req).instrument(span.clone()));
-            match tokio::time::timeout_at(deadline, run).await {
-                Ok(res) => res,
-                Err(_) => crate::deadline::exceeded().into_response(),
-            }
-        }
-    };
-    in_flight.decrement(1.0);
-    if res.status().as_u16() >= 400 && !is_problem(&res) {
-        res = problemize(res, &method).await;
-    }
-    let status = res.status();
-    let headers = res.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        headers.insert(REQUEST_ID.clone(), v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&trace.traceparent()) {
-        headers.insert(TRACEPARENT.clone(), v);
-    }
-    let elapsed = start.elapsed();
-    crate::metrics::http_request(&route, &method, status).record(elapsed);
-    if status.is_server_error() {
-        tracing::warn!(parent: &span, status = status.as_u16(), elapsed_us = elapsed.as_micros() as u64, "request failed");
-    } else {
-        tracing::debug!(parent: &span, status = status.as_u16(), elapsed_us = elapsed.as_micros() as u64, "request served");
-    }
-    res
+/// Observation (request id, trace context, span, metrics, deadline, the problem safety net)
+/// and authentication, as one service.
+#[derive(Clone)]
+struct StackLayer {
+    auth: Arc<Auth>,
 }
 
-/// A ULID for a request. Unlike [`crate::ids::new_id`] it takes no lock (request ids need not be
-/// strictly increasing), which keeps a global mutex off the hot path.
-fn new_request_id() -> String {
+impl<S> Layer<S> for StackLayer {
+    type Service = Stack<S>;
+
+    fn layer(&self, inner: S) -> Stack<S> {
+        Stack {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Stack<S> {
+    inner: S,
+    auth: Arc<Auth>,
+}
+
+impl<S> Service<Request> for Stack<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let start = Instant::now();
+        let route = req.extensions().get::<MatchedPath>().cloned();
+        let method = req.method().clone();
+        let request_id = req
+            .headers()
+            .get(&REQUEST_ID)
+            .filter(|v| {
+                let b = v.as_bytes();
+                !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic)
+            })
+            .cloned()
+            .unwrap_or_else(new_request_id);
+        let mut trace = TraceContext::from_headers(req.headers());
+        let span = tracing::info_span!(
+            "request",
+            request_id = request_id.to_str().unwrap_or_default(),
+            trace_id = tracing::field::Empty,
+            method = %method,
+            route = route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        );
+        if !span.is_disabled() {
+            trace.attach(&span);
+            span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
+        }
+        req.extensions_mut().insert(trace);
+        // The inner service was polled ready for this call: call it now unless something must
+        // answer first (for auth, the ready one moves into the future and a clone stays here).
+        let (then, deadline) = match crate::deadline::from_headers(req.headers()) {
+            Err(problem) => (Then::Answer(problem.into_response()), None),
+            Ok(deadline) if self.auth.guards(&req) => {
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                (Then::Admit(self.auth.clone(), inner, req), deadline)
+            }
+            Ok(deadline) => (Then::Run(self.inner.call(req)), deadline),
+        };
+        let in_flight = crate::metrics::in_flight();
+        in_flight.increment(1.0);
+        Box::pin(async move {
+            let run = async move {
+                let done = match then {
+                    Then::Answer(res) => return res,
+                    Then::Run(pending) => pending.await,
+                    Then::Admit(auth, mut inner, mut req) => {
+                        if let Err(denied) = auth.admit(&mut req).await {
+                            return denied;
+                        }
+                        inner.call(req).await
+                    }
+                };
+                match done {
+                    Ok(res) => res,
+                    Err(never) => match never {},
+                }
+            };
+            let mut res = match deadline {
+                None => run.instrument(span.clone()).await,
+                Some(deadline) => {
+                    let run = crate::deadline::scope(Some(deadline), run.instrument(span.clone()));
+                    match tokio::time::timeout_at(deadline, run).await {
+                        Ok(res) => res,
+                        Err(_) => crate::deadline::exceeded().into_response(),
+                    }
+                }
+            };
+            in_flight.decrement(1.0);
+            if res.status().as_u16() >= 400 && !is_problem(&res) {
+                res = problemize(res, &method).await;
+            }
+            let status = res.status();
+            let headers = res.headers_mut();
+            headers.insert(REQUEST_ID.clone(), request_id);
+            headers.insert(TRACEPARENT.clone(), trace.traceparent_header());
+            let elapsed = start.elapsed();
+            crate::metrics::record_http(
+                route.as_ref().map_or("unmatched", MatchedPath::as_str),
+                &method,
+                status,
+                elapsed,
+            );
+            if status.is_server_error() {
+                tracing::warn!(parent: &span, status = status.as_u16(), elapsed_us = elapsed.as_micros() as u64, "request failed");
+            } else {
+                tracing::debug!(parent: &span, status = status.as_u16(), elapsed_us = elapsed.as_micros() as u64, "request served");
+            }
+            Ok(res)
+        })
+    }
+}
+
+/// What a request does once observed.
+enum Then<S, F> {
+    /// Answer at once (a bad `Mortar-Deadline`).
+    Answer(Response),
+    /// The route, already called.
+    Run(F),
+    /// Authenticate, then call the route.
+    Admit(Arc<Auth>, S, Request),
+}
+
+/// A ULID for a request, lower case. Unlike [`crate::ids::new_id`] it takes no lock (request ids
+/// need not be strictly increasing), which keeps a global mutex off the hot path.
+fn new_request_id() -> HeaderValue {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    ulid::Ulid::from_parts(ms, fastrand::u128(..))
-        .to_string()
-        .to_ascii_lowercase()
+    let mut buf = [0u8; ulid::ULID_LEN];
+    let text = ulid::Ulid::from_parts(ms, fastrand::u128(..)).array_to_str(&mut buf);
+    text.make_ascii_lowercase();
+    HeaderValue::from_str(text).expect("a ULID is a valid header value")
 }
 
 fn is_problem(res: &Response) -> bool {
