@@ -90,6 +90,10 @@ impl L2 {
     }
 
     async fn query(&self, cmd: redis::Cmd) -> Result<redis::Value, Reply> {
+        // The shared connection, not the event loop's own (`Redis::conn()`): its replies are
+        // read on the runtime the invalidation subscriber runs on. Read on another thread, a
+        // fetch's reply more often overtakes an earlier write's invalidation, which then
+        // empties the near-cache entry just filled (safe, but a needless miss).
         let mut conn = self.redis.conn.clone();
         match tokio::time::timeout(self.timeout, cmd.query_async::<redis::Value>(&mut conn)).await {
             Ok(Ok(v)) => Ok(v),

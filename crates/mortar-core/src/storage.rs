@@ -9,6 +9,7 @@ pub mod sqlite_writer;
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -53,8 +54,20 @@ pub enum Durable {
 /// Redis, with the key prefix this deployment owns (`mortar:` by default).
 #[derive(Clone)]
 pub struct Redis {
+    /// The node's shared connection (its driver task runs on the main runtime).
     pub conn: ConnectionManager,
     pub prefix: String,
+    /// How to open one more connection, for [`Redis::conn`] on event-loop threads.
+    opener: Option<Arc<Opener>>,
+}
+
+/// Tells Redis handles apart in the per-event-loop connection maps.
+static REDIS_IDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+struct Opener {
+    id: usize,
+    client: redis::Client,
+    conf: ConnectionManagerConfig,
 }
 
 impl std::fmt::Debug for Redis {
@@ -66,6 +79,27 @@ impl std::fmt::Debug for Redis {
 }
 
 impl Redis {
+    /// A handle on an open connection, without per-thread connections (tests, tools).
+    pub fn new(conn: ConnectionManager, prefix: String) -> Self {
+        Self {
+            conn,
+            prefix,
+            opener: None,
+        }
+    }
+
+    /// The connection to use from this thread. On an HTTP event-loop thread (see
+    /// [`event_loop_scope`]) that is the loop's own connection, opened on first use: its driver
+    /// task runs on the loop, so a command and its reply never cross threads, and concurrent
+    /// commands from the loop's requests are pipelined on it. Elsewhere, and until the loop's
+    /// own is open, the shared one.
+    pub fn conn(&self) -> ConnectionManager {
+        self.opener
+            .as_ref()
+            .and_then(local::conn)
+            .unwrap_or_else(|| self.conn.clone())
+    }
+
     /// `<prefix><block>:<rest>`, the namespacing rule for every Redis key.
     pub fn key(&self, block: &str, rest: &str) -> String {
         format!("{}{block}:{rest}", self.prefix)
@@ -194,7 +228,7 @@ impl Storage {
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
                     .set_response_timeout(Some(PROBE_TIMEOUT))
                     .set_number_of_retries(2);
-                let conn = ConnectionManager::new_with_config(client, conf)
+                let conn = ConnectionManager::new_with_config(client.clone(), conf.clone())
                     .await
                     .map_err(|e| connect_err("redis", &location, e))?;
                 backends.push(Backend {
@@ -204,6 +238,11 @@ impl Storage {
                 Some(Redis {
                     conn,
                     prefix: cfg.redis_prefix.clone(),
+                    opener: Some(Arc::new(Opener {
+                        id: REDIS_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        client,
+                        conf,
+                    })),
                 })
             }
         };
@@ -369,6 +408,99 @@ macro_rules! with_pool {
 mod tests {
     use super::*;
 
+    async fn client_id(mut conn: ConnectionManager) -> i64 {
+        redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    /// An event-loop thread gets a Redis connection of its own (opened on first use, the shared
+    /// one serving meanwhile) and closes it when its scope ends; other threads use the shared one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn event_loops_get_their_own_redis_connection() {
+        let Some(url) = std::env::var("MORTAR_TEST_REDIS_URL")
+            .ok()
+            .filter(|s| !s.is_empty())
+        else {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            assert!(!ci, "MORTAR_TEST_REDIS_URL must be set when CI=true");
+            eprintln!("SKIPPED: set MORTAR_TEST_REDIS_URL to run it");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::connect(&StorageConfig {
+            data_dir: dir.path().into(),
+            database_url: None,
+            redis_url: Some(url),
+            redis_prefix: "mortar-test:".into(),
+        })
+        .await
+        .unwrap();
+        let redis = storage.redis.clone().unwrap();
+        let shared = client_id(redis.conn.clone()).await;
+        assert_eq!(
+            client_id(redis.conn()).await,
+            shared,
+            "off a loop: the shared one"
+        );
+
+        let on_loop = redis.clone();
+        // The shared connection's driver runs on this (main) runtime, as in the server.
+        let local = tokio::task::spawn_blocking(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let scope = event_loop_scope();
+                assert_eq!(
+                    client_id(on_loop.conn()).await,
+                    shared,
+                    "until its own is open"
+                );
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                let local = loop {
+                    let id = client_id(on_loop.conn()).await;
+                    if id != shared {
+                        break id;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "no own connection in 5 s"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                };
+                assert_eq!(client_id(on_loop.conn()).await, local, "the same one after");
+                drop(scope);
+                assert_eq!(client_id(on_loop.conn()).await, shared, "the scope is over");
+                local
+            })
+        })
+        .await
+        .unwrap();
+        let clients: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut redis.conn.clone())
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut clients = clients;
+        while clients.contains(&format!("id={local} ")) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the loop's connection stays open"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            clients = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut redis.conn.clone())
+                .await
+                .unwrap();
+        }
+    }
+
     #[test]
     fn redacts_passwords() {
         assert_eq!(
@@ -415,5 +547,83 @@ mod tests {
         };
         let err = Storage::connect(&cfg).await.unwrap_err().to_string();
         assert!(err.contains("mysql://u:***@h/db"), "{err}");
+    }
+}
+
+/// Marks the current thread as an HTTP event loop for as long as the guard lives: Redis
+/// handles then open a connection of their own for it ([`Redis::conn`]). The guard closes
+/// them, so it must drop before the loop's runtime does.
+pub fn event_loop_scope() -> impl Drop {
+    local::enter()
+}
+
+/// Per-event-loop Redis connections.
+mod local {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    use redis::aio::ConnectionManager;
+
+    use super::Opener;
+
+    /// How long a failed open waits before the next try (the shared connection serves meanwhile).
+    const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+    enum Slot {
+        Opening,
+        Open(ConnectionManager),
+        Failed(Instant),
+    }
+
+    thread_local! {
+        /// `None` off event-loop threads; else each Redis handle's connection by its id.
+        static CONNS: RefCell<Option<HashMap<usize, Slot>>> = const { RefCell::new(None) };
+    }
+
+    pub(super) struct Scope;
+
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            let conns = CONNS.with_borrow_mut(Option::take);
+            drop(conns);
+        }
+    }
+
+    pub(super) fn enter() -> Scope {
+        CONNS.with_borrow_mut(|c| *c = Some(HashMap::new()));
+        Scope
+    }
+
+    pub(super) fn conn(opener: &std::sync::Arc<Opener>) -> Option<ConnectionManager> {
+        CONNS.with_borrow_mut(|conns| {
+            let conns = conns.as_mut()?;
+            match conns.get(&opener.id) {
+                Some(Slot::Open(c)) => return Some(c.clone()),
+                Some(Slot::Opening) => return None,
+                Some(Slot::Failed(at)) if at.elapsed() < RETRY_AFTER => return None,
+                Some(Slot::Failed(_)) | None => {}
+            }
+            conns.insert(opener.id, Slot::Opening);
+            let opener = opener.clone();
+            // Spawned on the loop's own (single-threaded) runtime, so it runs on this thread
+            // and finds this thread's map.
+            tokio::spawn(async move {
+                let opened = ConnectionManager::new_with_config(opener.client.clone(), opener.conf.clone()).await;
+                CONNS.with_borrow_mut(|conns| {
+                    if let Some(conns) = conns.as_mut() {
+                        let slot = match opened {
+                            Ok(c) => Slot::Open(c),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "redis: the event loop's own connection did not open; the shared one serves");
+                                Slot::Failed(Instant::now())
+                            }
+                        };
+                        conns.insert(opener.id, slot);
+                    }
+                });
+            });
+            None
+        })
     }
 }

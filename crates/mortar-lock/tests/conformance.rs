@@ -254,10 +254,10 @@ async fn redis_backend() {
     let client = redis::Client::open(url.as_str()).unwrap();
     let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
     let prefix = format!("mortar-test:{}:", mortar_core::ids::new_id());
-    let s = RedisStore::new(mortar_core::storage::Redis {
-        conn: conn.clone(),
-        prefix: prefix.clone(),
-    });
+    let s = RedisStore::new(mortar_core::storage::Redis::new(
+        conn.clone(),
+        prefix.clone(),
+    ));
     mutual_exclusion_and_increasing_tokens(&s).await;
     semaphores_and_permit_mismatch(&s).await;
     waiters_are_served_first_come_first_served(&s).await;

@@ -251,7 +251,7 @@ async fn redis_handle(url: &str) -> mortar_core::storage::Redis {
     let client = redis::Client::open(url).unwrap();
     let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
     let prefix = format!("mortar-test:{}:", mortar_core::ids::new_id());
-    mortar_core::storage::Redis { conn, prefix }
+    mortar_core::storage::Redis::new(conn, prefix)
 }
 
 conformance!(memory_backend, memory());

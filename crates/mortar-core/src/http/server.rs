@@ -134,6 +134,7 @@ async fn event_loop(
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(socket)?;
+    let _redis_conns = crate::storage::event_loop_scope();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

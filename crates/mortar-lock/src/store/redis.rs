@@ -103,7 +103,7 @@ impl RedisStore {
         for a in args {
             inv.arg(*a);
         }
-        let mut conn = self.redis.conn.clone();
+        let mut conn = self.redis.conn();
         inv.invoke_async(&mut conn).await.map_err(|e| err(&e))
     }
 }
@@ -245,7 +245,7 @@ impl LockStore for RedisStore {
             let pattern = self
                 .redis
                 .key("lock", &format!("{{{}*}}:h", glob_escape(prefix)));
-            let mut conn = self.redis.conn.clone();
+            let mut conn = self.redis.conn();
             let mut cursor = 0u64;
             let mut names = Vec::new();
             let head = self.redis.key("lock", "{");

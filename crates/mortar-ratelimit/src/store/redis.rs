@@ -101,7 +101,7 @@ impl RateLimitStore for RedisStore {
                     .arg(c.limit.window_ms)
                     .arg(c.limit.capacity());
             }
-            let mut conn = self.redis.conn.clone();
+            let mut conn = self.redis.conn();
             let raw: Vec<u64> = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
             if raw.len() != checks.len() * 5 {
                 return Err(StoreError {
@@ -129,7 +129,7 @@ impl RateLimitStore for RedisStore {
                 .iter()
                 .map(|a| self.state_key(policy, key, *a))
                 .collect();
-            let mut conn = self.redis.conn.clone();
+            let mut conn = self.redis.conn();
             redis::cmd("DEL")
                 .arg(&keys)
                 .query_async::<()>(&mut conn)
