@@ -425,6 +425,14 @@ run_redis_benchmark() {
 # ---------------------------------------------------------------- results --
 
 # ratio <a> <b>: a/b with two decimals.
+# cpu_ticks <pid>: user + system CPU the process has used, in clock ticks (getconf CLK_TCK).
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# us_per <ticks> <count>: microseconds of CPU per item.
+us_per() {
+    awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n == 0) print "-"; else printf "%.2f", t * 1e6 / hz / n }'
+}
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "inf"; else printf "%.2f", a / b }'; }
 
 # machine_line: one-line description of the host.

@@ -196,6 +196,8 @@ pub struct Stats {
     pub misses: u64,
     pub evictions: u64,
     pub expirations: u64,
+    /// Invalidation messages from other nodes applied to the near-cache (cluster mode).
+    pub invalidations_received: u64,
     pub resp_clients: u64,
 }
 
@@ -214,6 +216,7 @@ async fn stats(State(svc): State<Arc<CacheService>>) -> ApiJson<Stats> {
         misses: s.misses.load(Relaxed),
         evictions: s.evicted.load(Relaxed),
         expirations: s.expired.load(Relaxed),
+        invalidations_received: s.invalidations.load(Relaxed),
         resp_clients: svc.clients.load(Relaxed),
     })
 }

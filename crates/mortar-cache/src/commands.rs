@@ -901,7 +901,7 @@ fn info(store: &Store, server: &dyn ServerInfo) -> Reply {
         "# Server\r\nredis_version:{REDIS_VERSION}\r\nmortar_version:{}\r\nredis_mode:standalone\r\nuptime_in_seconds:{uptime}\r\n\r\n\
          # Clients\r\nconnected_clients:{}\r\n\r\n\
          # Memory\r\nused_memory:{}\r\nmaxmemory:{}\r\nmaxmemory_policy:{}\r\n\r\n\
-         # Stats\r\ntotal_commands_processed:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\nexpired_keys:{}\r\nevicted_keys:{}\r\n\r\n\
+         # Stats\r\ntotal_commands_processed:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\nexpired_keys:{}\r\nevicted_keys:{}\r\nmortar_invalidations_received:{}\r\n\r\n\
          # Keyspace\r\ndb0:keys={keys},expires={volatile},avg_ttl=0\r\n",
         mortar_core::VERSION,
         server.connected_clients(),
@@ -916,6 +916,7 @@ fn info(store: &Store, server: &dyn ServerInfo) -> Reply {
         st.misses.load(Ordering::Relaxed),
         st.expired.load(Ordering::Relaxed),
         st.evicted.load(Ordering::Relaxed),
+        st.invalidations.load(Ordering::Relaxed),
     );
     Reply::Bulk(Bytes::from(text))
 }

@@ -13,6 +13,8 @@ use crate::store::Policy;
 pub struct CacheConfig {
     /// `host:port` for the RESP listener, or `off`.
     pub resp_listen: String,
+    /// RESP event loops; 0 = one per CPU, like `http.threads`.
+    pub resp_threads: usize,
     pub max_memory: u64,
     pub eviction: Policy,
     pub max_bulk_bytes: usize,
@@ -28,6 +30,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             resp_listen: "127.0.0.1:6380".into(),
+            resp_threads: 0,
             max_memory: 256 * 1024 * 1024,
             eviction: Policy::TinyLfu,
             max_bulk_bytes: 64 * 1024 * 1024,
@@ -43,6 +46,12 @@ impl CacheConfig {
         KeyDoc::new(
             "cache.resp_listen",
             "address of the Redis-protocol (RESP) listener, or \"off\" (env MORTAR_CACHE__RESP_LISTEN)",
+        ),
+        KeyDoc::new(
+            "cache.resp_threads",
+            "RESP event loops (one thread each, connections spread by SO_REUSEPORT); 0 = one per\n\
+             CPU. Fewer than the CPUs leaves cores to co-located processes (env\n\
+             MORTAR_CACHE__RESP_THREADS)",
         ),
         KeyDoc::new(
             "cache.max_memory",
@@ -87,8 +96,23 @@ impl CacheConfig {
         })
     }
 
+    /// The number of RESP event loops: `resp_threads`, or `default` (the HTTP server's count)
+    /// when it is 0.
+    pub fn resp_event_loops(&self, default: usize) -> usize {
+        if self.resp_threads > 0 {
+            self.resp_threads
+        } else {
+            default
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.resp_addr()?;
+        if self.resp_threads > 1024 {
+            return Err(ConfigError(
+                "key `cache.resp_threads`: at most 1024 (0 = one per CPU)".into(),
+            ));
+        }
         if self.max_memory < 1024 * 1024 {
             return Err(ConfigError(
                 "key `cache.max_memory`: must be at least 1048576 (1 MiB)".into(),
@@ -100,5 +124,22 @@ impl CacheConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resp_threads_default_to_the_http_count_and_are_bounded() {
+        let mut c = CacheConfig::default();
+        assert_eq!(c.resp_event_loops(4), 4);
+        c.resp_threads = 1;
+        assert_eq!(c.resp_event_loops(4), 1);
+        assert!(c.validate().is_ok());
+        c.resp_threads = 5000;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("cache.resp_threads"), "{e}");
     }
 }

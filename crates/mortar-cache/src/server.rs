@@ -51,6 +51,8 @@ async fn event_loop(
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(socket)?;
+    // Cluster mode: this loop's Redis commands go on a connection of its own.
+    let _redis_conns = mortar_core::storage::event_loop_scope();
     let tracker = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, _) = tokio::select! {
@@ -130,6 +132,10 @@ async fn connection(
         }
         svc.commands.fetch_add(commands, Ordering::Relaxed);
         if !wbuf.is_empty() {
+            // Let the loop's other ready connections run their commands first, then write:
+            // replies leave in a burst, as from Redis's event loop, so a client serving many
+            // connections wakes once for many replies instead of once for each.
+            tokio::task::yield_now().await;
             stream.write_all(&wbuf).await?;
             wbuf.clear();
         }

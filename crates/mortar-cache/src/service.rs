@@ -12,6 +12,7 @@ pub const HITS: &str = "mortar_cache_hits_total";
 pub const MISSES: &str = "mortar_cache_misses_total";
 pub const EVICTIONS: &str = "mortar_cache_evictions_total";
 pub const EXPIRATIONS: &str = "mortar_cache_expirations_total";
+pub const INVALIDATIONS: &str = "mortar_cache_invalidations_received_total";
 pub const COMMANDS: &str = "mortar_cache_commands_total";
 pub const CLIENTS: &str = "mortar_cache_clients";
 pub const USED_BYTES: &str = "mortar_cache_used_bytes";
@@ -202,6 +203,7 @@ impl CacheService {
         metrics::counter!(MISSES).absolute(s.misses.load(Ordering::Relaxed));
         metrics::counter!(EVICTIONS).absolute(s.evicted.load(Ordering::Relaxed));
         metrics::counter!(EXPIRATIONS).absolute(s.expired.load(Ordering::Relaxed));
+        metrics::counter!(INVALIDATIONS).absolute(s.invalidations.load(Ordering::Relaxed));
         metrics::counter!(COMMANDS).absolute(self.commands.load(Ordering::Relaxed));
         metrics::gauge!(CLIENTS).set(self.clients.load(Ordering::Relaxed) as f64);
         metrics::gauge!(USED_BYTES).set(self.store.used_memory() as f64);
@@ -231,6 +233,10 @@ fn describe_metrics() {
     metrics::describe_counter!(MISSES, "cache reads that found nothing");
     metrics::describe_counter!(EVICTIONS, "entries evicted to stay under cache.max_memory");
     metrics::describe_counter!(EXPIRATIONS, "entries removed because their TTL passed");
+    metrics::describe_counter!(
+        INVALIDATIONS,
+        "invalidation messages from other nodes applied to the near-cache (cluster mode)"
+    );
     metrics::describe_counter!(COMMANDS, "RESP commands executed");
     metrics::describe_gauge!(CLIENTS, "open RESP connections");
     metrics::describe_gauge!(

@@ -59,6 +59,19 @@ async fn get(c: &mut redis::aio::MultiplexedConnection, k: &str) -> Result<Optio
         .map_err(|e| e.to_string())
 }
 
+/// A counter from the node's INFO stats.
+async fn stat(c: &mut redis::aio::MultiplexedConnection, name: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(c)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("INFO stats has {name}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::many_single_char_names)] // a, b, c: the three nodes' connections
 async fn writes_reach_every_near_cache_and_redis_trouble_is_handled() {
@@ -158,13 +171,38 @@ async fn writes_reach_every_near_cache_and_redis_trouble_is_handled() {
     }
 
     // Redis goes away: B still answers from its near-cache; a miss and a write fail fast.
+    let received = stat(&mut b, "mortar_invalidations_received").await;
     let _: () = redis::cmd("SET")
         .arg("warm")
         .arg("w")
         .query_async(&mut a)
         .await
         .unwrap();
-    assert_eq!(get(&mut b, "warm").await.unwrap().as_deref(), Some("w"));
+    // A's invalidation of `warm` reaches B's near-cache first: applied after B's fill, it
+    // would drop the entry (a needless miss, and here a failed read once Redis is gone).
+    let t = Instant::now();
+    while stat(&mut b, "mortar_invalidations_received").await <= received {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "B never heard of `warm`"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // B's near-cache holds it once a GET counts as a hit there.
+    let t = Instant::now();
+    loop {
+        assert_eq!(get(&mut b, "warm").await.unwrap().as_deref(), Some("w"));
+        let before = stat(&mut b, "keyspace_hits").await;
+        assert_eq!(get(&mut b, "warm").await.unwrap().as_deref(), Some("w"));
+        if stat(&mut b, "keyspace_hits").await > before {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "B never cached `warm`"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     redis.kill().unwrap();
     redis.wait().unwrap();
     assert_eq!(

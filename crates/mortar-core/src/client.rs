@@ -95,7 +95,38 @@ impl Client {
         format!("{}{path}", self.base)
     }
 
-    async fn send(&self, mut req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+    /// POSTs `body` and parses a success straight into `T` (no intermediate `Value`: hot paths
+    /// such as a worker's leases and completions).
+    pub async fn post_as<B, T>(&self, path: &str, body: &B) -> Result<T, ClientError>
+    where
+        B: serde::Serialize + ?Sized,
+        T: serde::de::DeserializeOwned,
+    {
+        self.post_as_with(path, body, &[]).await
+    }
+
+    /// [`Client::post_as`] with extra request headers (e.g. `Prefer: return=minimal`).
+    pub async fn post_as_with<B, T>(
+        &self,
+        path: &str,
+        body: &B,
+        headers: &[(&str, &str)],
+    ) -> Result<T, ClientError>
+    where
+        B: serde::Serialize + ?Sized,
+        T: serde::de::DeserializeOwned,
+    {
+        let mut req = self.http.post(self.url(path)).json(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(req).await
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        mut req: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
@@ -110,19 +141,25 @@ impl Client {
             .bytes()
             .await
             .map_err(|e| ClientError::Transport(format!("reading the response failed: {e}")))?;
+        let not_json = |e: serde_json::Error| {
+            ClientError::Transport(format!(
+                "the server at {} answered {status} with a body that is not the JSON expected: {e}",
+                self.base
+            ))
+        };
+        if status.is_success() {
+            return if bytes.is_empty() {
+                serde_json::from_value(Value::Null)
+            } else {
+                serde_json::from_slice(&bytes)
+            }
+            .map_err(not_json);
+        }
         let body: Value = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).map_err(|_| {
-                ClientError::Transport(format!(
-                    "the server at {} answered {status} with a body that is not JSON",
-                    self.base
-                ))
-            })?
+            serde_json::from_slice(&bytes).map_err(not_json)?
         };
-        if status.is_success() {
-            return Ok(body);
-        }
         let text = |k: &str| body.get(k).and_then(Value::as_str).map(ToOwned::to_owned);
         Err(ClientError::Problem {
             status: status.as_u16(),

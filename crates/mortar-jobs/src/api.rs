@@ -231,25 +231,73 @@ pub struct JobList {
 }
 
 /// Enqueue many jobs in one transaction (all or none). With `Idempotency-Key: K`, job i is
-/// unique on `K:i`, so re-sending the batch returns the jobs it created.
+/// unique on `K:i`, so re-sending the batch returns the jobs it created. With
+/// `Prefer: return=minimal` the reply lists only each job's id, state and duplicate flag
+/// (with `Preference-Applied: return=minimal`).
 #[utoipa::path(post, path = "/v1/jobs/batch", tag = "jobs", request_body = BatchBody,
-    params(("Idempotency-Key" = Option<String>, Header, description = "job i is unique on key:i for 24 h")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "job i is unique on key:i for 24 h"),
+        ("Prefer" = Option<String>, Header, description = "`return=minimal`: answer each job's id, state and duplicate flag only")),
     responses((status = 201, body = JobList), (status = 200, description = "every job already existed", body = JobList),
         (status = 400, body = Problem)))]
 async fn enqueue_batch(
     State(svc): State<Arc<JobsService>>,
     headers: http::HeaderMap,
     ApiJson(mut b): ApiJson<BatchBody>,
-) -> Result<(StatusCode, ApiJson<JobList>), Problem> {
+) -> Result<axum::response::Response, Problem> {
+    use axum::response::IntoResponse as _;
     idempotent(&headers, &mut b.jobs)?;
     let jobs = svc.enqueue(&b.jobs).await?;
+    let status = status_of(&jobs);
+    if prefers_minimal(&headers) {
+        let items = jobs
+            .into_iter()
+            .map(|e| JobRef {
+                state: e.job.state(),
+                id: e.job.id,
+                duplicate: e.duplicate,
+            })
+            .collect();
+        return Ok((
+            status,
+            [("preference-applied", "return=minimal")],
+            ApiJson(JobRefList { items }),
+        )
+            .into_response());
+    }
+    let items = jobs.into_iter().map(created).collect();
     Ok((
-        status_of(&jobs),
+        status,
         ApiJson(JobList {
-            items: jobs.into_iter().map(created).collect(),
+            items,
             next_cursor: None,
         }),
-    ))
+    )
+        .into_response())
+}
+
+/// `Prefer: return=minimal` (RFC 7240) among the request's preferences.
+fn prefers_minimal(headers: &http::HeaderMap) -> bool {
+    headers.get_all("prefer").iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("return=minimal"))
+        })
+    })
+}
+
+/// A job as a minimal batch reply names it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobRef {
+    pub id: String,
+    pub state: crate::engine::State,
+    /// true when this job already existed and nothing was created.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobRefList {
+    pub items: Vec<JobRef>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -209,7 +209,7 @@ async fn enqueue_batches(client: &JobsClient, queue: &str, n: u64, batch: u64) -
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(&size) = batches.get(i) else { break };
                 let jobs = vec![job.clone(); size as usize];
-                match client.enqueue_batch(&jobs).await {
+                match client.enqueue_batch_minimal(&jobs).await {
                     Ok(_) => sent += size,
                     Err(e) => {
                         errors += 1;

@@ -8,6 +8,8 @@ use mortar_core::client::{Client, ClientArgs, ClientError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub use crate::api::JobRef;
+
 /// A job as the server shows it (`JobView`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Job {
@@ -132,11 +134,30 @@ impl JobsClient {
 
     /// Enqueues jobs atomically (all or none).
     pub async fn enqueue_batch(&self, jobs: &[Value]) -> Result<Vec<Job>, ClientError> {
-        items(
-            self.client
-                .post("/v1/jobs/batch", &json!({ "jobs": jobs }))
-                .await?,
-        )
+        self.post_batch(jobs, &[]).await
+    }
+
+    /// Like [`JobsClient::enqueue_batch`], but the server answers only each job's id, state
+    /// and duplicate flag (`Prefer: return=minimal`): less to encode, send and parse when the
+    /// caller does not need the jobs back.
+    pub async fn enqueue_batch_minimal(&self, jobs: &[Value]) -> Result<Vec<JobRef>, ClientError> {
+        self.post_batch(jobs, &[("prefer", "return=minimal")]).await
+    }
+
+    async fn post_batch<T: serde::de::DeserializeOwned>(
+        &self,
+        jobs: &[Value],
+        headers: &[(&str, &str)],
+    ) -> Result<Vec<T>, ClientError> {
+        #[derive(serde::Serialize)]
+        struct Batch<'a> {
+            jobs: &'a [Value],
+        }
+        let r: Items<T> = self
+            .client
+            .post_as_with("/v1/jobs/batch", &Batch { jobs }, headers)
+            .await?;
+        Ok(r.items)
     }
 
     /// Leases up to `max` jobs of `queues`, waiting up to `wait` for some.
@@ -148,7 +169,8 @@ impl JobsClient {
         worker: &str,
     ) -> Result<Vec<Job>, ClientError> {
         let body = json!({ "queues": queues, "max": max, "wait_ms": wait.as_millis() as u64, "worker": worker });
-        items(self.client.post("/v1/jobs/lease", &body).await?)
+        let r: Items<Job> = self.client.post_as("/v1/jobs/lease", &body).await?;
+        Ok(r.items)
     }
 
     /// Extends a lease (by the job's `timeout_ms` when `extend` is `None`). 409: lease lost.
@@ -189,11 +211,13 @@ impl JobsClient {
         &self,
         items: &[Completion],
     ) -> Result<CompleteOutcome, ClientError> {
-        parse(
-            self.client
-                .post("/v1/jobs/complete", &json!({ "items": items }))
-                .await?,
-        )
+        #[derive(serde::Serialize)]
+        struct Batch<'a> {
+            items: &'a [Completion],
+        }
+        self.client
+            .post_as("/v1/jobs/complete", &Batch { items })
+            .await
     }
 
     /// Reports a failed attempt.
@@ -273,8 +297,10 @@ fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ClientError> {
     })
 }
 
-fn items(mut v: Value) -> Result<Vec<Job>, ClientError> {
-    parse(v["items"].take())
+/// A list answer: `{"items": [...]}`.
+#[derive(serde::Deserialize)]
+struct Items<T> {
+    items: Vec<T>,
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.

@@ -674,15 +674,22 @@ impl JobsService {
             })?
             .map_err(db)?
         };
-        for (j, dup) in &out {
+        for (j, _) in &out {
             if j.state == "scheduled" {
                 self.note_due(j.run_at_ms);
             }
-            if !dup {
-                metrics::counter!(ENQUEUED, "queue" => j.queue.clone(), "kind" => j.kind.clone())
-                    .increment(1);
-            }
         }
+        per_kind(
+            &out,
+            |(j, _)| (&j.queue, &j.kind),
+            |q, k, group| {
+                let created = group.iter().filter(|(_, dup)| !dup).count() as u64;
+                if created > 0 {
+                    metrics::counter!(ENQUEUED, "queue" => q.to_owned(), "kind" => k.to_owned())
+                        .increment(created);
+                }
+            },
+        );
         if out.iter().any(|(_, dup)| !dup) {
             self.announce();
         }
@@ -817,13 +824,20 @@ impl JobsService {
             self.note_due(until);
         }
         let now = self.clock.now_ms();
-        for j in jobs {
-            let (q, k) = (j.queue.clone(), j.kind.clone());
-            metrics::counter!(STARTED, "queue" => q.clone(), "kind" => k.clone()).increment(1);
-            let due = j.run_at_ms.max(j.created_at_ms) as u64;
-            metrics::histogram!(WAIT, "queue" => q, "kind" => k)
-                .record(now.saturating_sub(due) as f64 / 1000.0);
-        }
+        per_kind(
+            jobs,
+            |j| (&j.queue, &j.kind),
+            |q, k, group| {
+                metrics::counter!(STARTED, "queue" => q.to_owned(), "kind" => k.to_owned())
+                    .increment(group.len() as u64);
+                let wait =
+                    metrics::histogram!(WAIT, "queue" => q.to_owned(), "kind" => k.to_owned());
+                for j in group {
+                    let due = j.run_at_ms.max(j.created_at_ms) as u64;
+                    wait.record(now.saturating_sub(due) as f64 / 1000.0);
+                }
+            },
+        );
     }
 
     /// Jobs may be leasable: wakes this node's waiting leases and, on PostgreSQL, the other
@@ -921,14 +935,18 @@ impl JobsService {
         }
         let now = self.clock.now_ms();
         let done = self.store.complete(&items, now).await.map_err(db)?;
-        for c in &done {
-            let (q, k) = (c.queue.clone(), c.kind.clone());
-            metrics::counter!(COMPLETED, "queue" => q.clone(), "kind" => k.clone()).increment(1);
-            if let Some(start) = c.started_at_ms {
-                metrics::histogram!(RUN, "queue" => q, "kind" => k)
-                    .record(now.saturating_sub(start as u64) as f64 / 1000.0);
-            }
-        }
+        per_kind(
+            &done,
+            |c| (&c.queue, &c.kind),
+            |q, k, group| {
+                metrics::counter!(COMPLETED, "queue" => q.to_owned(), "kind" => k.to_owned())
+                    .increment(group.len() as u64);
+                let run = metrics::histogram!(RUN, "queue" => q.to_owned(), "kind" => k.to_owned());
+                for start in group.iter().filter_map(|c| c.started_at_ms) {
+                    run.record(now.saturating_sub(start as u64) as f64 / 1000.0);
+                }
+            },
+        );
         let rejected = if done.len() == items.len() {
             Vec::new()
         } else {
@@ -1253,6 +1271,23 @@ async fn deliver(
     }
 }
 
+/// Calls `f` once per run of consecutive items with the same (queue, kind): metrics are
+/// looked up once per run (a batch is usually one run), not once per job.
+fn per_kind<T>(
+    items: &[T],
+    key: impl Fn(&T) -> (&String, &String),
+    mut f: impl FnMut(&str, &str, &[T]),
+) {
+    let mut start = 0;
+    for i in 1..=items.len() {
+        if i == items.len() || key(&items[i]) != key(&items[start]) {
+            let (q, k) = key(&items[start]);
+            f(q, k, &items[start..i]);
+            start = i;
+        }
+    }
+}
+
 /// Sends the announcements other nodes' [`listen`] hears: one NOTIFY at a time, outside the
 /// enqueues' transactions and without waiting for a WAL flush. (A NOTIFY inside an enqueue
 /// would serialize every enqueue's commit, flush included, on PostgreSQL's notification-queue
@@ -1367,6 +1402,31 @@ impl JobsService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_kind_visits_each_run_of_equal_queue_and_kind_once() {
+        let s = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        let items = vec![
+            s("q", "a"),
+            s("q", "a"),
+            s("q", "b"),
+            s("r", "b"),
+            s("q", "a"),
+        ];
+        let mut seen = Vec::new();
+        per_kind(
+            &items,
+            |(q, k)| (q, k),
+            |q, k, g| seen.push(format!("{q}/{k}x{}", g.len())),
+        );
+        assert_eq!(seen, ["q/ax2", "q/bx1", "r/bx1", "q/ax1"]);
+        let none: Vec<(String, String)> = Vec::new();
+        per_kind(
+            &none,
+            |(q, k)| (q, k),
+            |_, _, _| panic!("called for no items"),
+        );
+    }
 
     #[tokio::test]
     async fn jobs_handed_to_a_lease_that_is_gone_go_back_at_once() {

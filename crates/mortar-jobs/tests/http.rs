@@ -206,6 +206,48 @@ async fn idempotency_queues_batches_and_bad_input_over_http() {
     let (s, b2) = send(Method::POST, "/v1/jobs/batch", Some("import-1"), batch).await;
     assert_eq!(s, 200, "a re-sent batch creates nothing: {b2}");
     assert_eq!(b1["items"][1]["id"], b2["items"][1]["id"]);
+    // `Prefer: return=minimal`: ids, states and duplicate flags only, said so in a header.
+    let minimal = |key: &'static str| {
+        http.post(node.url("/v1/jobs/batch"))
+            .header("Idempotency-Key", key)
+            .header("Prefer", "respond-async, return=minimal")
+            .json(&json!({"jobs": [{"queue": "bulk", "kind": "now"}, {"queue": "bulk", "kind": "later", "delay_ms": 3_600_000}]}))
+            .send()
+    };
+    let r = minimal("import-2").await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["preference-applied"], "return=minimal");
+    let m1: Value = r.json().await.unwrap();
+    let items = m1["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{m1}");
+    assert_eq!(
+        items[0].as_object().unwrap().len(),
+        2,
+        "id and state only: {m1}"
+    );
+    assert_eq!(
+        (&items[0]["state"], &items[1]["state"]),
+        (&json!("available"), &json!("scheduled"))
+    );
+    let m2: Value = minimal("import-2").await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (&m2["items"][1]["id"], &m2["items"][1]["duplicate"]),
+        (&items[1]["id"], &json!(true)),
+        "{m2}"
+    );
+    let refs = mortar_jobs::JobsClient::new(&mortar_core::client::ClientArgs {
+        url: node.url(""),
+        token: None,
+        json: false,
+    })
+    .enqueue_batch_minimal(&vec![json!({"queue": "bulk", "kind": "x"}); 3])
+    .await
+    .unwrap();
+    assert_eq!(refs.len(), 3);
+    assert!(
+        refs.iter()
+            .all(|r| !r.duplicate && r.state == mortar_jobs::engine::State::Available)
+    );
     let (s, u) = send(Method::POST, "/v1/jobs", None, json!({"queue": "pay", "kind": "x", "unique_key": "nightly", "unique_while": "queued", "tags": ["a"]})).await;
     assert_eq!(
         (s, &u["unique_while"], &u["tags"]),

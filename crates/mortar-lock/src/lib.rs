@@ -32,8 +32,13 @@
 //!   every change to a name in one transaction under an advisory lock, time from the database's
 //!   clock. Nothing acknowledged is lost by a node or database restart.
 //!
-//! Waiters are woken at once by releases on the same node, and re-check every `lock.poll_ms`
-//! (default 10 ms) for releases on other nodes and at the next lease expiry.
+//! A release wakes, at once, the waiters a freed permit can go to: on this node its first
+//! `permits` waiters in line (not every waiter: with many, a wake-all herd starved the head of
+//! the line), and on the PostgreSQL backend the same on every other node, over `NOTIFY
+//! mortar_lock` ([`peers`]). Waiters also re-check every `lock.poll_ms` (default 10 ms; the only
+//! cross-node path on the Redis backend, a safety net on PostgreSQL) and at the next lease
+//! expiry. A waiter's poll on PostgreSQL reads the lock without taking it, so a crowd of
+//! waiters does not queue on the advisory lock that grants need.
 
 pub mod api;
 pub mod bench;
@@ -42,6 +47,7 @@ pub mod client;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod peers;
 pub mod service;
 pub mod store;
 

@@ -1,7 +1,7 @@
 //! `LockService`: validation, waiting in line (long-poll), hand-off wake-ups, metrics.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use mortar_core::FieldError;
@@ -46,9 +46,13 @@ pub fn migrations() -> mortar_core::storage::Migrations {
 pub struct LockService {
     store: Arc<dyn LockStore>,
     cfg: LockConfig,
-    /// In-process wake-ups: a release or a give-up on this node wakes its waiters at once.
-    /// Waiters also re-check every `poll_ms` (other nodes' releases) and at the next expiry.
-    wakers: Mutex<HashMap<String, Arc<Notify>>>,
+    /// In-process wake-ups: a release or a give-up on this node wakes, at once, the waiters
+    /// that can use it: the first `permits` of this node's line for that name (the line is
+    /// first come, first served, so this node's earliest waiters are the only ones here a
+    /// freed permit can go to). Waiters also re-check every `poll_ms` and at the next expiry.
+    lines: Mutex<HashMap<String, LocalLine>>,
+    /// Other nodes' waiters (PostgreSQL backend): woken over NOTIFY.
+    peers: OnceLock<crate::peers::Peers>,
 }
 
 impl std::fmt::Debug for LockService {
@@ -56,6 +60,34 @@ impl std::fmt::Debug for LockService {
         f.debug_struct("LockService")
             .field("store", &self.store.name())
             .finish_non_exhaustive()
+    }
+}
+
+/// This node's waiters of one name, in arrival order.
+#[derive(Debug, Default)]
+struct LocalLine {
+    next: u64,
+    permits: usize,
+    waiting: std::collections::BTreeMap<u64, Arc<Notify>>,
+}
+
+/// A waiter's place in its node's line; leaves it when dropped.
+struct LocalPlace<'a> {
+    svc: &'a LockService,
+    name: &'a str,
+    seq: u64,
+    notify: Arc<Notify>,
+}
+
+impl Drop for LocalPlace<'_> {
+    fn drop(&mut self) {
+        let mut lines = self.svc.lock_lines();
+        if let Some(line) = lines.get_mut(self.name) {
+            line.waiting.remove(&self.seq);
+            if line.waiting.is_empty() {
+                lines.remove(self.name);
+            }
+        }
     }
 }
 
@@ -91,6 +123,7 @@ impl LockService {
     ) -> Result<Arc<Self>, LockError> {
         cfg.validate()
             .map_err(|e| LockError::Unavailable(e.to_string()))?;
+        let mut peers_on = None;
         let store: Arc<dyn LockStore> = match (cfg.backend, &storage.durable, &storage.redis) {
             (Backend::Redis, _, Some(redis)) => Arc::new(RedisStore::new(redis.clone())),
             (Backend::Redis, _, None) => {
@@ -99,13 +132,20 @@ impl LockService {
                 ));
             }
             (Backend::Auto, Durable::Postgres(pool), _) => {
+                peers_on = Some(pool.clone());
                 Arc::new(PostgresStore::new(pool.clone()))
             }
             (Backend::Auto, Durable::Sqlite(_), _) => {
                 Arc::new(MemoryStore::new(storage.durable.clone(), clock))
             }
         };
-        Ok(Self::with_store(store, cfg.clone()))
+        let svc = Self::with_store(store, cfg.clone());
+        if let Some(pool) = peers_on {
+            let _ = svc
+                .peers
+                .set(crate::peers::Peers::start(Arc::downgrade(&svc), pool));
+        }
+        Ok(svc)
     }
 
     pub fn with_store(store: Arc<dyn LockStore>, cfg: LockConfig) -> Arc<Self> {
@@ -113,7 +153,8 @@ impl LockService {
         Arc::new(Self {
             store,
             cfg,
-            wakers: Mutex::default(),
+            lines: Mutex::default(),
+            peers: OnceLock::new(),
         })
     }
 
@@ -165,12 +206,9 @@ impl LockService {
             ticket: ticket.clone(),
             armed: true,
         };
-        let waker = self.waker(name);
+        let place = self.join_local_line(name, req.permits);
         loop {
-            // Register interest before checking, so a release in between is not missed.
-            let notified = waker.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+            // A wake-up between the check below and the nap is kept (`notify_one` stores it).
             let args = AcquireArgs {
                 ticket: Some(&ticket),
                 ..args
@@ -189,7 +227,13 @@ impl LockService {
             if now >= deadline {
                 line.armed = false;
                 let _ = self.store.dequeue(name, &ticket).await;
-                self.wake(name);
+                // Leaving the line matters to those behind only when a permit was free (this
+                // waiter stood between them and it); otherwise the next release wakes them.
+                // Waking every waiter on each give-up made a busy lock's pollers a herd.
+                if info.holders.len() < info.permits as usize {
+                    drop(place); // out of this node's line first, so the next one is woken
+                    self.wake(name);
+                }
                 metrics::counter!(BUSY).increment(1);
                 return Err(LockError::Busy(Box::new(info)));
             }
@@ -203,7 +247,7 @@ impl LockService {
             let nap = until_expiry
                 .min(Duration::from_millis(self.cfg.poll_ms))
                 .min(deadline - now);
-            let _ = tokio::time::timeout(nap, notified).await;
+            let _ = tokio::time::timeout(nap, place.notify.notified()).await;
         }
     }
 
@@ -276,23 +320,40 @@ impl LockService {
         h
     }
 
-    fn waker(&self, name: &str) -> Arc<Notify> {
-        let mut w = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
-        if w.len() > 10_000 {
-            // Drop wakers nobody waits on (only this map holds them).
-            w.retain(|_, n| Arc::strong_count(n) > 1);
-        }
-        w.entry(name.to_owned()).or_default().clone()
+    fn lock_lines(&self) -> std::sync::MutexGuard<'_, HashMap<String, LocalLine>> {
+        self.lines.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn join_local_line<'a>(&'a self, name: &'a str, permits: u32) -> LocalPlace<'a> {
+        let mut lines = self.lock_lines();
+        let line = lines.entry(name.to_owned()).or_default();
+        let seq = line.next;
+        line.next += 1;
+        line.permits = permits as usize;
+        let notify = Arc::new(Notify::new());
+        line.waiting.insert(seq, notify.clone());
+        LocalPlace {
+            svc: self,
+            name,
+            seq,
+            notify,
+        }
+    }
+
+    /// Wakes `name`'s waiters here and on the other nodes.
     fn wake(&self, name: &str) {
-        if let Some(n) = self
-            .wakers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-        {
-            n.notify_waiters();
+        self.wake_local(name);
+        if let Some(p) = self.peers.get() {
+            p.announce(name);
+        }
+    }
+
+    /// Wakes the waiters on this node that a freed permit of `name` can go to.
+    pub(crate) fn wake_local(&self, name: &str) {
+        if let Some(line) = self.lock_lines().get(name) {
+            for n in line.waiting.values().take(line.permits.max(1)) {
+                n.notify_one();
+            }
         }
     }
 

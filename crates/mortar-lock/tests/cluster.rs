@@ -1,5 +1,5 @@
 //! Real nodes: the cluster safety test (3 nodes on PostgreSQL, 50 clients each, a resource
-//! that checks fencing tokens), a lost lease reaching the Rust client and `mortar lock run`,
+//! that checks fencing tokens), a release waking another node's waiter at once, a lost lease reaching the Rust client and `mortar lock run`,
 //! and a crashed holder's lock passing to the next waiter after its TTL.
 
 use std::process::Stdio;
@@ -43,7 +43,7 @@ impl Resource {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_fifty_clients_each_never_overlap() {
     const WANTED: u64 = 40;
-    let Some(cluster) = Cluster::start_with(3, &[("MORTAR_LOCK__POLL_MS", "25")])
+    let Some(cluster) = Cluster::start_with(3, &[("MORTAR_LOCK__POLL_MS", "250")])
         .await
         .unwrap()
     else {
@@ -130,6 +130,43 @@ async fn three_nodes_fifty_clients_each_never_overlap() {
         assert!(guard.fencing_token() > last);
         guard.release().await.unwrap();
     }
+}
+
+/// A release on one node reaches a waiter on another at once (NOTIFY), not at its next poll:
+/// here polls are 5 s apart and the hand-off must take well under one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_on_one_node_wakes_a_waiter_on_another_at_once() {
+    let Some(cluster) = Cluster::start_with(2, &[("MORTAR_LOCK__POLL_MS", "5000")])
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let holder = LockClient::new(&args(&cluster.nodes[0]))
+        .acquire("handoff", &AcquireOptions::default())
+        .await
+        .unwrap();
+    let waiter = LockClient::new(&args(&cluster.nodes[1]));
+    let waiting = tokio::spawn(async move {
+        let opts = AcquireOptions {
+            wait: Duration::from_secs(8),
+            ..AcquireOptions::default()
+        };
+        let guard = waiter.acquire("handoff", &opts).await.unwrap();
+        (Instant::now(), guard)
+    });
+    // Let the waiter take its place in line and start its 5 s nap.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let released = Instant::now();
+    holder.release().await.unwrap();
+    let (granted, guard) = waiting.await.unwrap();
+    let handoff = granted.duration_since(released);
+    eprintln!("cross-node hand-off: {handoff:?}");
+    assert!(
+        handoff < Duration::from_secs(1),
+        "hand-off took {handoff:?}"
+    );
+    guard.release().await.unwrap();
 }
 
 #[tokio::test]

@@ -266,6 +266,7 @@ async fn redis_backend() {
     })
     .await;
     list_by_prefix(&s).await;
+    keys_expire_but_counters_stay(&s, &conn, &prefix).await;
     // A Redis that lost everything (restart without persistence) still issues larger tokens.
     let before = grant(&s, "amnesia", 60_000, 1).await.unwrap().token;
     let mut c = conn.clone();
@@ -291,6 +292,53 @@ async fn redis_backend() {
         .query_async(&mut c)
         .await
         .unwrap();
+}
+
+/// Redis: a lock's lease and line keys carry an expiry (a minute past the last lease or
+/// waiter), so abandoned locks leave nothing behind; the fencing and arrival counters never
+/// expire (tokens keep increasing).
+async fn keys_expire_but_counters_stay(
+    s: &RedisStore,
+    conn: &redis::aio::ConnectionManager,
+    prefix: &str,
+) {
+    let c = conn.clone();
+    let pttls = |mut c: redis::aio::ConnectionManager| async move {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*{{tidy}}*"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let mut out = std::collections::BTreeMap::new();
+        for k in keys {
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(&k)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            out.insert(k.rsplit(':').next().unwrap().to_owned(), ttl);
+        }
+        out
+    };
+    grant(s, "tidy", 10_000, 1).await.unwrap();
+    let t = pttls(c.clone()).await;
+    for k in ["h", "permits"] {
+        assert!((60_000..=70_000).contains(&t[k]), "{k}: {t:?}");
+    }
+    assert_eq!(t["fence"], -1, "{t:?}");
+    assert!(!t.contains_key("line") && !t.contains_key("w"), "{t:?}");
+
+    let waiter = Waiter {
+        ticket: "t1".into(),
+        owner: "w".into(),
+        until_ms: 0,
+    };
+    s.enqueue("tidy", waiter, 1, 30_000).await.unwrap();
+    let t = pttls(c.clone()).await;
+    for k in ["h", "permits", "line", "w"] {
+        assert!((60_000..=90_000).contains(&t[k]), "{k}: {t:?}");
+    }
+    assert_eq!((t["fence"], t["seq"]), (-1, -1), "{t:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -72,6 +72,21 @@ fn two<S: Sync>(
     best
 }
 
+/// One allowed-or-not check of `key` against the bench policy.
+#[inline]
+fn allow(store: &MemoryStore, key: &str) -> bool {
+    store
+        .check_one(
+            &Check {
+                policy: "bench",
+                limit: LIMIT,
+                key,
+            },
+            1,
+        )
+        .allowed
+}
+
 fn main() {
     let per: [Vec<String>; 2] =
         [0, 1].map(|t| (0..1000).map(|i| format!("t{t}:user:{i}")).collect());
@@ -80,46 +95,14 @@ fn main() {
     for round in 0..2 {
         let store = MemoryStore::new(Arc::new(SystemClock));
         let m_same = min_ns(|_| {
-            black_box(
-                store
-                    .check_one(
-                        &Check {
-                            policy: "bench",
-                            limit: LIMIT,
-                            key: black_box(&key),
-                        },
-                        1,
-                    )
-                    .allowed,
-            );
+            black_box(allow(&store, black_box(&key)));
         });
         let m_1000 = min_ns(|i| {
-            black_box(
-                store
-                    .check_one(
-                        &Check {
-                            policy: "bench",
-                            limit: LIMIT,
-                            key: black_box(&keys[i % 1000]),
-                        },
-                        1,
-                    )
-                    .allowed,
-            );
+            black_box(allow(&store, black_box(&keys[i % 1000])));
         });
         let ms = MemoryStore::new(Arc::new(ManualClock::at(1_800_000_000_000)));
         let m_man = min_ns(|_| {
-            black_box(
-                ms.check_one(
-                    &Check {
-                        policy: "bench",
-                        limit: LIMIT,
-                        key: black_box(&key),
-                    },
-                    1,
-                )
-                .allowed,
-            );
+            black_box(allow(&ms, black_box(&key)));
         });
         let lim = RateLimiter::keyed(Quota::per_second(NonZeroU32::new(1_000_000_000).unwrap()));
         let g_same = min_ns(|_| {
@@ -142,17 +125,7 @@ fn main() {
             m_1000 / g_1000
         );
         let store = MemoryStore::new(Arc::new(SystemClock));
-        let shared = two(&store, &per, |s, k| {
-            s.check_one(
-                &Check {
-                    policy: "bench",
-                    limit: LIMIT,
-                    key: k,
-                },
-                1,
-            )
-            .allowed
-        });
+        let shared = two(&store, &per, |s, k| allow(s, k));
         let lim = RateLimiter::keyed(Quota::per_second(NonZeroU32::new(1_000_000_000).unwrap()));
         let g = two(&lim, &per, |l, k| l.check_key(k).is_ok());
         println!(
@@ -167,16 +140,7 @@ fn main() {
         ];
         let apart = two(&stores, &per, |s, k| {
             let store = &s[usize::from(k.starts_with("t1"))];
-            store
-                .check_one(
-                    &Check {
-                        policy: "bench",
-                        limit: LIMIT,
-                        key: k,
-                    },
-                    1,
-                )
-                .allowed
+            allow(store, k)
         });
         let store = MemoryStore::new(Arc::new(SystemClock));
         let mut split: [Vec<String>; 2] = [Vec::new(), Vec::new()];
@@ -190,17 +154,7 @@ fn main() {
                 i += 1;
             }
         }
-        let disjoint = two(&store, &split, |s, k| {
-            s.check_one(
-                &Check {
-                    policy: "bench",
-                    limit: LIMIT,
-                    key: k,
-                },
-                1,
-            )
-            .allowed
-        });
+        let disjoint = two(&store, &split, |s, k| allow(s, k));
         println!(
             "  two threads, one store, disjoint shards: {disjoint:.1} ns/iter (scaling {:.2}x)",
             2.0 * m_1000 / disjoint

@@ -167,7 +167,15 @@ impl Policy {
 #[derive(Debug, Default)]
 pub struct Registry {
     config: HashMap<String, Arc<Policy>>,
-    api: RwLock<HashMap<String, Arc<Policy>>>,
+    api: RwLock<ApiPolicies>,
+}
+
+/// The API policies and a count of this node's own writes to them, so a
+/// refresh that read the database before a local write cannot undo it.
+#[derive(Debug, Default)]
+struct ApiPolicies {
+    writes: u64,
+    by_name: HashMap<String, Arc<Policy>>,
 }
 
 impl Registry {
@@ -185,7 +193,7 @@ impl Registry {
         self.config
             .get(name)
             .cloned()
-            .or_else(|| self.read().get(name).cloned())
+            .or_else(|| self.read().by_name.get(name).cloned())
     }
 
     /// Every policy, sorted by name.
@@ -194,7 +202,11 @@ impl Registry {
         let mut all: Vec<Arc<Policy>> = self
             .config
             .values()
-            .chain(api.values().filter(|p| !self.config.contains_key(&p.name)))
+            .chain(
+                api.by_name
+                    .values()
+                    .filter(|p| !self.config.contains_key(&p.name)),
+            )
             .cloned()
             .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
@@ -206,28 +218,45 @@ impl Registry {
     }
 
     pub fn upsert(&self, policy: Policy) {
-        self.write().insert(policy.name.clone(), Arc::new(policy));
+        let mut api = self.write();
+        api.writes += 1;
+        api.by_name.insert(policy.name.clone(), Arc::new(policy));
     }
 
     pub fn remove(&self, name: &str) {
-        self.write().remove(name);
+        let mut api = self.write();
+        api.writes += 1;
+        api.by_name.remove(name);
     }
 
-    /// Replaces the API policies with what the database holds.
-    pub fn replace_api(&self, policies: Vec<Policy>) {
-        *self.write() = policies
+    /// How many local writes the registry has seen; take it before reading
+    /// the database and hand it to [`Registry::replace_api`].
+    pub fn writes(&self) -> u64 {
+        self.read().writes
+    }
+
+    /// Replaces the API policies with what the database held, unless a local
+    /// write landed since `writes_before_read` (the read may predate it; the
+    /// next refresh catches up). Returns whether it replaced them.
+    pub fn replace_api(&self, policies: Vec<Policy>, writes_before_read: u64) -> bool {
+        let mut api = self.write();
+        if api.writes != writes_before_read {
+            return false;
+        }
+        api.by_name = policies
             .into_iter()
             .map(|p| (p.name.clone(), Arc::new(p)))
             .collect();
+        true
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Policy>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, ApiPolicies> {
         self.api
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Policy>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ApiPolicies> {
         self.api
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -279,9 +308,34 @@ mod tests {
                 .unwrap()
         };
         let reg = Registry::new([p("a", 1, Source::Config)]);
-        reg.replace_api(vec![p("a", 2, Source::Api), p("b", 3, Source::Api)]);
+        assert!(reg.replace_api(vec![p("a", 2, Source::Api), p("b", 3, Source::Api)], 0));
         assert_eq!(reg.get("a").unwrap().limit.limit, 1);
         assert_eq!(reg.get("b").unwrap().limit.limit, 3);
         assert_eq!(reg.all().len(), 2);
+    }
+
+    /// A refresh reads the database, a local PUT lands, then the refresh
+    /// replaces the policies: the new policy must survive (it once vanished
+    /// until the next refresh, and checks against it answered 404).
+    #[test]
+    fn a_refresh_that_read_before_a_local_write_does_not_undo_it() {
+        let p = |name: &str| {
+            spec("fixed_window", 1, 1000, None)
+                .validate(name, Source::Api, "")
+                .unwrap()
+        };
+        let reg = Registry::new([]);
+        let before_read = reg.writes();
+        reg.upsert(p("new"));
+        assert!(!reg.replace_api(vec![p("old")], before_read));
+        assert!(reg.get("new").is_some());
+        assert!(reg.get("old").is_none());
+        // A refresh that read after the write applies.
+        let before_read = reg.writes();
+        assert!(reg.replace_api(vec![p("new"), p("old")], before_read));
+        assert!(reg.get("old").is_some());
+        reg.remove("old");
+        assert!(!reg.replace_api(vec![p("new"), p("old")], before_read));
+        assert!(reg.get("old").is_none());
     }
 }

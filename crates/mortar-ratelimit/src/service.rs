@@ -145,7 +145,7 @@ impl RateLimitService {
         let weak = Arc::downgrade(&svc);
         let every = Duration::from_millis(config.policy_refresh_ms);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
@@ -513,6 +513,7 @@ impl RateLimitService {
     /// Reloads API policies from the database (other nodes' changes).
     pub async fn refresh(&self) -> Result<(), RateLimitError> {
         let sql = "SELECT name, algorithm, limit_n, window_ms, burst, failure_mode FROM ratelimit_policies";
+        let writes_before_read = self.registry.writes();
         let rows: Vec<PolicyRow> = with_pool!(&self.durable, pool => sqlx::query_as(sql).fetch_all(pool).await.map_err(db_error)?);
         let policies = rows
             .into_iter()
@@ -533,7 +534,7 @@ impl RateLimitService {
                 .ok()
             })
             .collect();
-        self.registry.replace_api(policies);
+        self.registry.replace_api(policies, writes_before_read);
         Ok(())
     }
 }

@@ -281,7 +281,9 @@ async fn redis_keys_expire_by_themselves() {
             .query_async(&mut conn)
             .await
             .unwrap();
-        assert!(ttl > 0 && ttl <= 10_000, "{k}: {ttl}");
+        // -2: gone already (a fixed window's key lives to the window's end, which can be
+        // a few ms away); -1 (no expiry) is what this test exists to catch.
+        assert!(ttl == -2 || (ttl > 0 && ttl <= 10_000), "{k}: {ttl}");
     }
 }
 

@@ -98,6 +98,9 @@ pub struct Stats {
     pub expired: AtomicU64,
     /// Entries evicted (or new keys refused by TinyLFU admission) to stay under `max_memory`.
     pub evicted: AtomicU64,
+    /// Invalidation messages from other nodes applied to this node's near-cache (cluster
+    /// mode); a client that saw it grow knows the writes behind it reached this node.
+    pub invalidations: AtomicU64,
 }
 
 /// Wall-clock epoch milliseconds (TTLs are absolute so EXPIREAT and PXAT mean what they say).

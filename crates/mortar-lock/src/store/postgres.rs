@@ -63,23 +63,50 @@ impl PostgresStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
+        let lock = Self::live(&mut tx, name, now).await?;
+        Ok((tx, lock, now as u64))
+    }
+
+    /// The lock as of a moment, without taking it: what a waiter's poll reads first, so a
+    /// busy lock costs one read instead of a turn in the serialised transaction (which the
+    /// hand-off needs). Stale at worst, and then the next poll sees more.
+    async fn snapshot(&self, name: &str) -> Result<(Lock, u64), sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        let now: i64 = sqlx::query_scalar(concat!("SELECT ", now!()))
+            .fetch_one(&mut *conn)
+            .await?;
+        let lock = Self::live(&mut conn, name, now).await?;
+        Ok((lock, now as u64))
+    }
+
+    /// The holders and waiters of `name` still live at `now`.
+    async fn live(
+        conn: &mut sqlx::PgConnection,
+        name: &str,
+        now: i64,
+    ) -> Result<Lock, sqlx::Error> {
         let holders: Vec<HolderRow> = sqlx::query_as(
-            "SELECT lease_id, owner, token, permits, acquired_at_ms, expires_at_ms FROM lock_holders WHERE name = $1 ORDER BY token",
+            "SELECT lease_id, owner, token, permits, acquired_at_ms, expires_at_ms FROM lock_holders \
+             WHERE name = $1 AND expires_at_ms > $2 ORDER BY token",
         )
         .bind(name)
-        .fetch_all(&mut *tx)
+        .bind(now)
+        .fetch_all(&mut *conn)
         .await?;
-        let waiters: Vec<WaiterRow> =
-            sqlx::query_as("SELECT ticket, owner, permits, until_ms FROM lock_waiters WHERE name = $1 ORDER BY seq")
-                .bind(name)
-                .fetch_all(&mut *tx)
-                .await?;
+        let waiters: Vec<WaiterRow> = sqlx::query_as(
+            "SELECT ticket, owner, permits, until_ms FROM lock_waiters \
+             WHERE name = $1 AND until_ms > $2 ORDER BY seq",
+        )
+        .bind(name)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
         let permits = holders
             .first()
             .map(|h| h.3)
             .or_else(|| waiters.first().map(|w| w.2))
             .unwrap_or(0);
-        let lock = Lock {
+        Ok(Lock {
             permits: permits as u32,
             holders: holders
                 .into_iter()
@@ -99,11 +126,16 @@ impl PostgresStore {
                     until_ms: until as u64,
                 })
                 .collect(),
-        };
-        Ok((tx, lock, now as u64))
+        })
     }
 
     async fn try_acquire(&self, a: AcquireArgs<'_>) -> Result<Acquired, sqlx::Error> {
+        // A busy lock is answered from a read (waiters' polls, newcomers behind a line); only
+        // a likely grant queues for the serialised transaction, which decides again.
+        let (mut seen, now) = self.snapshot(a.name).await?;
+        if seen.may_grant(now, a.permits, a.ticket) == Err(Refusal::Busy) {
+            return Ok(Acquired::Busy(LockInfo::of(a.name, &seen, now)));
+        }
         let (mut tx, mut lock, now) = self.load(a.name).await?;
         match lock.may_grant(now, a.permits, a.ticket) {
             Err(Refusal::Busy) => {

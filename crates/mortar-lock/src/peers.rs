@@ -1,0 +1,119 @@
+//! Cross-node wake-ups on PostgreSQL: a release (or a give-up that frees a permit) on one node
+//! wakes the waiters of that lock on every other node at once, over `NOTIFY mortar_lock`, instead
+//! of at their next poll. Polling (`poll_ms`) stays as the safety net: a lost notification
+//! (connection drop, full queue) costs at most one poll interval, never a grant.
+//!
+//! Payload: `<node id>\n<name>\n<name>…` (a node ignores its own; several releases that queue up
+//! go out in one NOTIFY, under PostgreSQL's 8 000-byte payload limit).
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::service::LockService;
+
+const CHANNEL: &str = "mortar_lock";
+/// Announcements waiting to go out; past this, names are dropped (the poll covers them).
+const QUEUE: usize = 4096;
+const MAX_PAYLOAD: usize = 7900;
+
+/// This node's side of the wake-ups: `announce` hands a name to the sender task.
+#[derive(Debug)]
+pub struct Peers {
+    tx: mpsc::Sender<String>,
+}
+
+impl Peers {
+    /// Starts the sender and the listener for `svc` on `pool`; both stop with the service.
+    pub fn start(svc: Weak<LockService>, pool: sqlx::PgPool) -> Self {
+        let node = mortar_core::ids::new_id();
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(announcer(rx, pool.clone(), node.clone()));
+        tokio::spawn(listen(svc, pool, node));
+        Self { tx }
+    }
+
+    pub fn announce(&self, name: &str) {
+        let _ = self.tx.try_send(name.to_owned());
+    }
+}
+
+/// Sends queued names, coalesced, one NOTIFY at a time and without waiting for a WAL flush
+/// (a notification is a hint; losing one costs a poll interval).
+async fn announcer(mut rx: mpsc::Receiver<String>, pool: sqlx::PgPool, node: String) {
+    while let Some(first) = rx.recv().await {
+        let mut names = vec![first];
+        while names.len() < 256
+            && let Ok(n) = rx.try_recv()
+        {
+            names.push(n);
+        }
+        names.sort_unstable();
+        names.dedup();
+        let mut payload = node.clone();
+        for n in names {
+            if payload.len() + 1 + n.len() > MAX_PAYLOAD {
+                send(&pool, &payload).await;
+                payload.clone_from(&node);
+            }
+            payload.push('\n');
+            payload.push_str(&n);
+        }
+        send(&pool, &payload).await;
+    }
+}
+
+async fn send(pool: &sqlx::PgPool, payload: &str) {
+    let sent =
+        sqlx::query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(payload)
+            .execute(pool)
+            .await;
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "lock: NOTIFY failed; other nodes' waiters notice at their next poll");
+    }
+}
+
+/// Wakes this node's waiters of every lock another node announces. Reconnects when the
+/// connection drops; polling covers the gap.
+async fn listen(svc: Weak<LockService>, pool: sqlx::PgPool, node: String) {
+    loop {
+        if svc.strong_count() == 0 {
+            return;
+        }
+        let listening = async {
+            let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            l.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        let mut listener = match listening.await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "lock: LISTEN failed; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(n)) => {
+                    let mut parts = n.payload().split('\n');
+                    if parts.next() == Some(node.as_str()) {
+                        continue;
+                    }
+                    let Some(s) = svc.upgrade() else { return };
+                    for name in parts {
+                        s.wake_local(name);
+                    }
+                }
+                Ok(None) => {} // reconnected: notifications may be lost, the poll covers them
+                Err(e) => {
+                    tracing::warn!(error = %e, "lock: LISTEN connection lost; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
