@@ -181,14 +181,32 @@ async fn three_nodes_admit_exactly_the_limit() {
         );
     }
 
-    // Sliding log: LIMIT at the start, then LIMIT again each time a window has passed.
+    // Sliding log: LIMIT at the start, then LIMIT again each time a window has passed, so 3.5
+    // windows admit 4 × limit at most, and at least 3 × limit however late the clients were
+    // (a loaded machine can stall them for a while; then a batch slides past the run's end).
     let (allowed, errors) = hammer(&cluster, "log", "hot-log", run).await;
     assert_eq!(errors, 0);
-    assert_eq!(
-        allowed.len() as u64,
-        4 * LIMIT,
-        "3.5 windows admit 4 × limit"
+    let got = allowed.len() as u64;
+    assert!(
+        (3 * LIMIT..=4 * LIMIT).contains(&got),
+        "3.5 windows admitted {got}, expected {}..={}",
+        3 * LIMIT,
+        4 * LIMIT
     );
+    // Never more than LIMIT decisions inside any window: count the admissions that surely
+    // happened in (t - window, t] for t = each admission's reply.
+    // A decision lies in [sent - slack, recv + slack]; t bounds every b answered by a's reply.
+    for a in &allowed {
+        let t = a.recv_ms + SLACK_MS;
+        let inside = allowed
+            .iter()
+            .filter(|b| b.sent_ms + WINDOW_MS > t + SLACK_MS && b.recv_ms <= a.recv_ms)
+            .count() as u64;
+        assert!(
+            inside <= LIMIT,
+            "{inside} admissions within one window ending at {t}"
+        );
+    }
 
     // Token bucket: the full bucket, then one unit per emission interval. The first and last
     // admissions happened in Redis within their [sent, recv] intervals, which bounds the count.
