@@ -1,6 +1,6 @@
 //! `JobsService`: validation, enqueue, long-poll leasing, completion and failure rules.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -656,23 +656,38 @@ impl JobsService {
             .map(|w| (w.ask, w.reply))
             .unzip();
         let out = if replies.is_empty() {
-            self.store.insert(rows, now, asks).await.map_err(db)?.0
+            let out = self.store.insert(rows, now, asks).await.map_err(db)?.0;
+            if out.iter().any(|(j, dup)| !dup && j.state == "available") {
+                self.announce();
+            }
+            out
         } else {
             // A task of its own, so that jobs leased for waiting leases are answered (or given
             // back) even if this request is dropped after the commit. On failure the replies
             // are dropped: those leases look again.
             let store = self.store.clone();
-            tokio::spawn(async move {
+            let (out, unserved) = tokio::spawn(async move {
                 let (out, leased) = store.insert(rows, now, asks).await?;
-                deliver(&store, replies, leased, now).await;
-                Ok::<_, sqlx::Error>(out)
+                let handed: HashSet<&str> =
+                    leased.iter().flatten().map(|j| j.id.as_str()).collect();
+                let unserved = out.iter().any(|(j, dup)| {
+                    !dup && j.state == "available" && !handed.contains(j.id.as_str())
+                });
+                let released = deliver(&store, replies, leased, now).await;
+                Ok::<_, sqlx::Error>((out, unserved || released))
             })
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "jobs: enqueue task failed");
                 JobsError::Unavailable("database".into())
             })?
-            .map_err(db)?
+            .map_err(db)?;
+            // Jobs handed to waiting leases need no wake-up: other leases, here or on other
+            // nodes, have nothing to find. Any job left waiting does.
+            if unserved {
+                self.announce();
+            }
+            out
         };
         for (j, _) in &out {
             if j.state == "scheduled" {
@@ -690,9 +705,6 @@ impl JobsService {
                 }
             },
         );
-        if out.iter().any(|(_, dup)| !dup) {
-            self.announce();
-        }
         Ok(out
             .into_iter()
             .map(|(job, duplicate)| Enqueued { job, duplicate })
@@ -1251,17 +1263,19 @@ fn check_queue(queue: &str) -> Result<(), JobsError> {
 }
 
 /// Answers the waiting leases an enqueue served; a lease whose long-poll ended meanwhile gets
-/// its jobs given back at once.
+/// its jobs given back at once (true when any were).
 async fn deliver(
     store: &JobStore,
     replies: Vec<oneshot::Sender<Vec<Job>>>,
     leased: Vec<Vec<Job>>,
     now: u64,
-) {
+) -> bool {
+    let mut released = false;
     for (reply, jobs) in replies.into_iter().zip(leased) {
         let Err(jobs) = reply.send(jobs) else {
             continue;
         };
+        released |= !jobs.is_empty();
         for j in jobs {
             let lease_id = j.lease_id.unwrap_or_default();
             if let Err(e) = store.release(&j.id, &lease_id, now).await {
@@ -1269,6 +1283,7 @@ async fn deliver(
             }
         }
     }
+    released
 }
 
 /// Calls `f` once per run of consecutive items with the same (queue, kind): metrics are

@@ -815,6 +815,16 @@ impl JobStore {
                 })
                 .await
             }
+            // Plain jobs and no waiting lease: one statement, atomic by itself, so no
+            // BEGIN/COMMIT round trips.
+            Writes::Postgres(pool)
+                if asks.is_empty() && jobs.iter().all(|j| j.unique_hold.is_none()) =>
+            {
+                Ok((
+                    insert_pg(&mut *pool.acquire().await?, jobs, now).await?,
+                    Vec::new(),
+                ))
+            }
             Writes::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 let out = insert_pg(&mut tx, jobs, now).await?;

@@ -317,6 +317,7 @@ impl Worker {
         };
         let slots_total = self.concurrency + self.prefetch.unwrap_or(self.concurrency);
         let slots = Arc::new(Semaphore::new(slots_total));
+        let lease_cap = (slots_total / LEASES_IN_FLIGHT).clamp(1, MAX_LEASE) as u32;
         let (done_tx, done_rx) = mpsc::channel::<Completion>(slots_total.max(64) * 2);
         let ctx = Arc::new(Ctx {
             client: self.client.clone(),
@@ -335,65 +336,74 @@ impl Worker {
             self.complete_batch,
         ));
         let mut tasks = JoinSet::new();
+        let mut leases: JoinSet<(u32, Result<Vec<Job>, ClientError>)> = JoinSet::new();
         let mut failures = 0u32;
+        let mut retry_at: Option<Instant> = None;
         let result = loop {
             while tasks.try_join_next().is_some() {}
-            let first = tokio::select! {
-                p = slots.clone().acquire_owned() => p,
+            // Two leases are in flight, each for at most half the slots, so the worker is not
+            // idle for a round trip when its handlers are quicker than the server's answer, and
+            // a job enqueued while one lease is on its way back meets the other one waiting.
+            // The first waits for one free slot; a second for a full half (big batches).
+            let need = match leases.len() {
+                _ if retry_at.is_some() => 0,
+                0 => 1,
+                n if n < LEASES_IN_FLIGHT => lease_cap,
+                _ => 0,
+            };
+            let nap = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
                 () = stop.cancelled() => break Ok(()),
-            };
-            let Ok(first) = first else { break Ok(()) };
-            first.forget();
-            let extra = slots.available_permits().min(999) as u32;
-            if let Ok(p) = slots.clone().try_acquire_many_owned(extra) {
-                p.forget();
-            }
-            let want = extra + 1;
-            let leased = self
-                .client
-                .lease(&self.queues, want, self.poll_wait, &self.name)
-                .await;
-            let jobs = match leased {
-                Ok(jobs) => {
-                    failures = 0;
-                    jobs
-                }
-                Err(
-                    e @ ClientError::Problem {
-                        status: 400..=499, ..
-                    },
-                ) if !matches!(
-                    e,
-                    ClientError::Problem {
-                        status: 408 | 429,
-                        ..
-                    }
-                ) =>
-                {
-                    slots.add_permits(want as usize);
-                    break Err(e);
-                }
-                Err(e) => {
-                    slots.add_permits(want as usize);
-                    failures += 1;
-                    let nap = Duration::from_millis(100 << failures.min(6));
-                    tracing::warn!(error = %e, retry_in_ms = nap.as_millis() as u64, "jobs worker: lease failed");
-                    tokio::select! {
-                        () = tokio::time::sleep(nap) => continue,
-                        () = stop.cancelled() => break Ok(()),
+                () = nap => retry_at = None,
+                Some(done) = leases.join_next() => {
+                    let Ok((want, leased)) = done else { continue };
+                    match leased {
+                        Ok(jobs) => {
+                            failures = 0;
+                            slots.add_permits(want as usize - jobs.len().min(want as usize));
+                            start(&ctx, &slots, &mut tasks, jobs);
+                        }
+                        Err(e) => {
+                            slots.add_permits(want as usize);
+                            if fatal(&e) {
+                                break Err(e);
+                            }
+                            failures += 1;
+                            let nap = Duration::from_millis(100 << failures.min(6));
+                            tracing::warn!(error = %e, retry_in_ms = nap.as_millis() as u64, "jobs worker: lease failed");
+                            retry_at = Some(Instant::now() + nap);
+                        }
                     }
                 }
-            };
-            slots.add_permits(want as usize - jobs.len().min(want as usize));
-            self.counters
-                .leased
-                .fetch_add(jobs.len() as u64, Ordering::Relaxed);
-            for job in jobs {
-                let slot = Slot(slots.clone());
-                tasks.spawn(run_job(ctx.clone(), job, slot));
+                first = slots.clone().acquire_many_owned(need), if need > 0 => {
+                    let Ok(first) = first else { break Ok(()) };
+                    first.forget();
+                    // Let handlers that are about to finish do so, then ask for every free slot.
+                    tokio::task::yield_now().await;
+                    let extra = slots.available_permits().min((lease_cap - need) as usize) as u32;
+                    if let Ok(p) = slots.clone().try_acquire_many_owned(extra) {
+                        p.forget();
+                    }
+                    let want = extra + need;
+                    let (client, queues, wait, name) =
+                        (self.client.clone(), self.queues.clone(), self.poll_wait, self.name.clone());
+                    leases.spawn(async move { (want, client.lease(&queues, want, wait, &name).await) });
+                }
             }
         };
         stop.cancel();
+        // Leases still in flight: their jobs release themselves at once (the worker stopped).
+        while let Some(done) = leases.join_next().await {
+            if let Ok((_, Ok(jobs))) = done {
+                start(&ctx, &slots, &mut tasks, jobs);
+            }
+        }
         // Unstarted jobs release themselves at once; running ones get the grace period.
         let drained = tokio::time::timeout(self.shutdown_timeout, async {
             while tasks.join_next().await.is_some() {}
@@ -504,6 +514,16 @@ impl Ctx {
     }
 }
 
+/// Counts leased jobs and gives each a task (holding its slot).
+fn start(ctx: &Arc<Ctx>, slots: &Arc<Semaphore>, tasks: &mut JoinSet<()>, jobs: Vec<Job>) {
+    ctx.counters
+        .leased
+        .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+    for job in jobs {
+        tasks.spawn(run_job(ctx.clone(), job, Slot(slots.clone())));
+    }
+}
+
 async fn run_job(ctx: Arc<Ctx>, job: Job, _slot: Slot) {
     let lease_id = job.lease_id.clone().unwrap_or_default();
     let lease = job.lease_length().unwrap_or(Duration::from_secs(30));
@@ -583,7 +603,30 @@ async fn run_job(ctx: Arc<Ctx>, job: Job, _slot: Slot) {
 }
 
 /// Most completion requests in flight.
-const COMPLETE_IN_FLIGHT: usize = 4;
+const COMPLETE_IN_FLIGHT: usize = 2;
+
+/// Most lease requests in flight.
+const LEASES_IN_FLIGHT: usize = 2;
+
+/// Most jobs one lease asks for (the server's limit).
+const MAX_LEASE: usize = 1000;
+
+/// A lease refusal the server will repeat (bad queue names, auth): the worker stops on it.
+fn fatal(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Problem {
+            status: 400..=499,
+            ..
+        }
+    ) && !matches!(
+        e,
+        ClientError::Problem {
+            status: 408 | 429,
+            ..
+        }
+    )
+}
 
 /// Sends completions in batches until every sender is gone and everything is flushed.
 async fn complete_loop(
