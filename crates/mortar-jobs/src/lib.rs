@@ -31,7 +31,8 @@
 //!   count; retention of completed and cancelled jobs (default 24 h; dead jobs 7 days).
 //! - **Push delivery**: a queue with a `target_url` has its jobs POSTed there, signed, through
 //!   a circuit breaker ([`push`]).
-//! - **Wake-ups**: an enqueue wakes waiting leases at once — on this node directly, on other
+//! - **Wake-ups**: an enqueue hands its jobs to leases waiting on its node inside its own
+//!   transaction; jobs left over wake waiting leases at once — on this node directly, on other
 //!   nodes through PostgreSQL LISTEN/NOTIFY (sent at commit, so transactional enqueues wake too);
 //!   scheduled jobs and retries coming due, and freed concurrency slots, are seen within
 //!   `jobs.poll_ms` (100 ms).

@@ -18,8 +18,11 @@
 //! # Ok(()) }
 //! ```
 //!
-//! * **Leasing** in batches: one long-poll (`wait_ms`) at a time asks for as many jobs as there
-//!   are free slots (`concurrency` running + `prefetch` waiting).
+//! * **Leasing** in batches: up to two long-polls (`wait_ms`) in flight, each asking for the
+//!   free slots (`concurrency` running + `prefetch` waiting), at most half of them; the second
+//!   goes out once half the slots are free. The worker is never idle for a lease's round trip
+//!   when its handlers are quicker than the server, and a job enqueued while one lease is on
+//!   its way back finds the other one waiting.
 //! * **Heartbeats** every third of the lease while a job waits for a slot or runs; a refused
 //!   heartbeat (409: the lease ran out and the job may run elsewhere) cancels the handler.
 //! * **Completions** are batched (`POST /v1/jobs/complete`, several requests in flight); a
@@ -251,7 +254,7 @@ impl Worker {
     }
 
     /// How long one lease request waits for jobs (long-poll, default 1 s; at most 60 s).
-    /// Shutdown waits for the request in flight, so this also bounds how soon leasing stops.
+    /// Shutdown waits for the requests in flight, so this also bounds how soon leasing stops.
     #[must_use]
     pub fn poll_wait(mut self, wait: Duration) -> Self {
         self.poll_wait = wait.min(Duration::from_secs(60));
@@ -273,7 +276,8 @@ impl Worker {
     }
 
     /// Most completions sent in one `POST /v1/jobs/complete` (default 64, at most 10 000).
-    /// Smaller batches are sent sooner; up to four are in flight at once.
+    /// Smaller batches are sent sooner; up to two are in flight at once (what arrives meanwhile
+    /// makes the next batch).
     #[must_use]
     pub fn complete_batch(mut self, n: usize) -> Self {
         self.complete_batch = n.clamp(1, 10_000);
