@@ -110,13 +110,27 @@ pub fn rfc3339(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        ms % 1000
-    )
+    let (hh, mm, ss, frac) = (rem / 3600, (rem % 3600) / 60, rem % 60, ms % 1000);
+    if !(0..=9999).contains(&y) {
+        return format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{frac:03}Z");
+    }
+    // Digits written in place: `format!` and its padding cost ~10× more, and job listings and
+    // leases format several timestamps per job.
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut n: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, y as u64);
+    put(5, 2, u64::from(m));
+    put(8, 2, u64::from(d));
+    put(11, 2, hh);
+    put(14, 2, mm);
+    put(17, 2, ss);
+    put(20, 3, frac);
+    out.iter().map(|&b| char::from(b)).collect()
 }
 
 /// Parses an RFC 3339 timestamp (`2026-11-21T10:00:00Z`, `…T10:00:00.250+01:00`) into epoch
@@ -259,6 +273,24 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(rfc3339(1_795_000_000_000), "2026-11-18T11:06:40.000Z");
+        // Past year 9999 the year takes more digits.
+        assert_eq!(rfc3339(253_402_300_800_000), "10000-01-01T00:00:00.000Z");
+        // Every field, against the general formatter, through years 1970 to 10000 in steps of
+        // about 37 days that land on every hour, minute, second and millisecond in turn.
+        let mut ms = 0u64;
+        while ms < 253_402_300_800_000 + 86_400_000 {
+            let (days, rem) = (ms / 1000 / 86_400, ms / 1000 % 86_400);
+            let (y, m, d) = civil_from_days(days as i64);
+            let expect = format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+                rem / 3600,
+                rem % 3600 / 60,
+                rem % 60,
+                ms % 1000
+            );
+            assert_eq!(rfc3339(ms), expect);
+            ms += 3_196_800_000 + 3_661_001;
+        }
     }
 
     #[test]
