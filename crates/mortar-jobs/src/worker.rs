@@ -397,7 +397,14 @@ impl Worker {
                     let want = extra + need;
                     let (client, queues, wait, name) =
                         (self.client.clone(), self.queues.clone(), self.poll_wait, self.name.clone());
-                    leases.spawn(async move { (want, client.lease(&queues, want, wait, &name).await) });
+                    leases.spawn(async move {
+                        // A panic comes back as a failed lease, so its slots are given back.
+                        let got = AssertUnwindSafe(client.lease(&queues, want, wait, &name))
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|_| Err(ClientError::Transport("the lease request panicked".into())));
+                        (want, got)
+                    });
                 }
             }
         };
