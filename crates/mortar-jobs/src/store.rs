@@ -242,6 +242,26 @@ const INSERT_MANY_PG: &str = "INSERT INTO jobs_jobs (id, queue, kind, payload, p
     AS t(id, queue, kind, payload, priority, run_at_ms, state, max_attempts, backoff_base_ms, backoff_max_ms, timeout_ms, \
     created_at_ms, tags)";
 
+/// Plain jobs, some of them handed straight to waiting leases (PostgreSQL): those carry a
+/// lease id and worker (`$14`, `$15`) and go in as `running`, started at `$16`, unless their
+/// queue is paused or limited (then they go in as they are, and their lease looks again). One
+/// statement, no transaction around it: enqueue to start is one round trip and one commit,
+/// and a handed-off job is written once instead of twice.
+const INSERT_HANDING_OFF_PG: &str = "INSERT INTO jobs_jobs (id, queue, kind, payload, priority, run_at_ms, state, attempt, \
+    max_attempts, backoff_base_ms, backoff_max_ms, timeout_ms, created_at_ms, tags, lease_id, lease_until_ms, worker, \
+    started_at_ms) \
+    SELECT id, queue, kind, payload, priority, run_at_ms, CASE WHEN h THEN 'running' ELSE state END, \
+    CASE WHEN h THEN 1 ELSE 0 END, max_attempts, backoff_base_ms, backoff_max_ms, timeout_ms, created_at_ms, tags, \
+    CASE WHEN h THEN lease_id END, CASE WHEN h THEN $16 + timeout_ms END, CASE WHEN h THEN worker END, \
+    CASE WHEN h THEN $16::int8 END \
+    FROM (SELECT t.*, t.lease_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM jobs_queues q WHERE q.queue = t.queue \
+    AND (q.paused OR q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL)) AS h \
+    FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::int8[], $7::text[], \
+    $8::int4[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::text[], $14::text[], $15::text[]) \
+    AS t(id, queue, kind, payload, priority, run_at_ms, state, max_attempts, backoff_base_ms, backoff_max_ms, timeout_ms, \
+    created_at_ms, tags, lease_id, worker)) AS j \
+    RETURNING id, state";
+
 fn holder_sql() -> String {
     format!("SELECT {COLUMNS} FROM jobs_jobs WHERE queue = $1 AND unique_hold = $2")
 }
@@ -311,6 +331,99 @@ fn insert_sqlite(
 
 /// Inserts `jobs` on a PostgreSQL connection (inside the caller's transaction), like
 /// [`insert_sqlite`]. Jobs without a unique key go in one statement.
+fn col<T>(rows: &[&Job], f: impl Fn(&Job) -> T) -> Vec<T> {
+    rows.iter().map(|j| f(j)).collect()
+}
+
+/// Binds `$1`–`$13` of [`INSERT_MANY_PG`] and [`INSERT_HANDING_OFF_PG`]: one array per column.
+fn bind_plain<'q>(
+    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    rows: &[&Job],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    q.bind(col(rows, |j| j.id.clone()))
+        .bind(col(rows, |j| j.queue.clone()))
+        .bind(col(rows, |j| j.kind.clone()))
+        .bind(col(rows, |j| j.payload.clone()))
+        .bind(col(rows, |j| j.priority))
+        .bind(col(rows, |j| j.run_at_ms))
+        .bind(col(rows, |j| j.state.clone()))
+        .bind(col(rows, |j| j.max_attempts))
+        .bind(col(rows, |j| j.backoff_base_ms))
+        .bind(col(rows, |j| j.backoff_max_ms))
+        .bind(col(rows, |j| j.timeout_ms))
+        .bind(col(rows, |j| j.created_at_ms))
+        .bind(col(rows, |j| j.tags.clone()))
+}
+
+/// Inserts plain jobs (no unique key) on PostgreSQL and hands the available ones straight to
+/// the waiting leases `asks`, in lease order (priority, run_at, id), each ask up to its `max`
+/// of its queues: one statement. Jobs of a paused or limited queue are inserted as they are
+/// and given to no one.
+async fn insert_handing_off_pg(
+    pool: &PgPool,
+    jobs: Vec<Job>,
+    asks: &[LeaseAsk],
+    now_ms: u64,
+) -> Result<(Vec<(Job, bool)>, Vec<Vec<Job>>), sqlx::Error> {
+    let mut order: Vec<usize> = (0..jobs.len())
+        .filter(|&i| jobs[i].state == "available")
+        .collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&jobs[a], &jobs[b]);
+        (a.priority, a.run_at_ms, &a.id).cmp(&(b.priority, b.run_at_ms, &b.id))
+    });
+    // Which ask each job goes to, and under which lease.
+    let mut to: Vec<Option<usize>> = vec![None; jobs.len()];
+    let leases: Vec<String> = asks.iter().map(|_| mortar_core::ids::new_id()).collect();
+    for (a, ask) in asks.iter().enumerate() {
+        let mut room = ask.max as usize;
+        for &i in &order {
+            if room == 0 {
+                break;
+            }
+            if to[i].is_none() && ask.queues.contains(&jobs[i].queue) {
+                to[i] = Some(a);
+                room -= 1;
+            }
+        }
+    }
+    let rows: Vec<&Job> = jobs.iter().collect();
+    let inserted = bind_plain(sqlx::query(INSERT_HANDING_OFF_PG), &rows)
+        .bind(
+            to.iter()
+                .map(|a| a.map(|a| leases[a].clone()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            to.iter()
+                .map(|a| a.map(|a| asks[a].worker.clone()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(now_ms as i64)
+        .fetch_all(pool)
+        .await?;
+    let mut running = std::collections::HashSet::new();
+    for r in &inserted {
+        if sqlx::Row::try_get::<&str, _>(r, 1)? == "running" {
+            running.insert(sqlx::Row::try_get::<String, _>(r, 0)?);
+        }
+    }
+    let mut leased = vec![Vec::new(); asks.len()];
+    for &i in &order {
+        if let Some(a) = to[i].filter(|_| running.contains(&jobs[i].id)) {
+            let mut j = jobs[i].clone();
+            j.state = "running".into();
+            j.attempt = 1;
+            j.lease_id = Some(leases[a].clone());
+            j.lease_until_ms = Some(now_ms as i64 + j.timeout_ms);
+            j.worker = Some(asks[a].worker.clone());
+            j.started_at_ms = Some(now_ms as i64);
+            leased[a].push(j);
+        }
+    }
+    Ok((jobs.into_iter().map(|j| (j, false)).collect(), leased))
+}
+
 pub(crate) async fn insert_pg(
     conn: &mut sqlx::PgConnection,
     jobs: Vec<Job>,
@@ -318,23 +431,7 @@ pub(crate) async fn insert_pg(
 ) -> Result<Vec<(Job, bool)>, sqlx::Error> {
     let plain: Vec<&Job> = jobs.iter().filter(|j| j.unique_hold.is_none()).collect();
     if !plain.is_empty() {
-        fn col<T>(rows: &[&Job], f: impl Fn(&Job) -> T) -> Vec<T> {
-            rows.iter().map(|j| f(j)).collect()
-        }
-        sqlx::query(INSERT_MANY_PG)
-            .bind(col(&plain, |j| j.id.clone()))
-            .bind(col(&plain, |j| j.queue.clone()))
-            .bind(col(&plain, |j| j.kind.clone()))
-            .bind(col(&plain, |j| j.payload.clone()))
-            .bind(col(&plain, |j| j.priority))
-            .bind(col(&plain, |j| j.run_at_ms))
-            .bind(col(&plain, |j| j.state.clone()))
-            .bind(col(&plain, |j| j.max_attempts))
-            .bind(col(&plain, |j| j.backoff_base_ms))
-            .bind(col(&plain, |j| j.backoff_max_ms))
-            .bind(col(&plain, |j| j.timeout_ms))
-            .bind(col(&plain, |j| j.created_at_ms))
-            .bind(col(&plain, |j| j.tags.clone()))
+        bind_plain(sqlx::query(INSERT_MANY_PG), &plain)
             .execute(&mut *conn)
             .await?;
     }
@@ -815,15 +912,16 @@ impl JobStore {
                 })
                 .await
             }
-            // Plain jobs and no waiting lease: one statement, atomic by itself, so no
-            // BEGIN/COMMIT round trips.
-            Writes::Postgres(pool)
-                if asks.is_empty() && jobs.iter().all(|j| j.unique_hold.is_none()) =>
-            {
-                Ok((
-                    insert_pg(&mut *pool.acquire().await?, jobs, now).await?,
-                    Vec::new(),
-                ))
+            // Plain jobs: one statement, atomic by itself, so no BEGIN/COMMIT round trips.
+            Writes::Postgres(pool) if jobs.iter().all(|j| j.unique_hold.is_none()) => {
+                if asks.is_empty() {
+                    Ok((
+                        insert_pg(&mut *pool.acquire().await?, jobs, now).await?,
+                        Vec::new(),
+                    ))
+                } else {
+                    insert_handing_off_pg(pool, jobs, &asks, now_ms).await
+                }
             }
             Writes::Postgres(pool) => {
                 let mut tx = pool.begin().await?;

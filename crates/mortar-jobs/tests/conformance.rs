@@ -710,7 +710,14 @@ async fn a_waiting_lease_gets_new_jobs_within_the_enqueue(svc: &JobsService) {
     assert_eq!(svc.waiting_leases(), 0);
     let got = lease.await.unwrap();
     assert_eq!(got.len(), 1);
-    assert_eq!((&got[0].id, &got[0].lease_id), (&id, &stored.lease_id));
+    assert_eq!(
+        got[0], stored,
+        "the lease's copy is the stored row, field for field"
+    );
+    assert_eq!(
+        stored.lease_until_ms,
+        Some(stored.started_at_ms.unwrap() + stored.timeout_ms)
+    );
     svc.complete(&id, stored.lease_id.as_deref().unwrap(), None)
         .await
         .unwrap();
@@ -765,6 +772,37 @@ async fn a_waiting_lease_gets_new_jobs_within_the_enqueue(svc: &JobsService) {
     until_waiting(svc, paused.as_mut(), 1).await; // answered empty, it waits again
     drop(paused);
     svc.cancel(&id).await.unwrap();
+
+    // A limited queue's job is leased under the queue's lock: the waiting lease gets it, within
+    // the limit, and a second job waits for the slot.
+    svc.put_queue(
+        "ho-limited",
+        &QueueSettings {
+            concurrency: Some(1),
+            ..QueueSettings::default()
+        },
+    )
+    .await
+    .unwrap();
+    let ho_limited = ["ho-limited".to_owned()];
+    let mut limited = Box::pin(svc.lease(&ho_limited, 5, 30_000, "w"));
+    until_waiting(svc, limited.as_mut(), 1).await;
+    let jobs = [job("ho-limited", 10), job("ho-limited", 10)];
+    let ids: Vec<String> = svc
+        .enqueue(&jobs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.job.id)
+        .collect();
+    let got = limited.await.unwrap();
+    assert_eq!(got.len(), 1, "concurrency 1");
+    assert_eq!(got[0].id, ids[0]);
+    assert_eq!(svc.get(&ids[1]).await.unwrap().0.state, "available");
+    svc.complete(&ids[0], got[0].lease_id.as_deref().unwrap(), None)
+        .await
+        .unwrap();
+    svc.cancel(&ids[1]).await.unwrap();
 }
 
 #[tokio::test]
