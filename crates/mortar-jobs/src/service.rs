@@ -1329,12 +1329,18 @@ async fn listen(svc: std::sync::Weak<JobsService>, pool: sqlx::PgPool, node: Str
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
             Ok(l) => l,
             Err(e) => {
+                if pool.is_closed() {
+                    return; // shutting down
+                }
                 tracing::warn!(error = %e, "jobs: LISTEN connection failed; retrying in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
         if let Err(e) = listener.listen("mortar_jobs").await {
+            if pool.is_closed() {
+                return; // shutting down
+            }
             tracing::warn!(error = %e, "jobs: LISTEN failed; retrying in 1 s");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -1347,6 +1353,9 @@ async fn listen(svc: std::sync::Weak<JobsService>, pool: sqlx::PgPool, node: Str
                     None => return,
                 },
                 Err(e) => {
+                    if pool.is_closed() {
+                        return; // shutting down
+                    }
                     tracing::warn!(error = %e, "jobs: LISTEN connection lost; reconnecting");
                     break;
                 }

@@ -91,6 +91,9 @@ async fn listen(svc: Weak<LockService>, pool: sqlx::PgPool, node: String) {
         let mut listener = match listening.await {
             Ok(l) => l,
             Err(e) => {
+                if pool.is_closed() {
+                    return; // shutting down
+                }
                 tracing::warn!(error = %e, "lock: LISTEN failed; retrying in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
@@ -110,6 +113,9 @@ async fn listen(svc: Weak<LockService>, pool: sqlx::PgPool, node: String) {
                 }
                 Ok(None) => {} // reconnected: notifications may be lost, the poll covers them
                 Err(e) => {
+                    if pool.is_closed() {
+                        return; // shutting down
+                    }
                     tracing::warn!(error = %e, "lock: LISTEN connection lost; reconnecting");
                     break;
                 }
