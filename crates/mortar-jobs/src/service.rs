@@ -1325,43 +1325,13 @@ async fn announcer(mut rx: tokio::sync::mpsc::Receiver<()>, pool: sqlx::PgPool, 
 /// enqueue commits (PostgreSQL NOTIFY). Reconnects when the connection drops; polling covers
 /// the gap.
 async fn listen(svc: std::sync::Weak<JobsService>, pool: sqlx::PgPool, node: String) {
-    loop {
-        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                if pool.is_closed() {
-                    return; // shutting down
-                }
-                tracing::warn!(error = %e, "jobs: LISTEN connection failed; retrying in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        if let Err(e) = listener.listen("mortar_jobs").await {
-            if pool.is_closed() {
-                return; // shutting down
-            }
-            tracing::warn!(error = %e, "jobs: LISTEN failed; retrying in 1 s");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
+    mortar_core::storage::listen(pool, "mortar_jobs", "jobs", |payload| {
+        if payload == Some(node.as_str()) {
+            return true; // this node's own
         }
-        loop {
-            match listener.try_recv().await {
-                Ok(Some(n)) if n.payload() == node => {} // this node's own
-                Ok(Some(_) | None) => match svc.upgrade() {
-                    Some(s) => s.wake.notify_waiters(),
-                    None => return,
-                },
-                Err(e) => {
-                    if pool.is_closed() {
-                        return; // shutting down
-                    }
-                    tracing::warn!(error = %e, "jobs: LISTEN connection lost; reconnecting");
-                    break;
-                }
-            }
-        }
-    }
+        svc.upgrade().map(|s| s.wake.notify_waiters()).is_some()
+    })
+    .await;
 }
 
 /// Prunes and refreshes gauges every `prune_every_ms` (every node does; deletes are idempotent).

@@ -7,7 +7,6 @@
 //! go out in one NOTIFY, under PostgreSQL's 8 000-byte payload limit).
 
 use std::sync::Weak;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 
@@ -79,47 +78,18 @@ async fn send(pool: &sqlx::PgPool, payload: &str) {
 /// Wakes this node's waiters of every lock another node announces. Reconnects when the
 /// connection drops; polling covers the gap.
 async fn listen(svc: Weak<LockService>, pool: sqlx::PgPool, node: String) {
-    loop {
-        if svc.strong_count() == 0 {
-            return;
+    mortar_core::storage::listen(pool, CHANNEL, "lock", |payload| {
+        // None: reconnected; notifications may be lost, the poll covers them.
+        let Some(payload) = payload else { return true };
+        let mut parts = payload.split('\n');
+        if parts.next() == Some(node.as_str()) {
+            return true;
         }
-        let listening = async {
-            let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
-            l.listen(CHANNEL).await?;
-            Ok::<_, sqlx::Error>(l)
-        };
-        let mut listener = match listening.await {
-            Ok(l) => l,
-            Err(e) => {
-                if pool.is_closed() {
-                    return; // shutting down
-                }
-                tracing::warn!(error = %e, "lock: LISTEN failed; retrying in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        loop {
-            match listener.try_recv().await {
-                Ok(Some(n)) => {
-                    let mut parts = n.payload().split('\n');
-                    if parts.next() == Some(node.as_str()) {
-                        continue;
-                    }
-                    let Some(s) = svc.upgrade() else { return };
-                    for name in parts {
-                        s.wake_local(name);
-                    }
-                }
-                Ok(None) => {} // reconnected: notifications may be lost, the poll covers them
-                Err(e) => {
-                    if pool.is_closed() {
-                        return; // shutting down
-                    }
-                    tracing::warn!(error = %e, "lock: LISTEN connection lost; reconnecting");
-                    break;
-                }
-            }
+        let Some(s) = svc.upgrade() else { return false };
+        for name in parts {
+            s.wake_local(name);
         }
-    }
+        true
+    })
+    .await;
 }
