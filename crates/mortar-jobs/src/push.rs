@@ -73,6 +73,9 @@ async fn dispatch(svc: Arc<JobsService>, breakers: Breakers) {
         let woken = svc.woken();
         tokio::pin!(woken);
         woken.as_mut().enable();
+        let settings = svc.settings_changed();
+        tokio::pin!(settings);
+        settings.as_mut().enable();
         let slot = freed.notified();
         tokio::pin!(slot);
         slot.as_mut().enable();
@@ -83,6 +86,7 @@ async fn dispatch(svc: Arc<JobsService>, breakers: Breakers) {
                 Vec::new()
             }
         };
+        let pushing = !queues.is_empty();
         for row in queues {
             let breaker = breakers(&format!("jobs.push.{}", row.queue));
             if breaker.state() == mortar_resilience::State::Open {
@@ -125,10 +129,14 @@ async fn dispatch(svc: Arc<JobsService>, breakers: Breakers) {
                 });
             }
         }
+        // With no push queue, enqueues are none of the dispatcher's business: it looks again
+        // after `poll_ms` (another node's settings) or at a settings change here, instead of
+        // reading the settings at every enqueue.
         let _ = tokio::time::timeout(poll, async {
             tokio::select! {
-                () = &mut woken => {}
+                () = &mut woken, if pushing => {}
                 () = &mut slot => {}
+                () = &mut settings => {}
             }
         })
         .await;

@@ -208,6 +208,9 @@ pub struct JobsService {
     /// PostgreSQL: asks the announcer task to NOTIFY the other nodes (capacity 1, so the
     /// announcements made while one is being sent make one more).
     announce_tx: Option<tokio::sync::mpsc::Sender<()>>,
+    /// Woken by a queue settings change on this node (the push dispatcher's cue when no queue
+    /// pushes yet).
+    settings_changed: Notify,
 }
 
 /// A waiting lease and where its jobs go.
@@ -576,6 +579,7 @@ impl JobsService {
             cfg: cfg.clone(),
             clock,
             wake: Notify::new(),
+            settings_changed: Notify::new(),
             next_due: AtomicI64::new(0),
             checked_at: AtomicU64::new(0),
             maintaining: AtomicBool::new(false),
@@ -613,6 +617,11 @@ impl JobsService {
     /// PostgreSQL).
     pub(crate) fn woken(&self) -> tokio::sync::futures::Notified<'_> {
         self.wake.notified()
+    }
+
+    /// Resolves at the next queue settings change on this node.
+    pub(crate) fn settings_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.settings_changed.notified()
     }
 
     /// Queues with a push target that are not paused.
@@ -1172,6 +1181,7 @@ impl JobsService {
             .put_queue(&s.row(queue, self.clock.now_ms()))
             .await
             .map_err(db)?;
+        self.settings_changed.notify_waiters();
         self.announce();
         self.queue(queue).await
     }
@@ -1190,6 +1200,7 @@ impl JobsService {
             .put_queue(&s.row(queue, self.clock.now_ms()))
             .await
             .map_err(db)?;
+        self.settings_changed.notify_waiters();
         self.announce();
         self.queue(queue).await
     }

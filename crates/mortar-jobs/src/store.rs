@@ -18,6 +18,8 @@ use mortar_core::storage::sqlite_writer::{SqliteWriter, positional};
 use mortar_core::with_pool;
 use rusqlite::OptionalExtension;
 use sqlx::{FromRow, PgPool};
+use std::sync::Arc;
+use tokio::sync::oneshot;
 
 use crate::engine::{State, UniqueWhile};
 
@@ -132,6 +134,123 @@ pub struct JobStore {
     /// job is simply available again: at-least-once). A later durable commit on any
     /// connection (a completion, say) flushes the WAL up to it.
     relaxed: Option<PgPool>,
+    /// Small plain enqueues on PostgreSQL, combined while one is being written.
+    group: Arc<InsertGroup>,
+}
+
+/// Enqueues of at most this many plain jobs go through [`InsertGroup`]; bigger batches are a
+/// statement of their own already.
+const GROUP_MAX_JOBS: usize = 64;
+
+type GroupReply = oneshot::Sender<Result<Vec<(Job, bool)>, String>>;
+
+/// Group commit for small plain enqueues on PostgreSQL (most HTTP enqueues are one job). While
+/// one INSERT is in flight, the enqueues that arrive queue up and go together in the next one:
+/// one statement and one WAL flush for all of them instead of one each, so a busy server spends
+/// its database's time on jobs, not on commits. An idle one writes at once, as before. The
+/// statement is atomic, so a failure fails every enqueue in it (none is acknowledged).
+#[derive(Default)]
+struct InsertGroup {
+    state: std::sync::Mutex<GroupState>,
+    /// Statements written (tests look at it).
+    statements: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct GroupState {
+    /// A drain task is writing (it takes whatever is pending when its INSERT returns).
+    busy: bool,
+    pending: Vec<(Vec<Job>, GroupReply)>,
+}
+
+impl std::fmt::Debug for InsertGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InsertGroup").finish_non_exhaustive()
+    }
+}
+
+impl InsertGroup {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GroupState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Inserts `jobs` (plain) with whatever else is queued; durable when this returns.
+    async fn insert(
+        self: &Arc<Self>,
+        pool: &PgPool,
+        jobs: Vec<Job>,
+    ) -> Result<Vec<(Job, bool)>, sqlx::Error> {
+        let (reply, answer) = oneshot::channel();
+        let lead = {
+            let mut s = self.lock();
+            s.pending.push((jobs, reply));
+            !std::mem::replace(&mut s.busy, true)
+        };
+        if lead {
+            // A task of its own: the enqueues it writes for are answered even if this request
+            // is dropped.
+            let (group, pool) = (self.clone(), pool.clone());
+            tokio::spawn(async move { group.drain(&pool).await });
+        }
+        match answer.await {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(e)) => Err(sqlx::Error::Protocol(e)),
+            Err(_) => Err(sqlx::Error::PoolClosed), // the drain task ended unexpectedly
+        }
+    }
+
+    async fn drain(&self, pool: &PgPool) {
+        /// Lets the next enqueue lead again if this task ends by a panic (or is cancelled at
+        /// runtime shutdown); the replies it held are dropped, so their enqueues fail.
+        struct Lead<'a>(&'a InsertGroup, bool);
+        impl Drop for Lead<'_> {
+            fn drop(&mut self) {
+                if !self.1 {
+                    let mut s = self.0.lock();
+                    s.busy = false;
+                    s.pending.clear();
+                }
+            }
+        }
+        let mut lead = Lead(self, false);
+        loop {
+            let batch = {
+                let mut s = self.lock();
+                if s.pending.is_empty() {
+                    s.busy = false;
+                    lead.1 = true;
+                    return;
+                }
+                std::mem::take(&mut s.pending)
+            };
+            let (jobs, replies): (Vec<Vec<Job>>, Vec<GroupReply>) = batch.into_iter().unzip();
+            let sizes: Vec<usize> = jobs.iter().map(Vec::len).collect();
+            let all: Vec<Job> = jobs.into_iter().flatten().collect();
+            self.statements
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let refs: Vec<&Job> = all.iter().collect();
+            let written = bind_plain(sqlx::query(INSERT_MANY_PG), &refs)
+                .execute(pool)
+                .await;
+            drop(refs);
+            match written {
+                Ok(_) => {
+                    let mut out = all.into_iter().map(|j| (j, false));
+                    for (n, reply) in sizes.into_iter().zip(replies) {
+                        let _ = reply.send(Ok(out.by_ref().take(n).collect()));
+                    }
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Where a write goes.
@@ -830,6 +949,7 @@ impl JobStore {
             durable,
             writer,
             relaxed,
+            group: Arc::default(),
         }
     }
 
@@ -914,7 +1034,9 @@ impl JobStore {
             }
             // Plain jobs: one statement, atomic by itself, so no BEGIN/COMMIT round trips.
             Writes::Postgres(pool) if jobs.iter().all(|j| j.unique_hold.is_none()) => {
-                if asks.is_empty() {
+                if asks.is_empty() && jobs.len() <= GROUP_MAX_JOBS {
+                    Ok((self.group.insert(pool, jobs).await?, Vec::new()))
+                } else if asks.is_empty() {
                     Ok((
                         insert_pg(&mut *pool.acquire().await?, jobs, now).await?,
                         Vec::new(),
@@ -1561,14 +1683,15 @@ mod tests {
         pool.close().await;
     }
 
-    /// A batch completion probes the primary key once per job, whatever the statistics say
-    /// (here: 2 000 running jobs the planner has not seen), rather than scanning every running
-    /// job through `jobs_leased`.
-    #[tokio::test]
-    async fn postgres_batch_completion_looks_jobs_up_by_id() {
-        let Some(services) = mortar_testkit::services("jobs completion plan") else {
-            return;
-        };
+    /// A fresh database with the jobs schema, and a pool on it.
+    async fn with_schema(
+        services: &mortar_testkit::Services,
+    ) -> (
+        mortar_core::storage::Storage,
+        PgPool,
+        mortar_testkit::TestDatabase,
+        tempfile::TempDir,
+    ) {
         let db = services.create_database().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let storage =
@@ -1585,6 +1708,86 @@ mod tests {
             .await
             .unwrap();
         let pool = PgPool::connect(&db.url).await.unwrap();
+        (storage, pool, db, dir)
+    }
+
+    /// Small enqueues that meet while one is being written go in together as one statement;
+    /// each caller gets exactly its own jobs back, and every job is stored.
+    #[tokio::test]
+    async fn postgres_concurrent_small_enqueues_are_one_statement() {
+        let Some(services) = mortar_testkit::services("jobs grouped insert") else {
+            return;
+        };
+        let (storage, pool, _db, _dir) = with_schema(&services).await;
+        let store = JobStore::new(Durable::Postgres(pool.clone()));
+        let rows = |caller: usize, n: usize| -> Vec<Job> {
+            (0..n)
+                .map(|i| {
+                    let new: crate::service::NewJob = serde_json::from_value(serde_json::json!({
+                        "queue": "q", "kind": "k", "payload": {"caller": caller, "i": i}
+                    }))
+                    .unwrap();
+                    crate::service::prepare(&new, "", 1 << 20, 1_000).unwrap()
+                })
+                .collect()
+        };
+        // On this single-threaded runtime every caller queues before the first write starts.
+        let callers: Vec<Vec<Job>> = (0..40).map(|c| rows(c, 1 + c % 3)).collect();
+        let answers = futures_util::future::join_all(
+            callers
+                .iter()
+                .map(|jobs| store.insert(jobs.clone(), 1_000, Vec::new())),
+        )
+        .await;
+        for (jobs, answer) in callers.iter().zip(answers) {
+            let (out, leased) = answer.unwrap();
+            assert!(leased.is_empty());
+            let back: Vec<&Job> = out
+                .iter()
+                .map(|(j, dup)| {
+                    assert!(!dup);
+                    j
+                })
+                .collect();
+            assert_eq!(back, jobs.iter().collect::<Vec<_>>());
+        }
+        assert_eq!(
+            store
+                .group
+                .statements
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs_jobs")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let sent: usize = callers.iter().map(Vec::len).sum();
+        assert_eq!(stored as usize, sent);
+        // A failing statement fails every enqueue in it, and the next one writes again.
+        let dup = callers[0].clone();
+        let (a, b) = tokio::join!(
+            store.insert(dup.clone(), 1_000, Vec::new()),
+            store.insert(rows(99, 1), 1_000, Vec::new())
+        );
+        assert!(
+            a.is_err() && b.is_err(),
+            "one statement: both fail on the duplicate id"
+        );
+        store.insert(rows(100, 2), 1_000, Vec::new()).await.unwrap();
+        pool.close().await;
+        storage.close().await;
+    }
+
+    /// A batch completion probes the primary key once per job, whatever the statistics say
+    /// (here: 2 000 running jobs the planner has not seen), rather than scanning every running
+    /// job through `jobs_leased`.
+    #[tokio::test]
+    async fn postgres_batch_completion_looks_jobs_up_by_id() {
+        let Some(services) = mortar_testkit::services("jobs completion plan") else {
+            return;
+        };
+        let (storage, pool, _db, _dir) = with_schema(&services).await;
         sqlx::query(
             "INSERT INTO jobs_jobs (id, queue, kind, payload, priority, run_at_ms, state, attempt, max_attempts, \
              backoff_base_ms, backoff_max_ms, timeout_ms, created_at_ms, lease_id, lease_until_ms) \
