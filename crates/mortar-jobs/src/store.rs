@@ -3,7 +3,8 @@
 //! fragments differ by dialect ([`Dialect`]).
 //!
 //! Writes go different ways to each: on PostgreSQL through the sqlx pool, a batch in a few
-//! multi-row statements; on SQLite through the file's [`SqliteWriter`], each operation (a whole
+//! multi-row statements, and small plain enqueues that meet while one is being written together
+//! in one (`InsertGroup`, a group commit); on SQLite through the file's [`SqliteWriter`], each operation (a whole
 //! batch insert, lease or completion) one closure on the writer thread, group-committed with
 //! whatever else is queued. Reads use the pools on both.
 //!
