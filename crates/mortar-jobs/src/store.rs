@@ -4,9 +4,9 @@
 //!
 //! Writes go different ways to each: on PostgreSQL through the sqlx pool, a batch in a few
 //! multi-row statements, and small plain enqueues that meet while one is being written together
-//! in one (`InsertGroup`, a group commit); on SQLite through the file's [`SqliteWriter`], each operation (a whole
-//! batch insert, lease or completion) one closure on the writer thread, group-committed with
-//! whatever else is queued. Reads use the pools on both.
+//! in one (`InsertGroup`, a group commit); on SQLite through the file's [`SqliteWriter`], each
+//! operation (a whole batch insert, lease or completion) one closure on the writer thread,
+//! group-committed with whatever else is queued. Reads use the pools on both.
 //!
 //! Unique jobs are enforced by the database, not by a read-then-write: `unique_hold` carries the
 //! unique key while the job blocks duplicates, under a partial unique index on
