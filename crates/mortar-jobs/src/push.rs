@@ -3,8 +3,10 @@
 //!
 //! Every node runs one dispatcher. It leases a queue's jobs like any worker (so pause,
 //! concurrency and rate limits, leases and fencing all apply), at most [`PUSH_IN_FLIGHT`] per
-//! queue per node, and POSTs each as JSON `{id, queue, kind, payload, attempt, max_attempts,
-//! tags}` with headers `Mortar-Job-Id`, `Mortar-Attempt` and, when the queue has a secret,
+//! queue per node (a node with no push queue looks for one at a settings change on it, and
+//! every second for another node's), and POSTs each as JSON `{id, queue, kind, payload,
+//! attempt, max_attempts, tags}` with headers `Mortar-Job-Id`, `Mortar-Attempt` and, when the
+//! queue has a secret,
 //! `Mortar-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>` (verify it
 //! and reject old `t` to stop replays). The request times out after the job's `timeout_ms`.
 //!
@@ -29,6 +31,9 @@ use crate::store::{Job, QueueRow};
 
 /// Deliveries in flight per queue per node.
 pub const PUSH_IN_FLIGHT: usize = 32;
+
+/// How soon a node with no push queue notices one configured on another node.
+const IDLE_LOOK: Duration = Duration::from_secs(1);
 
 /// `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
 pub fn signature(secret: &str, unix_secs: u64, body: &str) -> String {
@@ -130,9 +135,11 @@ async fn dispatch(svc: Arc<JobsService>, breakers: Breakers) {
             }
         }
         // With no push queue, enqueues are none of the dispatcher's business: it looks again
-        // after `poll_ms` (another node's settings) or at a settings change here, instead of
-        // reading the settings at every enqueue.
-        let _ = tokio::time::timeout(poll, async {
+        // at a settings change here or, for another node's, within IDLE_LOOK — instead of
+        // reading the settings at every enqueue and every poll_ms (an idle server's database
+        // load).
+        let nap = if pushing { poll } else { poll.max(IDLE_LOOK) };
+        let _ = tokio::time::timeout(nap, async {
             tokio::select! {
                 () = &mut woken, if pushing => {}
                 () = &mut slot => {}
