@@ -137,6 +137,65 @@ pub struct JobStore {
     relaxed: Option<PgPool>,
     /// Small plain enqueues on PostgreSQL, combined while one is being written.
     group: Arc<InsertGroup>,
+    /// Every queue's settings as PostgreSQL leases last read them.
+    settings: Arc<SettingsCache>,
+}
+
+/// How old the queue settings a PostgreSQL lease goes by may be: a queue configured on another
+/// node is leased its new way within this (this node's own changes count at once).
+const SETTINGS_TTL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The queue settings leases go by on PostgreSQL, read at most every [`SETTINGS_TTL`] instead of
+/// at every lease. They only choose how a queue is leased (limits are always read under the
+/// queue's row lock, and the free queues' statement skips paused and limited ones itself), so
+/// staleness can delay a queue's jobs by up to the TTL, never break its limits.
+#[derive(Debug, Default)]
+struct SettingsCache {
+    read: std::sync::Mutex<SettingsRead>,
+}
+
+/// (settings changes made on this node so far, the last read and when it started).
+type SettingsRead = (u64, Option<(std::time::Instant, Arc<Vec<QueueRow>>)>);
+
+impl SettingsCache {
+    async fn rows(&self, conn: &mut sqlx::PgConnection) -> Result<Arc<Vec<QueueRow>>, sqlx::Error> {
+        let changes = {
+            let read = self.lock();
+            if let Some((at, rows)) = &read.1
+                && at.elapsed() < SETTINGS_TTL
+            {
+                return Ok(rows.clone());
+            }
+            read.0
+        };
+        let at = std::time::Instant::now();
+        let rows: Arc<Vec<QueueRow>> = Arc::new(
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {QUEUE_COLUMNS} FROM jobs_queues"
+            )))
+            .fetch_all(&mut *conn)
+            .await?,
+        );
+        let mut read = self.lock();
+        // A read that a change here overtook is used once, not kept.
+        if read.0 == changes {
+            read.1 = Some((at, rows.clone()));
+        }
+        Ok(rows)
+    }
+
+    /// After a settings change on this node: the next lease reads them again.
+    fn forget(&self) {
+        let mut read = self.lock();
+        read.0 += 1;
+        read.1 = None;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SettingsRead> {
+        self.read
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Enqueues of at most this many plain jobs go through [`InsertGroup`]; bigger batches are a
@@ -315,6 +374,20 @@ impl Dialect {
     }
 
     fn lease_sql(self, queues: usize) -> String {
+        self.lease_sql_where(queues, "")
+    }
+
+    /// [`Dialect::lease_sql`] for queues believed to have no limits, from settings that may be
+    /// stale: a queue that is paused or limited after all is skipped by the statement itself.
+    fn free_lease_sql(self, queues: usize) -> String {
+        self.lease_sql_where(
+            queues,
+            " AND NOT EXISTS (SELECT 1 FROM jobs_queues s WHERE s.queue = jobs_jobs.queue \
+             AND (s.paused OR s.concurrency IS NOT NULL OR s.rate_limit IS NOT NULL))",
+        )
+    }
+
+    fn lease_sql_where(self, queues: usize, guard: &str) -> String {
         let queue = if queues == 1 {
             "queue = $4".to_owned()
         } else {
@@ -323,7 +396,7 @@ impl Dialect {
         format!(
             "UPDATE jobs_jobs SET state = 'running', attempt = attempt + 1, lease_id = $2, lease_until_ms = $1 + timeout_ms, \
              worker = $3, started_at_ms = $1, {RELEASE_HOLD_ON_START} \
-             WHERE id IN (SELECT id FROM jobs_jobs WHERE state = 'available' AND {queue} \
+             WHERE id IN (SELECT id FROM jobs_jobs WHERE state = 'available' AND {queue}{guard} \
              ORDER BY priority, run_at_ms, id LIMIT $5{}) RETURNING {COLUMNS}",
             self.skip_locked
         )
@@ -827,7 +900,7 @@ async fn handoff_pg(
         let mut sp = sqlx::Connection::begin(&mut *conn).await?;
         let mut leased = Vec::with_capacity(asks.len());
         for a in asks {
-            leased.push(lease_pg(&mut sp, &a.queues, a.max, &a.worker, now_ms).await?);
+            leased.push(lease_pg(&mut sp, &a.queues, a.max, &a.worker, now_ms, None).await?);
         }
         sp.commit().await?;
         Ok::<_, sqlx::Error>(leased)
@@ -838,18 +911,30 @@ async fn handoff_pg(
 
 /// A lease on one PostgreSQL connection: limited queues each in a transaction of their own
 /// (a savepoint when the connection is in one), then the free ones in one statement.
+///
+/// `settings`: the queues' settings rows if known (they may be stale: they only choose the way
+/// each queue is leased, and the free queues' statement skips any that is paused or limited
+/// after all); read here otherwise.
 async fn lease_pg(
     conn: &mut sqlx::PgConnection,
     queues: &[String],
     max: u32,
     worker: &str,
     now_ms: u64,
+    settings: Option<&[QueueRow]>,
 ) -> Result<Vec<Job>, sqlx::Error> {
-    let rows: Vec<QueueRow> = sqlx::query_as(sqlx::AssertSqlSafe(POSTGRES.queue_rows_sql()))
-        .bind(json_strings(queues))
-        .fetch_all(&mut *conn)
-        .await?;
-    let (limited, free) = split_queues(queues, &rows);
+    let read;
+    let rows = match settings {
+        Some(rows) => rows,
+        None => {
+            read = sqlx::query_as::<_, QueueRow>(sqlx::AssertSqlSafe(POSTGRES.queue_rows_sql()))
+                .bind(json_strings(queues))
+                .fetch_all(&mut *conn)
+                .await?;
+            &read
+        }
+    };
+    let (limited, free) = split_queues(queues, rows);
     let lease_id = mortar_core::ids::new_id();
     let mut jobs = Vec::new();
     for row in limited {
@@ -861,14 +946,15 @@ async fn lease_pg(
     }
     let want = max - jobs.len() as u32;
     if want > 0 && !free.is_empty() {
-        let got: Vec<Job> = sqlx::query_as(sqlx::AssertSqlSafe(POSTGRES.lease_sql(free.len())))
-            .bind(now_ms as i64)
-            .bind(&lease_id)
-            .bind(worker)
-            .bind(queue_param(&free))
-            .bind(i64::from(want))
-            .fetch_all(&mut *conn)
-            .await?;
+        let got: Vec<Job> =
+            sqlx::query_as(sqlx::AssertSqlSafe(POSTGRES.free_lease_sql(free.len())))
+                .bind(now_ms as i64)
+                .bind(&lease_id)
+                .bind(worker)
+                .bind(queue_param(&free))
+                .bind(i64::from(want))
+                .fetch_all(&mut *conn)
+                .await?;
         jobs.extend(got);
     }
     by_lease_order(&mut jobs);
@@ -951,6 +1037,7 @@ impl JobStore {
             writer,
             relaxed,
             group: Arc::default(),
+            settings: Arc::default(),
         }
     }
 
@@ -1089,8 +1176,9 @@ impl JobStore {
                 Bind::I(q.updated_at_ms),
             ],
         )
-        .await
-        .map(drop)
+        .await?;
+        self.settings.forget();
+        Ok(())
     }
 
     /// Leases up to `max` due jobs of `queues` (highest priority, then oldest run_at, then id),
@@ -1113,7 +1201,9 @@ impl JobStore {
             Writes::Postgres(pool) => pool,
         };
         let pool = self.relaxed.as_ref().unwrap_or(pool);
-        lease_pg(&mut *pool.acquire().await?, queues, max, worker, now_ms).await
+        let mut conn = pool.acquire().await?;
+        let settings = self.settings.rows(&mut conn).await?;
+        lease_pg(&mut conn, queues, max, worker, now_ms, Some(&settings)).await
     }
 
     /// The earliest time something becomes leasable without a write: a scheduled or retryable
@@ -1776,6 +1866,59 @@ mod tests {
             "one statement: both fail on the duplicate id"
         );
         store.insert(rows(100, 2), 1_000, Vec::new()).await.unwrap();
+        pool.close().await;
+        storage.close().await;
+    }
+
+    /// Leases go by queue settings read at most every SETTINGS_TTL; a node whose copy is stale
+    /// (here: store `b`, while `a` changes the settings) still never leases from a paused
+    /// queue or past a concurrency limit, and takes the limited way once its copy is renewed.
+    #[tokio::test]
+    async fn postgres_leases_on_stale_settings_keep_pause_and_limits() {
+        let Some(services) = mortar_testkit::services("jobs settings cache") else {
+            return;
+        };
+        let (storage, pool, _db, _dir) = with_schema(&services).await;
+        let (a, b) = (
+            JobStore::new(Durable::Postgres(pool.clone())),
+            JobStore::new(Durable::Postgres(pool.clone())),
+        );
+        let jobs: Vec<Job> = (0..6)
+            .map(|i| {
+                let new: crate::service::NewJob = serde_json::from_value(
+                    serde_json::json!({"queue": "q", "kind": "k", "payload": {"i": i}}),
+                )
+                .unwrap();
+                crate::service::prepare(&new, "", 1 << 20, 1_000).unwrap()
+            })
+            .collect();
+        a.insert(jobs, 1_000, Vec::new()).await.unwrap();
+        let q = vec!["q".to_owned()];
+        assert_eq!(b.lease(&q, 1, "w", 2_000).await.unwrap().len(), 1); // b reads: q is free
+        let put = |paused, concurrency| QueueRow {
+            queue: "q".into(),
+            paused,
+            concurrency,
+            ..QueueRow::default()
+        };
+        a.put_queue(&put(true, None)).await.unwrap();
+        assert!(a.lease(&q, 10, "w", 2_000).await.unwrap().is_empty());
+        assert!(
+            b.lease(&q, 10, "w", 2_000).await.unwrap().is_empty(),
+            "b's copy says free, but q is paused"
+        );
+        a.put_queue(&put(false, Some(2))).await.unwrap();
+        // b's copy may still say free (then it takes nothing) or be renewed (then it takes the
+        // one slot left): never more.
+        let mut taken = b.lease(&q, 10, "w", 2_000).await.unwrap().len();
+        assert!(taken <= 1, "concurrency 2 with 1 running, b took {taken}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while taken == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(SETTINGS_TTL / 4).await;
+            taken = b.lease(&q, 10, "w", 2_000).await.unwrap().len();
+        }
+        assert_eq!(taken, 1, "b's renewed copy leases q within its limit");
+        assert!(b.lease(&q, 10, "w", 2_000).await.unwrap().is_empty());
         pool.close().await;
         storage.close().await;
     }
