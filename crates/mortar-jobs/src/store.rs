@@ -1774,6 +1774,15 @@ mod tests {
         pool.close().await;
     }
 
+    /// A job of queue `q`, kind `k`, with no unique key, as an enqueue prepares it.
+    fn plain_job(payload: serde_json::Value) -> Job {
+        let new: crate::service::NewJob = serde_json::from_value(
+            serde_json::json!({"queue": "q", "kind": "k", "payload": payload}),
+        )
+        .unwrap();
+        crate::service::prepare(&new, "", 1 << 20, 1_000).unwrap()
+    }
+
     /// A fresh database with the jobs schema, and a pool on it.
     async fn with_schema(
         services: &mortar_testkit::Services,
@@ -1813,13 +1822,7 @@ mod tests {
         let store = JobStore::new(Durable::Postgres(pool.clone()));
         let rows = |caller: usize, n: usize| -> Vec<Job> {
             (0..n)
-                .map(|i| {
-                    let new: crate::service::NewJob = serde_json::from_value(serde_json::json!({
-                        "queue": "q", "kind": "k", "payload": {"caller": caller, "i": i}
-                    }))
-                    .unwrap();
-                    crate::service::prepare(&new, "", 1 << 20, 1_000).unwrap()
-                })
+                .map(|i| plain_job(serde_json::json!({"caller": caller, "i": i})))
                 .collect()
         };
         // On this single-threaded runtime every caller queues before the first write starts.
@@ -1884,13 +1887,7 @@ mod tests {
             JobStore::new(Durable::Postgres(pool.clone())),
         );
         let jobs: Vec<Job> = (0..6)
-            .map(|i| {
-                let new: crate::service::NewJob = serde_json::from_value(
-                    serde_json::json!({"queue": "q", "kind": "k", "payload": {"i": i}}),
-                )
-                .unwrap();
-                crate::service::prepare(&new, "", 1 << 20, 1_000).unwrap()
-            })
+            .map(|i| plain_job(serde_json::json!({ "i": i })))
             .collect();
         a.insert(jobs, 1_000, Vec::new()).await.unwrap();
         let q = vec!["q".to_owned()];
