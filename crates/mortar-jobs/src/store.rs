@@ -1775,7 +1775,7 @@ mod tests {
     }
 
     /// A job of queue `q`, kind `k`, with no unique key, as an enqueue prepares it.
-    fn plain_job(payload: serde_json::Value) -> Job {
+    fn plain_job(payload: &serde_json::Value) -> Job {
         let new: crate::service::NewJob = serde_json::from_value(
             serde_json::json!({"queue": "q", "kind": "k", "payload": payload}),
         )
@@ -1822,7 +1822,7 @@ mod tests {
         let store = JobStore::new(Durable::Postgres(pool.clone()));
         let rows = |caller: usize, n: usize| -> Vec<Job> {
             (0..n)
-                .map(|i| plain_job(serde_json::json!({"caller": caller, "i": i})))
+                .map(|i| plain_job(&serde_json::json!({"caller": caller, "i": i})))
                 .collect()
         };
         // On this single-threaded runtime every caller queues before the first write starts.
@@ -1887,7 +1887,7 @@ mod tests {
             JobStore::new(Durable::Postgres(pool.clone())),
         );
         let jobs: Vec<Job> = (0..6)
-            .map(|i| plain_job(serde_json::json!({ "i": i })))
+            .map(|i| plain_job(&serde_json::json!({ "i": i })))
             .collect();
         a.insert(jobs, 1_000, Vec::new()).await.unwrap();
         let q = vec!["q".to_owned()];
