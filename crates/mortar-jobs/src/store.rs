@@ -141,6 +141,11 @@ pub struct JobStore {
     settings: Arc<SettingsCache>,
 }
 
+/// Every queue's settings row, by name.
+fn all_queue_rows_sql() -> String {
+    format!("SELECT {QUEUE_COLUMNS} FROM jobs_queues ORDER BY queue")
+}
+
 /// How old the queue settings a PostgreSQL lease goes by may be: a queue configured on another
 /// node is leased its new way within this (this node's own changes count at once).
 const SETTINGS_TTL: std::time::Duration = std::time::Duration::from_millis(100);
@@ -170,11 +175,9 @@ impl SettingsCache {
         };
         let at = std::time::Instant::now();
         let rows: Arc<Vec<QueueRow>> = Arc::new(
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {QUEUE_COLUMNS} FROM jobs_queues"
-            )))
-            .fetch_all(&mut *conn)
-            .await?,
+            sqlx::query_as(sqlx::AssertSqlSafe(all_queue_rows_sql()))
+                .fetch_all(&mut *conn)
+                .await?,
         );
         let mut read = self.lock();
         // A read that a change here overtook is used once, not kept.
@@ -1151,8 +1154,7 @@ impl JobStore {
 
     /// Every queue's settings row.
     pub async fn all_queue_rows(&self) -> Result<Vec<QueueRow>, sqlx::Error> {
-        let sql = format!("SELECT {QUEUE_COLUMNS} FROM jobs_queues ORDER BY queue");
-        with_pool!(&self.durable, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await)
+        with_pool!(&self.durable, pool => sqlx::query_as(sqlx::AssertSqlSafe(all_queue_rows_sql())).fetch_all(pool).await)
     }
 
     /// Writes a queue's settings (the limiter state is kept).
