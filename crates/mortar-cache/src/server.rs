@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use mortar_core::http::Listeners;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
@@ -98,7 +98,7 @@ async fn connection(
             rbuf.reserve(16 * 1024);
         }
         let n = tokio::select! {
-            r = stream.read_buf(&mut rbuf) => r?,
+            r = read_some(&stream, &mut rbuf) => r?,
             _ = stop.wait_for(|s| *s) => return Ok(()),
         };
         if n == 0 {
@@ -138,6 +138,37 @@ async fn connection(
             tokio::task::yield_now().await;
             stream.write_all(&wbuf).await?;
             wbuf.clear();
+        }
+    }
+}
+
+/// Reads what the socket holds into `buf`'s spare room (0: the peer closed). A read that leaves
+/// room unfilled has drained the socket, so its readiness is cleared at once: the next read
+/// waits for epoll to report new data instead of first costing a `read` that returns EAGAIN.
+/// Redis's event loop reads once per readable event the same way; on small request/reply
+/// traffic this saves a third of the connection's syscalls. (Tokio keeps readiness that
+/// arrives meanwhile: it clears only the readiness the read saw.)
+async fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        let room = buf.capacity() - buf.len();
+        let mut short = None;
+        let r = stream.try_io(Interest::READABLE, || {
+            let n = stream.try_read_buf(buf)?;
+            if n > 0 && n < room {
+                short = Some(n);
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match r {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+            Err(_) => {
+                if let Some(n) = short {
+                    return Ok(n);
+                }
+            }
         }
     }
 }

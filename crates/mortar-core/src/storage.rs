@@ -5,6 +5,7 @@
 //! Blocks get the pools from here; they never open their own connections — except through
 //! [`sqlite_writer`], the one writer thread per SQLite file that hot write paths batch into.
 
+pub mod notify;
 pub mod sqlite_writer;
 
 use std::path::PathBuf;
@@ -379,51 +380,6 @@ fn connect_err(
 }
 
 /// Removes the password from a URL (`postgres://u:secret@h/db` → `postgres://u:***@h/db`).
-/// Listens on the PostgreSQL channel `channel` for as long as `on` returns true:
-/// `on(Some(payload))` for each notification, `on(None)` after the connection was re-made
-/// (notifications sent in the gap are lost: callers keep a poll as their safety net).
-/// Reconnects, a second apart, when the connection fails (`what` names the block in the
-/// warning); ends quietly when the pool closes at shutdown.
-pub async fn listen(
-    pool: PgPool,
-    channel: &str,
-    what: &str,
-    mut on: impl FnMut(Option<&str>) -> bool,
-) {
-    while !pool.is_closed() {
-        let listening = async {
-            let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
-            l.listen(channel).await?;
-            Ok::<_, sqlx::Error>(l)
-        };
-        let mut listener = match listening.await {
-            Ok(l) => l,
-            Err(e) => {
-                if !pool.is_closed() {
-                    tracing::warn!(error = %e, "{what}: LISTEN failed; retrying in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                continue;
-            }
-        };
-        loop {
-            match listener.try_recv().await {
-                Ok(n) => {
-                    if !on(n.as_ref().map(sqlx::postgres::PgNotification::payload)) {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    if !pool.is_closed() {
-                        tracing::warn!(error = %e, "{what}: LISTEN connection lost; reconnecting");
-                    }
-                    break;
-                }
-            }
-        }
-    }
-}
-
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();

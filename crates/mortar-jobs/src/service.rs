@@ -8,6 +8,7 @@ use std::time::Duration;
 use mortar_core::FieldError;
 use mortar_core::clock::Clock;
 use mortar_core::storage::Storage;
+use mortar_core::storage::notify::Channel;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot};
 
@@ -195,6 +196,11 @@ pub struct JobsService {
     clock: Arc<dyn Clock>,
     /// Woken by every enqueue on this node and, on PostgreSQL, by NOTIFY from any node.
     wake: Notify,
+    /// How many times `wake` has fired, or `maintain` has run: anything that may have made
+    /// jobs leasable counts (see [`Drained`]).
+    wakes: AtomicU64,
+    /// The last lease that found fewer jobs than it asked for.
+    drained: Mutex<Option<Drained>>,
     /// The earliest known time a scheduled/retryable job comes due or a lease runs out (0:
     /// unknown); see [`JobsService::maintain`].
     next_due: AtomicI64,
@@ -218,6 +224,14 @@ struct Waiting {
     id: u64,
     ask: LeaseAsk,
     reply: oneshot::Sender<Vec<Job>>,
+}
+
+/// A lease that found fewer jobs than it asked for: its queues had no more leasable jobs when
+/// it looked, as far as `wakes` (read before it looked) tells.
+struct Drained {
+    queues: Vec<String>,
+    wakes: u64,
+    at_ms: u64,
 }
 
 /// Takes a waiting lease off the list when its long-poll ends or is dropped.
@@ -572,13 +586,13 @@ impl JobsService {
             }
             mortar_core::storage::Durable::Sqlite(_) => (None, None),
         };
-        // This node's NOTIFY payload, so its listener skips its own announcements.
-        let node = mortar_core::ids::new_id();
         let svc = Arc::new(Self {
             store: JobStore::new(storage.durable.clone()),
             cfg: cfg.clone(),
             clock,
             wake: Notify::new(),
+            wakes: AtomicU64::new(0),
+            drained: Mutex::new(None),
             settings_changed: Notify::new(),
             next_due: AtomicI64::new(0),
             checked_at: AtomicU64::new(0),
@@ -590,8 +604,9 @@ impl JobsService {
         if let (Some(rx), mortar_core::storage::Durable::Postgres(pool)) =
             (announce_rx, &storage.durable)
         {
-            tokio::spawn(listen(Arc::downgrade(&svc), pool.clone(), node.clone()));
-            tokio::spawn(announcer(rx, pool.clone(), node));
+            let channel = Channel::new(pool.clone(), "mortar_jobs", "jobs");
+            tokio::spawn(listen(Arc::downgrade(&svc), channel.clone()));
+            tokio::spawn(announcer(rx, channel));
         }
         tokio::spawn(housekeeping(Arc::downgrade(&svc)));
         svc
@@ -751,11 +766,25 @@ impl JobsService {
             woken.as_mut().enable();
             let now = self.clock.now_ms();
             self.maintain(now).await?;
-            let mut jobs = self
-                .store
-                .lease(queues, max, worker, now)
-                .await
-                .map_err(db)?;
+            let wakes = self.wakes.load(Ordering::SeqCst);
+            let mut jobs = if self.known_drained(queues, wakes, now) {
+                Vec::new()
+            } else {
+                let leased = self
+                    .store
+                    .lease(queues, max, worker, now)
+                    .await
+                    .map_err(db)?;
+                let jobs = leased.jobs;
+                if leased.unlimited && jobs.len() < max as usize {
+                    *self.drained.lock().unwrap_or_else(PoisonError::into_inner) = Some(Drained {
+                        queues: queues.to_vec(),
+                        wakes,
+                        at_ms: now,
+                    });
+                }
+                jobs
+            };
             if jobs.is_empty() && tokio::time::Instant::now() < deadline {
                 // Wait for an enqueue on this node to hand jobs over, a wake-up (another
                 // node's enqueue, a release), something coming due, or poll_ms for other
@@ -776,6 +805,22 @@ impl JobsService {
             self.started(&jobs);
             return Ok(jobs);
         }
+    }
+
+    /// Whether a lease of `queues` can skip its query and wait at once: the last lease of the
+    /// same queues, none of them limited, found fewer jobs than it asked for; nothing has woken
+    /// the leases or run `maintain` since (`wakes` unchanged); nothing has come due; and it
+    /// looked less than `poll_ms` ago (the bound for writes nothing announces, as for a
+    /// waiting lease). Saves a query that would find nothing, and leaves the lease waiting
+    /// where the next enqueue hands it its jobs.
+    fn known_drained(&self, queues: &[String], wakes: u64, now: u64) -> bool {
+        let drained = self.drained.lock().unwrap_or_else(PoisonError::into_inner);
+        drained.as_ref().is_some_and(|d| {
+            d.wakes == wakes
+                && d.queues == queues
+                && now < d.at_ms + self.cfg.poll_ms
+                && (now as i64) < self.next_due.load(Ordering::SeqCst)
+        })
     }
 
     /// Waits up to `nap` (or until `woken`) on the waiting list for an enqueue to hand jobs
@@ -864,10 +909,16 @@ impl JobsService {
     /// Jobs may be leasable: wakes this node's waiting leases and, on PostgreSQL, the other
     /// nodes' (see [`announcer`]).
     fn announce(&self) {
-        self.wake.notify_waiters();
+        self.wake_leases();
         if let Some(tx) = &self.announce_tx {
             let _ = tx.try_send(()); // full: an announcement is already due
         }
+    }
+
+    /// Wakes this node's waiting leases (and ends any [`Drained`] shortcut).
+    fn wake_leases(&self) {
+        self.wakes.fetch_add(1, Ordering::SeqCst);
+        self.wake.notify_waiters();
     }
 
     fn note_due(&self, at_ms: i64) {
@@ -886,6 +937,9 @@ impl JobsService {
         if self.maintaining.swap(true, Ordering::SeqCst) {
             return Ok(()); // another lease on this node is at it
         }
+        // Counted before and after: a lease that looks while this runs, or before, does not
+        // mark its queues drained past it (see `known_drained`).
+        self.wakes.fetch_add(1, Ordering::SeqCst);
         let result = async {
             self.checked_at.store(now, Ordering::SeqCst);
             for d in self.store.rescue(now).await.map_err(db)? {
@@ -898,6 +952,7 @@ impl JobsService {
             Ok(())
         }
         .await;
+        self.wakes.fetch_add(1, Ordering::SeqCst);
         self.maintaining.store(false, Ordering::SeqCst);
         result
     }
@@ -1315,19 +1370,16 @@ fn per_kind<T>(
 }
 
 /// Sends the announcements other nodes' [`listen`] hears: one NOTIFY at a time, outside the
-/// enqueues' transactions and without waiting for a WAL flush. (A NOTIFY inside an enqueue
-/// would serialize every enqueue's commit, flush included, on PostgreSQL's notification-queue
-/// lock: under 1 000 enqueues/s here.) Stops when the service is dropped.
-async fn announcer(mut rx: tokio::sync::mpsc::Receiver<()>, pool: sqlx::PgPool, node: String) {
+/// enqueues' transactions and without waiting for a WAL flush, and none while no other node
+/// listens (see [`Channel`]). (A NOTIFY inside an enqueue would serialize every enqueue's
+/// commit, flush included, on PostgreSQL's notification-queue lock: under 1 000 enqueues/s
+/// here.) Stops when the service is dropped.
+async fn announcer(mut rx: tokio::sync::mpsc::Receiver<()>, channel: Channel) {
     while rx.recv().await.is_some() {
-        let sent = sqlx::query(
-            "SELECT set_config('synchronous_commit', 'off', true), pg_notify('mortar_jobs', $1)",
-        )
-        .bind(&node)
-        .execute(&pool)
-        .await;
-        if let Err(e) = sent {
-            tracing::warn!(error = %e, "jobs: NOTIFY failed; other nodes find the jobs when they poll");
+        if channel.others_listen() {
+            channel
+                .send(channel.node(), "other nodes find the jobs when they poll")
+                .await;
         }
     }
 }
@@ -1335,14 +1387,15 @@ async fn announcer(mut rx: tokio::sync::mpsc::Receiver<()>, pool: sqlx::PgPool, 
 /// Wakes this node's waiting leases whenever another node announces jobs, or a transactional
 /// enqueue commits (PostgreSQL NOTIFY). Reconnects when the connection drops; polling covers
 /// the gap.
-async fn listen(svc: std::sync::Weak<JobsService>, pool: sqlx::PgPool, node: String) {
-    mortar_core::storage::listen(pool, "mortar_jobs", "jobs", |payload| {
-        if payload == Some(node.as_str()) {
-            return true; // this node's own
-        }
-        svc.upgrade().map(|s| s.wake.notify_waiters()).is_some()
-    })
-    .await;
+async fn listen(svc: std::sync::Weak<JobsService>, channel: Channel) {
+    channel
+        .listen(|payload| {
+            if payload == Some(channel.node()) {
+                return true; // this node's own
+            }
+            svc.upgrade().map(|s| s.wake_leases()).is_some()
+        })
+        .await;
 }
 
 /// Prunes and refreshes gauges every `prune_every_ms` (every node does; deletes are idempotent).

@@ -690,6 +690,16 @@ pub(crate) async fn insert_pg(
 
 /// The queues a lease reads: limited ones (under their row lock), and free ones (one
 /// statement for all). Paused queues are in neither.
+/// What a lease found.
+#[derive(Debug)]
+pub struct Leased {
+    pub jobs: Vec<Job>,
+    /// No queue it looked at had a concurrency or rate limit, so finding fewer jobs than it
+    /// asked for means there were no more (a limited queue's slots and tokens free up without
+    /// any write that announces them).
+    pub unlimited: bool,
+}
+
 fn split_queues(queues: &[String], rows: &[QueueRow]) -> (Vec<QueueRow>, Vec<String>) {
     let mut limited = Vec::new();
     let mut free = Vec::with_capacity(queues.len());
@@ -747,7 +757,7 @@ fn lease_sqlite(
     max: u32,
     worker: &str,
     now_ms: u64,
-) -> rusqlite::Result<Vec<Job>> {
+) -> rusqlite::Result<Leased> {
     let now = now_ms as i64;
     let rows: Vec<QueueRow> = sqlite_rows(
         c,
@@ -755,6 +765,7 @@ fn lease_sqlite(
         &[Bind::S(json_strings(queues))],
     )?;
     let (limited, free) = split_queues(queues, &rows);
+    let unlimited = limited.is_empty();
     let lease_id = mortar_core::ids::new_id();
     let mut jobs: Vec<Job> = Vec::new();
     for row in limited {
@@ -807,7 +818,7 @@ fn lease_sqlite(
         )?);
     }
     by_lease_order(&mut jobs);
-    Ok(jobs)
+    Ok(Leased { jobs, unlimited })
 }
 
 const COMPLETE_ONE: &str = "UPDATE jobs_jobs SET state = 'completed', result = $3, finished_at_ms = $4, lease_id = NULL, \
@@ -877,7 +888,7 @@ fn handoff_sqlite(c: &rusqlite::Connection, asks: &[LeaseAsk], now_ms: u64) -> V
         c.execute_batch("SAVEPOINT handoff")?;
         let leased = asks
             .iter()
-            .map(|a| lease_sqlite(c, &a.queues, a.max, &a.worker, now_ms))
+            .map(|a| lease_sqlite(c, &a.queues, a.max, &a.worker, now_ms).map(|l| l.jobs))
             .collect::<rusqlite::Result<Vec<_>>>();
         match leased {
             Ok(l) => c.execute_batch("RELEASE handoff").map(|()| l),
@@ -903,7 +914,11 @@ async fn handoff_pg(
         let mut sp = sqlx::Connection::begin(&mut *conn).await?;
         let mut leased = Vec::with_capacity(asks.len());
         for a in asks {
-            leased.push(lease_pg(&mut sp, &a.queues, a.max, &a.worker, now_ms, None).await?);
+            leased.push(
+                lease_pg(&mut sp, &a.queues, a.max, &a.worker, now_ms, None)
+                    .await?
+                    .jobs,
+            );
         }
         sp.commit().await?;
         Ok::<_, sqlx::Error>(leased)
@@ -925,7 +940,7 @@ async fn lease_pg(
     worker: &str,
     now_ms: u64,
     settings: Option<&[QueueRow]>,
-) -> Result<Vec<Job>, sqlx::Error> {
+) -> Result<Leased, sqlx::Error> {
     let read;
     let rows = match settings {
         Some(rows) => rows,
@@ -938,6 +953,7 @@ async fn lease_pg(
         }
     };
     let (limited, free) = split_queues(queues, rows);
+    let unlimited = limited.is_empty();
     let lease_id = mortar_core::ids::new_id();
     let mut jobs = Vec::new();
     for row in limited {
@@ -961,7 +977,7 @@ async fn lease_pg(
         jobs.extend(got);
     }
     by_lease_order(&mut jobs);
-    Ok(jobs)
+    Ok(Leased { jobs, unlimited })
 }
 
 /// Leases from one limited queue under its row lock: no more running than `concurrency`,
@@ -1192,7 +1208,7 @@ impl JobStore {
         max: u32,
         worker: &str,
         now_ms: u64,
-    ) -> Result<Vec<Job>, sqlx::Error> {
+    ) -> Result<Leased, sqlx::Error> {
         let pool = match self.writes() {
             Writes::Sqlite(w) => {
                 let (queues, worker) = (queues.to_vec(), worker.to_owned());
@@ -1893,7 +1909,7 @@ mod tests {
             .collect();
         a.insert(jobs, 1_000, Vec::new()).await.unwrap();
         let q = vec!["q".to_owned()];
-        assert_eq!(b.lease(&q, 1, "w", 2_000).await.unwrap().len(), 1); // b reads: q is free
+        assert_eq!(b.lease(&q, 1, "w", 2_000).await.unwrap().jobs.len(), 1); // b reads: q is free
         let put = |paused, concurrency| QueueRow {
             queue: "q".into(),
             paused,
@@ -1901,23 +1917,23 @@ mod tests {
             ..QueueRow::default()
         };
         a.put_queue(&put(true, None)).await.unwrap();
-        assert!(a.lease(&q, 10, "w", 2_000).await.unwrap().is_empty());
+        assert!(a.lease(&q, 10, "w", 2_000).await.unwrap().jobs.is_empty());
         assert!(
-            b.lease(&q, 10, "w", 2_000).await.unwrap().is_empty(),
+            b.lease(&q, 10, "w", 2_000).await.unwrap().jobs.is_empty(),
             "b's copy says free, but q is paused"
         );
         a.put_queue(&put(false, Some(2))).await.unwrap();
         // b's copy may still say free (then it takes nothing) or be renewed (then it takes the
         // one slot left): never more.
-        let mut taken = b.lease(&q, 10, "w", 2_000).await.unwrap().len();
+        let mut taken = b.lease(&q, 10, "w", 2_000).await.unwrap().jobs.len();
         assert!(taken <= 1, "concurrency 2 with 1 running, b took {taken}");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while taken == 0 && std::time::Instant::now() < deadline {
             tokio::time::sleep(SETTINGS_TTL / 4).await;
-            taken = b.lease(&q, 10, "w", 2_000).await.unwrap().len();
+            taken = b.lease(&q, 10, "w", 2_000).await.unwrap().jobs.len();
         }
         assert_eq!(taken, 1, "b's renewed copy leases q within its limit");
-        assert!(b.lease(&q, 10, "w", 2_000).await.unwrap().is_empty());
+        assert!(b.lease(&q, 10, "w", 2_000).await.unwrap().jobs.is_empty());
         pool.close().await;
         storage.close().await;
     }

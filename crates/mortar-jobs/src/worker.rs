@@ -25,7 +25,8 @@
 //!   its way back finds the other one waiting.
 //! * **Heartbeats** every third of the lease while a job waits for a slot or runs; a refused
 //!   heartbeat (409: the lease ran out and the job may run elsewhere) cancels the handler.
-//! * **Completions** are batched (`POST /v1/jobs/complete`, several requests in flight); a
+//! * **Completions** are batched (`POST /v1/jobs/complete`): while one request is in flight
+//!   the next batch gathers, and a second request goes out only for a full batch; a
 //!   failure (`Err(JobError)`) is reported at once with its `retryable` and `retry_in`.
 //! * **A panicking handler** is a failed (retryable) attempt; the worker keeps running.
 //! * **Graceful shutdown**: stop leasing, release jobs not started yet, give running handlers
@@ -650,17 +651,38 @@ async fn complete_loop(
     // Servers without `POST /v1/jobs/complete` get one request per job.
     let one_by_one = Arc::new(AtomicBool::new(false));
     let mut sends = JoinSet::new();
-    while let Some(first) = rx.recv().await {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            break;
-        };
+    let mut open = true;
+    while open {
+        let Some(first) = rx.recv().await else { break };
         let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
+        // A batch that is not full goes out only when no request is in flight: completions
+        // that arrive while the server commits one batch make the next, so a steady trickle
+        // of jobs costs a few statements per commit rather than one per job. A full batch
+        // goes out as soon as a request slot is free.
+        let permit = loop {
+            while batch.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
             }
-        }
+            if batch.len() >= max_batch || !open {
+                break in_flight.clone().acquire_owned().await.ok();
+            }
+            if in_flight.available_permits() == COMPLETE_IN_FLIGHT
+                && let Ok(p) = in_flight.clone().try_acquire_owned()
+            {
+                break Some(p);
+            }
+            tokio::select! {
+                c = rx.recv() => match c {
+                    Some(c) => batch.push(c),
+                    None => open = false,
+                },
+                Some(_) = sends.join_next() => {} // a request finished
+            }
+        };
+        let Some(permit) = permit else { break };
         let (client, counters, one_by_one) = (client.clone(), counters.clone(), one_by_one.clone());
         sends.spawn(async move {
             send_completions(&client, batch, &counters, &one_by_one).await;

@@ -4,10 +4,12 @@
 //! (connection drop, full queue) costs at most one poll interval, never a grant.
 //!
 //! Payload: `<node id>\n<name>\n<name>…` (a node ignores its own; several releases that queue up
-//! go out in one NOTIFY, under PostgreSQL's 8 000-byte payload limit).
+//! go out in one NOTIFY, under PostgreSQL's 8 000-byte payload limit). A lone node sends none
+//! (see [`Channel`]).
 
 use std::sync::Weak;
 
+use mortar_core::storage::notify::Channel;
 use tokio::sync::mpsc;
 
 use crate::service::LockService;
@@ -26,10 +28,10 @@ pub struct Peers {
 impl Peers {
     /// Starts the sender and the listener for `svc` on `pool`; both stop with the service.
     pub fn start(svc: Weak<LockService>, pool: sqlx::PgPool) -> Self {
-        let node = mortar_core::ids::new_id();
+        let channel = Channel::new(pool, CHANNEL, "lock");
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(announcer(rx, pool.clone(), node.clone()));
-        tokio::spawn(listen(svc, pool, node));
+        tokio::spawn(announcer(rx, channel.clone()));
+        tokio::spawn(listen(svc, channel));
         Self { tx }
     }
 
@@ -39,8 +41,10 @@ impl Peers {
 }
 
 /// Sends queued names, coalesced, one NOTIFY at a time and without waiting for a WAL flush
-/// (a notification is a hint; losing one costs a poll interval).
-async fn announcer(mut rx: mpsc::Receiver<String>, pool: sqlx::PgPool, node: String) {
+/// (a notification is a hint; losing one costs a poll interval); none while no other node
+/// listens.
+async fn announcer(mut rx: mpsc::Receiver<String>, channel: Channel) {
+    const DROPPED: &str = "other nodes' waiters notice at their next poll";
     while let Some(first) = rx.recv().await {
         let mut names = vec![first];
         while names.len() < 256
@@ -48,48 +52,41 @@ async fn announcer(mut rx: mpsc::Receiver<String>, pool: sqlx::PgPool, node: Str
         {
             names.push(n);
         }
+        if !channel.others_listen() {
+            continue;
+        }
         names.sort_unstable();
         names.dedup();
-        let mut payload = node.clone();
+        let node = channel.node();
+        let mut payload = node.to_owned();
         for n in names {
             if payload.len() + 1 + n.len() > MAX_PAYLOAD {
-                send(&pool, &payload).await;
-                payload.clone_from(&node);
+                channel.send(&payload, DROPPED).await;
+                payload = node.to_owned();
             }
             payload.push('\n');
             payload.push_str(&n);
         }
-        send(&pool, &payload).await;
-    }
-}
-
-async fn send(pool: &sqlx::PgPool, payload: &str) {
-    let sent =
-        sqlx::query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(payload)
-            .execute(pool)
-            .await;
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, "lock: NOTIFY failed; other nodes' waiters notice at their next poll");
+        channel.send(&payload, DROPPED).await;
     }
 }
 
 /// Wakes this node's waiters of every lock another node announces. Reconnects when the
 /// connection drops; polling covers the gap.
-async fn listen(svc: Weak<LockService>, pool: sqlx::PgPool, node: String) {
-    mortar_core::storage::listen(pool, CHANNEL, "lock", |payload| {
-        // None: reconnected; notifications may be lost, the poll covers them.
-        let Some(payload) = payload else { return true };
-        let mut parts = payload.split('\n');
-        if parts.next() == Some(node.as_str()) {
-            return true;
-        }
-        let Some(s) = svc.upgrade() else { return false };
-        for name in parts {
-            s.wake_local(name);
-        }
-        true
-    })
-    .await;
+async fn listen(svc: Weak<LockService>, channel: Channel) {
+    channel
+        .listen(|payload| {
+            // None: (re)connected; notifications may be lost, the poll covers them.
+            let Some(payload) = payload else { return true };
+            let mut parts = payload.split('\n');
+            if parts.next() == Some(channel.node()) {
+                return true;
+            }
+            let Some(s) = svc.upgrade() else { return false };
+            for name in parts {
+                s.wake_local(name);
+            }
+            true
+        })
+        .await;
 }
