@@ -33,9 +33,11 @@
 //!   a circuit breaker ([`push`]).
 //! - **Wake-ups**: an enqueue hands its jobs to leases waiting on its node inside its own
 //!   transaction; jobs left over wake waiting leases at once — on this node directly, on other
-//!   nodes through PostgreSQL LISTEN/NOTIFY (sent at commit, so transactional enqueues wake too);
-//!   scheduled jobs and retries coming due, and freed concurrency slots, are seen within
-//!   `jobs.poll_ms` (100 ms).
+//!   nodes through PostgreSQL LISTEN/NOTIFY (sent at commit, so transactional enqueues wake too;
+//!   a node that hears no other node on the channel sends none — see
+//!   `mortar_core::storage::notify`); scheduled jobs and retries coming due, and freed
+//!   concurrency slots, are seen within `jobs.poll_ms` (100 ms). A lease whose queues the
+//!   previous lease found empty, with nothing woken since, waits without querying again.
 //!
 //! ## Limits
 //!

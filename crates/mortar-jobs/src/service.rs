@@ -1389,12 +1389,15 @@ async fn announcer(mut rx: tokio::sync::mpsc::Receiver<()>, channel: Channel) {
 /// the gap.
 async fn listen(svc: std::sync::Weak<JobsService>, channel: Channel) {
     channel
-        .listen(|payload| {
-            if payload == Some(channel.node()) {
-                return true; // this node's own
-            }
-            svc.upgrade().map(|s| s.wake_leases()).is_some()
-        })
+        .listen(
+            || svc.strong_count() > 0,
+            |payload| {
+                if payload == Some(channel.node()) {
+                    return true; // this node's own
+                }
+                svc.upgrade().map(|s| s.wake_leases()).is_some()
+            },
+        )
         .await;
 }
 

@@ -75,18 +75,21 @@ async fn announcer(mut rx: mpsc::Receiver<String>, channel: Channel) {
 /// connection drops; polling covers the gap.
 async fn listen(svc: Weak<LockService>, channel: Channel) {
     channel
-        .listen(|payload| {
-            // None: (re)connected; notifications may be lost, the poll covers them.
-            let Some(payload) = payload else { return true };
-            let mut parts = payload.split('\n');
-            if parts.next() == Some(channel.node()) {
-                return true;
-            }
-            let Some(s) = svc.upgrade() else { return false };
-            for name in parts {
-                s.wake_local(name);
-            }
-            true
-        })
+        .listen(
+            || svc.strong_count() > 0,
+            |payload| {
+                // None: (re)connected; notifications may be lost, the poll covers them.
+                let Some(payload) = payload else { return true };
+                let mut parts = payload.split('\n');
+                if parts.next() == Some(channel.node()) {
+                    return true;
+                }
+                let Some(s) = svc.upgrade() else { return false };
+                for name in parts {
+                    s.wake_local(name);
+                }
+                true
+            },
+        )
         .await;
 }

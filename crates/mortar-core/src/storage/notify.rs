@@ -109,8 +109,9 @@ impl Channel {
     /// other than hellos, `on(None)` each time the connection is made (notifications sent
     /// before, or in a gap, are lost: callers keep a poll as their safety net). Reconnects, a
     /// second apart, when the connection fails; ends quietly when the pool closes at shutdown.
-    /// Says hello meanwhile (see the module doc).
-    pub async fn listen(&self, mut on: impl FnMut(Option<&str>) -> bool) {
+    /// Says hello meanwhile (see the module doc) while `alive()` holds: a block whose service
+    /// is gone stops saying hello even if no notification comes to end its `on`.
+    pub async fn listen(&self, alive: impl Fn() -> bool, mut on: impl FnMut(Option<&str>) -> bool) {
         let inner = &self.inner;
         let mut peers: HashMap<String, Instant> = HashMap::new();
         let listening = listen(inner.pool.clone(), inner.channel, inner.what, |payload| {
@@ -139,6 +140,9 @@ impl Channel {
             let hello = format!("{HELLO}{}", inner.node);
             loop {
                 let _ = tokio::time::timeout(HELLO_EVERY, inner.hello_now.notified()).await;
+                if !alive() {
+                    return;
+                }
                 self.send(
                     &hello,
                     "other nodes may not know this one until its next hello",
@@ -231,7 +235,7 @@ mod tests {
         let a = Channel::new(pool.clone(), name, "test");
         let a_listens = tokio::spawn({
             let a = a.clone();
-            async move { a.listen(|_| true).await }
+            async move { a.listen(|| true, |_| true).await }
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!a.others_listen(), "alone on the channel");
@@ -241,10 +245,13 @@ mod tests {
         let b_listens = tokio::spawn({
             let b = b.clone();
             async move {
-                b.listen(|p| {
-                    let _ = tx.send(p.map(str::to_owned));
-                    true
-                })
+                b.listen(
+                    || true,
+                    |p| {
+                        let _ = tx.send(p.map(str::to_owned));
+                        true
+                    },
+                )
                 .await;
             }
         });
