@@ -405,6 +405,20 @@ macro_rules! with_pool {
     };
 }
 
+/// A test service's URL from `var`, or `None` after printing that the test skipped. With
+/// `CI=true` a missing variable panics: CI never skips silently. (The kernel's own tests; the
+/// blocks' use `mortar-testkit`.)
+#[cfg(test)]
+pub(crate) fn test_service_url(var: &str) -> Option<String> {
+    let url = std::env::var(var).ok().filter(|s| !s.is_empty());
+    if url.is_none() {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(!ci, "{var} must be set when CI=true");
+        eprintln!("SKIPPED: set {var} to run it");
+    }
+    url
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,13 +435,7 @@ mod tests {
     /// one serving meanwhile) and closes it when its scope ends; other threads use the shared one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn event_loops_get_their_own_redis_connection() {
-        let Some(url) = std::env::var("MORTAR_TEST_REDIS_URL")
-            .ok()
-            .filter(|s| !s.is_empty())
-        else {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-            assert!(!ci, "MORTAR_TEST_REDIS_URL must be set when CI=true");
-            eprintln!("SKIPPED: set MORTAR_TEST_REDIS_URL to run it");
+        let Some(url) = test_service_url("MORTAR_TEST_REDIS_URL") else {
             return;
         };
         let dir = tempfile::tempdir().unwrap();
