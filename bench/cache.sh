@@ -1,41 +1,51 @@
 #!/usr/bin/env bash
 # bench/cache.sh — mortar's RESP cache vs Redis with redis-benchmark, same settings, one run:
-# GET and SET without pipelining and with -P 16. Appends the ratios to bench/RESULTS.md.
+# GET and SET without pipelining and with -P 16, and a server-bound row (EXISTS of 20 random
+# keys, -P 16) that shows how the RESP event loops scale with cores. Appends to bench/RESULTS.md.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 REQUESTS="${BENCH_CACHE_REQUESTS:-300000}"
 PIPELINED_REQUESTS="${BENCH_CACHE_PIPELINED_REQUESTS:-1000000}"
 CLIENTS="${BENCH_CACHE_CLIENTS:-50}"
-ROUNDS="${BENCH_CACHE_ROUNDS:-4}"
-MORTAR_RESP_PORT=18780
+ROUNDS="${BENCH_CACHE_ROUNDS:-6}"
+# Keys of the server-bound row: EXISTS key:<random> × EXISTS_KEYS, over a keyspace of KEYSPACE.
+EXISTS_KEYS="${BENCH_CACHE_EXISTS_KEYS:-20}"
+KEYSPACE="${BENCH_CACHE_KEYSPACE:-100000}"
 MORTAR_ONE_LOOP_PORT=18781
+MORTAR_ALL_LOOPS_PORT=18782
 REDIS_PORT="${BENCH_REDIS_PORT:-6379}"
 
 bench_init
 build_mortar
-# Two servers side by side: the default (one RESP event loop per CPU) and one loop — Redis's own
-# shape, which leaves the benchmark client the other core on a 2-core machine.
-LOOPS_DEFAULT=$(nproc)
-MORTAR_ENV=("MORTAR_CACHE__RESP_LISTEN=127.0.0.1:$MORTAR_RESP_PORT")
-mortar_start 18705
-wait_for_port "$MORTAR_RESP_PORT" "$MORTAR_PID"
-MORTAR_CMD_DEFAULT=$MORTAR_CMD
-MORTAR_PID_DEFAULT=$MORTAR_PID
+# Two mortar servers side by side: one RESP event loop (Redis's own shape: it leaves the
+# benchmark client the other core on a 2-core machine) and one loop per CPU. The default is one
+# per CPU but one (`cache.resp_threads` = 0): one loop on 2 cores.
+CPUS=$(nproc)
+LOOPS_DEFAULT=$((CPUS > 1 ? CPUS - 1 : 1))
 MORTAR_ENV=("MORTAR_CACHE__RESP_LISTEN=127.0.0.1:$MORTAR_ONE_LOOP_PORT" "MORTAR_CACHE__RESP_THREADS=1")
-mortar_start 18706
+mortar_start 18705
 wait_for_port "$MORTAR_ONE_LOOP_PORT" "$MORTAR_PID"
 MORTAR_CMD_ONE_LOOP=$MORTAR_CMD
 MORTAR_PID_ONE_LOOP=$MORTAR_PID
+MORTAR_ENV=("MORTAR_CACHE__RESP_LISTEN=127.0.0.1:$MORTAR_ALL_LOOPS_PORT" "MORTAR_CACHE__RESP_THREADS=$CPUS")
+mortar_start 18706
+wait_for_port "$MORTAR_ALL_LOOPS_PORT" "$MORTAR_PID"
+MORTAR_CMD_ALL_LOOPS=$MORTAR_CMD
+MORTAR_PID_ALL_LOOPS=$MORTAR_PID
 
 REDIS_PID=$(redis-cli -p "$REDIS_PORT" info server | tr -d '\r' | awk -F: '$1 == "process_id" { print $2 }')
+EXISTS_ARGS=()
+for ((i = 0; i < EXISTS_KEYS; i++)); do EXISTS_ARGS+=("mortar-bench:key:__rand_int__"); done
 
 # rps <port> <pid> <test> <pipeline> <requests>: "requests/s cpu-us/request" — requests/s
 # from redis-benchmark's CSV, and the server's CPU per request over the run (/proc/<pid>/stat).
+# <test> is get, set or exists (the server-bound EXISTS of EXISTS_KEYS random keys).
 rps() {
-    local before after r
+    local before after r what=(-t "$3")
+    [[ $3 == exists ]] && what=(-r "$KEYSPACE" EXISTS "${EXISTS_ARGS[@]}")
     before=$(cpu_ticks "$2")
-    r=$(redis-benchmark -p "$1" -t "$3" -n "$5" -c "$CLIENTS" -P "$4" --csv 2>/dev/null \
+    r=$(redis-benchmark -p "$1" -n "$5" -c "$CLIENTS" -P "$4" --csv "${what[@]}" 2>/dev/null \
         | awk -F'","' 'NR == 2 { print $2 }')
     after=$(cpu_ticks "$2")
     echo "$r $(us_per $((after - before)) "$5")"
@@ -43,38 +53,48 @@ rps() {
 
 mean() { awk -v s="$1" -v n="$ROUNDS" 'BEGIN { printf "%.2f", s / n }'; }
 
+# The EXISTS row finds half its keys: fill half the keyspace on every server first.
+for port in "$MORTAR_ONE_LOOP_PORT" "$MORTAR_ALL_LOOPS_PORT" "$REDIS_PORT"; do
+    redis-benchmark -p "$port" -n "$KEYSPACE" -r $((KEYSPACE / 2)) -c "$CLIENTS" -P 16 -q \
+        SET mortar-bench:key:__rand_int__ v >/dev/null 2>&1
+done
+
 rows=""
 one_loop_met=1
-for p in 1 16; do
+for case in "set 1" "get 1" "set 16" "get 16" "exists 16"; do
+    read -r t p <<<"$case"
     n=$([[ $p == 1 ]] && echo "$REQUESTS" || echo "$PIPELINED_REQUESTS")
-    for t in set get; do
-        # Each server ROUNDS times, in mirrored order (A B C, C B A, …), averaged: drift during
-        # the run (CPU frequency, other tenants) then favours nobody, and one noisy run counts
-        # for 1/ROUNDS.
-        declare -A sum_rps=() sum_cpu=()
-        for ((k = 0; k < ROUNDS; k++)); do
-            order=(default one redis)
-            ((k % 2)) && order=(redis one default)
-            for who in "${order[@]}"; do
-                case $who in
-                    default) read -r x c < <(rps "$MORTAR_RESP_PORT" "$MORTAR_PID_DEFAULT" "$t" "$p" "$n") ;;
-                    one) read -r x c < <(rps "$MORTAR_ONE_LOOP_PORT" "$MORTAR_PID_ONE_LOOP" "$t" "$p" "$n") ;;
-                    redis) read -r x c < <(rps "$REDIS_PORT" "$REDIS_PID" "$t" "$p" "$n") ;;
-                esac
-                sum_rps[$who]=$(awk -v a="${sum_rps[$who]:-0}" -v b="$x" 'BEGIN { print a + b }')
-                sum_cpu[$who]=$(awk -v a="${sum_cpu[$who]:-0}" -v b="$c" 'BEGIN { print a + b }')
-            done
+    [[ $t == exists ]] && n=$REQUESTS
+    # Each server ROUNDS times, in mirrored order (A B C, C B A, …), averaged: drift during
+    # the run (CPU frequency, other tenants) then favours nobody, and one noisy run counts for
+    # 1/ROUNDS.
+    declare -A sum_rps=() sum_cpu=()
+    for ((k = 0; k < ROUNDS; k++)); do
+        order=(one all redis)
+        ((k % 2)) && order=(redis all one)
+        for who in "${order[@]}"; do
+            case $who in
+                one) read -r x c < <(rps "$MORTAR_ONE_LOOP_PORT" "$MORTAR_PID_ONE_LOOP" "$t" "$p" "$n") ;;
+                all) read -r x c < <(rps "$MORTAR_ALL_LOOPS_PORT" "$MORTAR_PID_ALL_LOOPS" "$t" "$p" "$n") ;;
+                redis) read -r x c < <(rps "$REDIS_PORT" "$REDIS_PID" "$t" "$p" "$n") ;;
+            esac
+            sum_rps[$who]=$(awk -v a="${sum_rps[$who]:-0}" -v b="$x" 'BEGIN { print a + b }')
+            sum_cpu[$who]=$(awk -v a="${sum_cpu[$who]:-0}" -v b="$c" 'BEGIN { print a + b }')
         done
-        m=$(mean "${sum_rps[default]}") mc=$(mean "${sum_cpu[default]}")
-        o=$(mean "${sum_rps[one]}") oc=$(mean "${sum_cpu[one]}")
-        r=$(mean "${sum_rps[redis]}") rc=$(mean "${sum_cpu[redis]}")
-        log "$t -P $p: mortar $LOOPS_DEFAULT loops $m req/s ($mc µs), 1 loop $o req/s ($oc µs), redis $r req/s ($rc µs)"
-        rows+="| ${t^^} | $p | $m | $(ratio "$m" "$r")× | $o | $(ratio "$o" "$r")× | $r | $mc | $oc | $rc |"$'\n'
-        awk -v a="$o" -v b="$r" 'BEGIN { exit !(a < b) }' && one_loop_met=0
     done
+    o=$(mean "${sum_rps[one]}") oc=$(mean "${sum_cpu[one]}")
+    a=$(mean "${sum_rps[all]}") ac=$(mean "${sum_cpu[all]}")
+    r=$(mean "${sum_rps[redis]}") rc=$(mean "${sum_cpu[redis]}")
+    name=${t^^}
+    [[ $t == exists ]] && name="EXISTS of $EXISTS_KEYS random keys"
+    log "$name -P $p: mortar 1 loop $o req/s ($oc µs), $CPUS loops $a req/s ($ac µs), redis $r req/s ($rc µs)"
+    rows+="| $name | $p | $o | $(ratio "$o" "$r")× | $a | $(ratio "$a" "$r")× | $(ratio "$a" "$o")× | $r | $oc | $ac | $rc |"$'\n'
+    [[ $t != exists ]] && awk -v a="$o" -v b="$r" 'BEGIN { exit !(a < b) }' && one_loop_met=0
+    unset sum_rps sum_cpu
 done
+redis-cli -p "$REDIS_PORT" --scan --pattern 'mortar-bench:key:*' | xargs -r -n 1000 redis-cli -p "$REDIS_PORT" unlink >/dev/null || true
 redis-cli -p "$REDIS_PORT" del key:__rand_int__ >/dev/null || true
-verdict=$([[ $one_loop_met == 1 ]] && echo "met with one loop (Redis's resources) on every row" || echo "missed on at least one row with one loop")
+verdict=$([[ $one_loop_met == 1 ]] && echo "met on every row" || echo "missed on at least one row")
 
 results_append <<EOT
 
@@ -82,15 +102,19 @@ results_append <<EOT
 
 machine: $(machine_line)
 
-commands: \`redis-benchmark -p PORT -t get,set -n $REQUESTS -c $CLIENTS -P 1 --csv\` and the same with
-\`-n $PIPELINED_REQUESTS -P 16\`, each server $ROUNDS times in mirrored order (A B C, C B A, …) and averaged, against two mortar servers (embedded) — the default, one RESP event
-loop per CPU (\`$MORTAR_CMD_DEFAULT\`), and one loop like Redis
-(\`$MORTAR_CMD_ONE_LOOP\`) — and the machine's Redis on $REDIS_PORT, one after the other.
+commands: \`redis-benchmark -p PORT -t get,set -n $REQUESTS -c $CLIENTS -P 1 --csv\`, the same with
+\`-n $PIPELINED_REQUESTS -P 16\`, and \`redis-benchmark -p PORT -n $REQUESTS -c $CLIENTS -P 16 -r $KEYSPACE EXISTS mortar-bench:key:__rand_int__ …\`
+($EXISTS_KEYS random keys per command, about half of them present): each server $ROUNDS times in
+mirrored order (A B C, C B A, …) and averaged, against two mortar servers (embedded) — one RESP
+event loop (\`$MORTAR_CMD_ONE_LOOP\`; the default on this machine, one per CPU but one, is $LOOPS_DEFAULT) and one per CPU
+(\`$MORTAR_CMD_ALL_LOOPS\`) — and the machine's Redis on $REDIS_PORT, one after the other.
 
-| command | pipeline | mortar $LOOPS_DEFAULT loops req/s | /redis | mortar 1 loop req/s | /redis | redis req/s | CPU µs/req mortar $LOOPS_DEFAULT loops | mortar 1 loop | redis |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| command | pipeline | mortar 1 loop req/s | /redis | mortar $CPUS loops req/s | /redis | $CPUS loops / 1 loop | redis req/s | CPU µs/req mortar 1 loop | mortar $CPUS loops | redis |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 $rows
-target: ≥ 1.0× Redis for GET and SET — $verdict. The benchmark client needs a whole core:
-with a loop per CPU, mortar's loops take turns on the client's core too. CPU µs/req: the
-server process's user + system CPU over the run ÷ requests (kernel network work included).
+target: ≥ 1.0× Redis for GET and SET with one loop — $verdict. The benchmark client needs a
+whole core at \`-P 1\`: with a loop per CPU, mortar's loops take turns on the client's core too.
+The EXISTS row is bound by the server, not the client (each command is $EXISTS_KEYS lookups): it
+shows what more loops buy where Redis has one thread. CPU µs/req: the server process's user +
+system CPU over the run ÷ requests (kernel network work included).
 EOT

@@ -1,10 +1,11 @@
-//! The RESP listener: one single-threaded event loop per CPU on `SO_REUSEPORT` sockets (like
-//! the HTTP server), pipelining (every complete command in a read is answered in one write),
-//! protocol errors answered and the connection closed, as Redis does.
+//! The RESP listener: single-threaded event loops (`cache.resp_threads`; by default one per CPU
+//! but one) on `SO_REUSEPORT` sockets like the HTTP server's, pipelining (every complete
+//! command in a read is answered in one write), protocol errors answered and the connection
+//! closed, as Redis does.
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::BytesMut;
 use mortar_core::http::Listeners;
@@ -30,7 +31,8 @@ pub async fn serve(
             .name(format!("mortar-resp-{i}"))
             .spawn(move || {
                 let r = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
+                    .enable_io()
+                    .enable_time()
                     .build()
                     .and_then(|rt| rt.block_on(event_loop(socket, svc, stop)));
                 let _ = tx.send(r);
@@ -53,7 +55,12 @@ async fn event_loop(
     let listener = TcpListener::from_std(socket)?;
     // Cluster mode: this loop's Redis commands go on a connection of its own.
     let _redis_conns = mortar_core::storage::event_loop_scope();
-    let tracker = tokio_util::task::TaskTracker::new();
+    // The connections. At shutdown they are dropped wherever they wait, so that a read does
+    // not have to watch the shutdown signal too (one more future polled per request). A client
+    // then sees its connection close, as when a server stops: a command waiting on cluster
+    // Redis at that moment is answered by nobody, like any command in flight on a lost
+    // connection.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -66,26 +73,37 @@ async fn event_loop(
             },
             _ = stop.wait_for(|s| *s) => break,
         };
+        while connections.try_join_next().is_some() {}
         let _ = stream.set_nodelay(true);
-        let (svc, stop) = (svc.clone(), stop.clone());
-        tracker.spawn(async move {
-            svc.clients.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = connection(stream, &svc, stop).await {
+        let svc = svc.clone();
+        connections.spawn(async move {
+            let _client = Client::count(&svc.clients);
+            if let Err(e) = connection(stream, &svc).await {
                 tracing::debug!(error = %e, "resp connection ended");
             }
-            svc.clients.fetch_sub(1, Ordering::Relaxed);
         });
     }
-    tracker.close();
-    tracker.wait().await;
+    connections.shutdown().await;
     Ok(())
 }
 
-async fn connection(
-    mut stream: TcpStream,
-    svc: &CacheService,
-    mut stop: watch::Receiver<bool>,
-) -> io::Result<()> {
+/// One connected client in `INFO clients`, for as long as it lives (an aborted task too).
+struct Client<'a>(&'a AtomicU64);
+
+impl<'a> Client<'a> {
+    fn count(clients: &'a AtomicU64) -> Self {
+        clients.fetch_add(1, Ordering::Relaxed);
+        Self(clients)
+    }
+}
+
+impl Drop for Client<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn connection(mut stream: TcpStream, svc: &CacheService) -> io::Result<()> {
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let mut wbuf = BytesMut::with_capacity(16 * 1024);
     let mut session = Session {
@@ -97,10 +115,7 @@ async fn connection(
         if rbuf.capacity() - rbuf.len() < 4096 {
             rbuf.reserve(16 * 1024);
         }
-        let n = tokio::select! {
-            r = read_some(&stream, &mut rbuf) => r?,
-            _ = stop.wait_for(|s| *s) => return Ok(()),
-        };
+        let n = read_some(&stream, &mut rbuf).await?;
         if n == 0 {
             return Ok(());
         }

@@ -314,6 +314,46 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
 }
 
 #[tokio::test]
+async fn sigterm_closes_idle_resp_connections_and_exits_zero() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let resp = format!("127.0.0.1:{port}");
+    let mut node =
+        Node::start(NodeConfig::named("resp-stop").env("MORTAR_CACHE__RESP_LISTEN", &resp))
+            .await
+            .unwrap();
+    // Two idle clients, one of them halfway through a command.
+    let mut idle = TcpStream::connect(&resp).unwrap();
+    idle.write_all(b"PING\r\n").unwrap();
+    let mut pong = [0u8; 7];
+    idle.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"+PONG\r\n");
+    let mut partial = TcpStream::connect(&resp).unwrap();
+    partial.write_all(b"*2\r\n$3\r\nGET\r\n").unwrap();
+    node.send_sigterm().unwrap();
+    let exit = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || (node.wait().unwrap(), node.logs())),
+    )
+    .await
+    .expect("mortar did not exit within 10 s of SIGTERM with idle RESP clients")
+    .unwrap();
+    assert_eq!(exit.0.code(), Some(0), "{}", exit.1);
+    for mut c in [idle, partial] {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut rest = Vec::new();
+        // Closed with nothing more said (a reset if the half command was still unread).
+        match c.read_to_end(&mut rest) {
+            Ok(n) => assert_eq!(n, 0, "{rest:?}"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+}
+
+#[tokio::test]
 async fn every_log_line_of_a_request_carries_its_request_id() {
     let node = Node::start(NodeConfig::named("logs").env("MORTAR_LOG__LEVEL", "debug"))
         .await
