@@ -53,6 +53,18 @@ rps() {
 
 mean() { awk -v s="$1" -v n="$ROUNDS" 'BEGIN { printf "%.2f", s / n }'; }
 
+# spread <ratio...>: "mean ± h" of one server's per-round ratios to Redis (each round's two
+# runs are seconds apart, so the host's drift mostly cancels), h = the 95% confidence half-width
+# (t distribution, 1.96 for many rounds).
+spread() {
+    printf '%s\n' "$@" | awk '{ s += $1; q += $1 * $1; n++ }
+        END {
+            m = s / n; v = n > 1 ? (q - n * m * m) / (n - 1) : 0; if (v < 0) v = 0
+            split("12.71 4.30 3.18 2.78 2.57 2.45 2.36 2.31 2.26 2.23 2.20 2.18 2.16 2.14 2.13", t, " ")
+            printf "%.3f ± %.3f", m, (n - 1 <= 15 ? t[n - 1] : 1.96) * sqrt(v / n)
+        }'
+}
+
 # The EXISTS row finds half its keys: fill half the keyspace on every server first.
 for port in "$MORTAR_ONE_LOOP_PORT" "$MORTAR_ALL_LOOPS_PORT" "$REDIS_PORT"; do
     redis-benchmark -p "$port" -n "$KEYSPACE" -r $((KEYSPACE / 2)) -c "$CLIENTS" -P 16 -q \
@@ -68,7 +80,8 @@ for case in "set 1" "get 1" "set 16" "get 16" "exists 16"; do
     # Each server ROUNDS times, in mirrored order (A B C, C B A, …), averaged: drift during
     # the run (CPU frequency, other tenants) then favours nobody, and one noisy run counts for
     # 1/ROUNDS.
-    declare -A sum_rps=() sum_cpu=()
+    declare -A sum_rps=() sum_cpu=() last=()
+    one_ratios=() all_ratios=()
     for ((k = 0; k < ROUNDS; k++)); do
         order=(one all redis)
         ((k % 2)) && order=(redis all one)
@@ -78,9 +91,12 @@ for case in "set 1" "get 1" "set 16" "get 16" "exists 16"; do
                 all) read -r x c < <(rps "$MORTAR_ALL_LOOPS_PORT" "$MORTAR_PID_ALL_LOOPS" "$t" "$p" "$n") ;;
                 redis) read -r x c < <(rps "$REDIS_PORT" "$REDIS_PID" "$t" "$p" "$n") ;;
             esac
+            last[$who]=$x
             sum_rps[$who]=$(awk -v a="${sum_rps[$who]:-0}" -v b="$x" 'BEGIN { print a + b }')
             sum_cpu[$who]=$(awk -v a="${sum_cpu[$who]:-0}" -v b="$c" 'BEGIN { print a + b }')
         done
+        one_ratios+=("$(ratio "${last[one]}" "${last[redis]}" 4)")
+        all_ratios+=("$(ratio "${last[all]}" "${last[redis]}" 4)")
     done
     o=$(mean "${sum_rps[one]}") oc=$(mean "${sum_cpu[one]}")
     a=$(mean "${sum_rps[all]}") ac=$(mean "${sum_cpu[all]}")
@@ -88,9 +104,9 @@ for case in "set 1" "get 1" "set 16" "get 16" "exists 16"; do
     name=${t^^}
     [[ $t == exists ]] && name="EXISTS of $EXISTS_KEYS random keys"
     log "$name -P $p: mortar 1 loop $o req/s ($oc µs), $CPUS loops $a req/s ($ac µs), redis $r req/s ($rc µs)"
-    rows+="| $name | $p | $o | $(ratio "$o" "$r")× | $a | $(ratio "$a" "$r")× | $(ratio "$a" "$o")× | $r | $oc | $ac | $rc |"$'\n'
+    rows+="| $name | $p | $o | $(ratio "$o" "$r")× | $(spread "${one_ratios[@]}") | $a | $(ratio "$a" "$r")× | $(spread "${all_ratios[@]}") | $(ratio "$a" "$o")× | $r | $oc | $ac | $rc |"$'\n'
     [[ $t != exists ]] && awk -v a="$o" -v b="$r" 'BEGIN { exit !(a < b) }' && one_loop_met=0
-    unset sum_rps sum_cpu
+    unset sum_rps sum_cpu last
 done
 redis-cli -p "$REDIS_PORT" --scan --pattern 'mortar-bench:key:*' | xargs -r -n 1000 redis-cli -p "$REDIS_PORT" unlink >/dev/null || true
 redis-cli -p "$REDIS_PORT" del key:__rand_int__ >/dev/null || true
@@ -109,12 +125,13 @@ mirrored order (A B C, C B A, …) and averaged, against two mortar servers (emb
 event loop (\`$MORTAR_CMD_ONE_LOOP\`; the default on this machine, one per CPU but one, is $LOOPS_DEFAULT) and one per CPU
 (\`$MORTAR_CMD_ALL_LOOPS\`) — and the machine's Redis on $REDIS_PORT, one after the other.
 
-| command | pipeline | mortar 1 loop req/s | /redis | mortar $CPUS loops req/s | /redis | $CPUS loops / 1 loop | redis req/s | CPU µs/req mortar 1 loop | mortar $CPUS loops | redis |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| command | pipeline | mortar 1 loop req/s | /redis | per round, 95% CI | mortar $CPUS loops req/s | /redis | per round, 95% CI | $CPUS loops / 1 loop | redis req/s | CPU µs/req mortar 1 loop | mortar $CPUS loops | redis |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 $rows
 target: ≥ 1.0× Redis for GET and SET with one loop — $verdict. The benchmark client needs a
 whole core at \`-P 1\`: with a loop per CPU, mortar's loops take turns on the client's core too.
 The EXISTS row is bound by the server, not the client (each command is $EXISTS_KEYS lookups): it
 shows what more loops buy where Redis has one thread. CPU µs/req: the server process's user +
-system CPU over the run ÷ requests (kernel network work included).
+system CPU over the run ÷ requests (kernel network work included). "Per round": the mean of
+each round's mortar ÷ Redis (runs seconds apart), with its 95% confidence interval.
 EOT
