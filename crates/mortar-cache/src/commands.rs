@@ -108,7 +108,7 @@ pub fn execute(
             Some("COUNT") => Reply::Int(COMMANDS.len() as i64),
             Some(_) => syntax(),
         },
-        "INFO" => info(store, server),
+        "INFO" => info(store, server, a),
         "DBSIZE" => Reply::Int(store.counts().0 as i64),
         "FLUSHDB" | "FLUSHALL" => {
             store.clear();
@@ -893,32 +893,70 @@ fn client(session: &mut Session, a: &[Bytes]) -> Reply {
     }
 }
 
-fn info(store: &Store, server: &dyn ServerInfo) -> Reply {
+/// INFO, or `INFO section [section …]` (case-insensitive; `all`, `everything` and `default` are
+/// every section, an unknown one adds nothing), as Redis 7 answers.
+fn info(store: &Store, server: &dyn ServerInfo, sections: &[Bytes]) -> Reply {
+    let wants = |name: &str| {
+        sections.is_empty()
+            || sections.iter().any(|s| {
+                [name, "all", "everything", "default"]
+                    .iter()
+                    .any(|n| s.eq_ignore_ascii_case(n.as_bytes()))
+            })
+    };
     let (keys, volatile) = store.counts();
     let st = &store.stats;
     let uptime = (now_ms().saturating_sub(server.started_ms())) / 1000;
-    let text = format!(
-        "# Server\r\nredis_version:{REDIS_VERSION}\r\nmortar_version:{}\r\nredis_mode:standalone\r\nuptime_in_seconds:{uptime}\r\n\r\n\
-         # Clients\r\nconnected_clients:{}\r\n\r\n\
-         # Memory\r\nused_memory:{}\r\nmaxmemory:{}\r\nmaxmemory_policy:{}\r\n\r\n\
-         # Stats\r\ntotal_commands_processed:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\nexpired_keys:{}\r\nevicted_keys:{}\r\nmortar_invalidations_received:{}\r\n\r\n\
-         # Keyspace\r\ndb0:keys={keys},expires={volatile},avg_ttl=0\r\n",
-        mortar_core::VERSION,
-        server.connected_clients(),
-        store.used_memory(),
-        store.max_memory(),
-        match store.policy() {
-            crate::store::Policy::TinyLfu => "tinylfu",
-            crate::store::Policy::Lru => "allkeys-lru",
-        },
-        server.commands_processed(),
-        st.hits.load(Ordering::Relaxed),
-        st.misses.load(Ordering::Relaxed),
-        st.expired.load(Ordering::Relaxed),
-        st.evicted.load(Ordering::Relaxed),
-        st.invalidations.load(Ordering::Relaxed),
-    );
-    Reply::Bulk(Bytes::from(text))
+    let all: [(&str, String); 5] = [
+        (
+            "server",
+            format!(
+                "# Server\r\nredis_version:{REDIS_VERSION}\r\nmortar_version:{}\r\nredis_mode:standalone\r\nuptime_in_seconds:{uptime}\r\n",
+                mortar_core::VERSION
+            ),
+        ),
+        (
+            "clients",
+            format!(
+                "# Clients\r\nconnected_clients:{}\r\n",
+                server.connected_clients()
+            ),
+        ),
+        (
+            "memory",
+            format!(
+                "# Memory\r\nused_memory:{}\r\nmaxmemory:{}\r\nmaxmemory_policy:{}\r\n",
+                store.used_memory(),
+                store.max_memory(),
+                match store.policy() {
+                    crate::store::Policy::TinyLfu => "tinylfu",
+                    crate::store::Policy::Lru => "allkeys-lru",
+                },
+            ),
+        ),
+        (
+            "stats",
+            format!(
+                "# Stats\r\ntotal_commands_processed:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\nexpired_keys:{}\r\nevicted_keys:{}\r\nmortar_invalidations_received:{}\r\n",
+                server.commands_processed(),
+                st.hits.load(Ordering::Relaxed),
+                st.misses.load(Ordering::Relaxed),
+                st.expired.load(Ordering::Relaxed),
+                st.evicted.load(Ordering::Relaxed),
+                st.invalidations.load(Ordering::Relaxed),
+            ),
+        ),
+        (
+            "keyspace",
+            format!("# Keyspace\r\ndb0:keys={keys},expires={volatile},avg_ttl=0\r\n"),
+        ),
+    ];
+    let text: Vec<String> = all
+        .into_iter()
+        .filter(|(name, _)| wants(name))
+        .map(|(_, body)| body)
+        .collect();
+    Reply::Bulk(Bytes::from(text.join("\r\n")))
 }
 
 #[cfg(test)]

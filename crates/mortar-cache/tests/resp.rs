@@ -205,6 +205,54 @@ async fn mortar_answers_like_redis() {
     );
 }
 
+/// INFO with sections, checked the same way on mortar and on the reference Redis.
+async fn check_info_sections(url: &str) {
+    let mut c = conn(url).await;
+    let mut info = async |sections: &[&str]| -> String {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg(sections);
+        cmd.query_async(&mut c).await.unwrap()
+    };
+    let memory = info(&["memory"]).await;
+    assert!(
+        memory.contains("# Memory") && memory.contains("used_memory:"),
+        "{url}: {memory}"
+    );
+    assert!(
+        !memory.contains("# Clients") && !memory.contains("# Server"),
+        "{url}: {memory}"
+    );
+    let two = info(&["CLIENTS", "memory"]).await;
+    assert!(
+        two.contains("# Clients\r\nconnected_clients:"),
+        "{url}: {two}"
+    );
+    assert!(
+        two.contains("# Memory") && !two.contains("# Stats"),
+        "{url}: {two}"
+    );
+    assert_eq!(info(&["nosuchsection"]).await, "", "{url}");
+    for every in [&[][..], &["all"], &["everything"], &["default"]] {
+        let text = info(every).await;
+        for section in ["# Server", "# Clients", "# Memory", "# Stats", "# Keyspace"] {
+            assert!(
+                text.contains(section),
+                "{url}: INFO {every:?} lacks {section}:\n{text}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn info_sections_like_redis() {
+    let (url, _svc, _stop) = mortar_resp(None);
+    check_info_sections(&url).await;
+    if let Some(redis_url) = mortar_testkit::redis_url("info_sections_like_redis (reference Redis)")
+    {
+        check_info_sections(&redis_url).await;
+    }
+}
+
 #[tokio::test]
 async fn pipelining_keys_scan_info_dbsize_flush() {
     let (url, _svc, _stop) = mortar_resp(None);
