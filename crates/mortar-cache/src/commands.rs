@@ -109,6 +109,19 @@ pub fn execute(
             Some(_) => syntax(),
         },
         "INFO" => info(store, server, a),
+        "CONFIG" => config(store, a),
+        "TIME" => match a {
+            [] => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                Reply::Array(vec![
+                    Reply::Bulk(Bytes::from(now.as_secs().to_string())),
+                    Reply::Bulk(Bytes::from(now.subsec_micros().to_string())),
+                ])
+            }
+            _ => arity("time"),
+        },
         "DBSIZE" => Reply::Int(store.counts().0 as i64),
         "FLUSHDB" | "FLUSHALL" => {
             store.clear();
@@ -422,6 +435,8 @@ pub const COMMANDS: &[&str] = &[
     "CLIENT",
     "COMMAND",
     "INFO",
+    "CONFIG",
+    "TIME",
     "DBSIZE",
     "FLUSHDB",
     "FLUSHALL",
@@ -890,6 +905,53 @@ fn client(session: &mut Session, a: &[Bytes]) -> Reply {
             sub.to_ascii_lowercase()
         )),
         (None, _) => arity("client"),
+    }
+}
+
+/// `CONFIG GET pattern [pattern …]`: the settings tools ask for (redis-benchmark, queue
+/// libraries checking the eviction policy), read-only — they come from `[cache]` in
+/// mortar.toml, so `CONFIG SET` says so.
+fn config(store: &Store, a: &[Bytes]) -> Reply {
+    match a.split_first() {
+        Some((sub, patterns)) if sub.eq_ignore_ascii_case(b"GET") => {
+            if patterns.is_empty() {
+                return arity("config|get");
+            }
+            let policy = match store.policy() {
+                crate::store::Policy::TinyLfu => "tinylfu",
+                crate::store::Policy::Lru => "allkeys-lru",
+            };
+            let params = [
+                ("maxmemory", store.max_memory().to_string()),
+                ("maxmemory-policy", policy.to_owned()),
+                ("databases", "1".to_owned()),
+                ("save", String::new()),
+                ("appendonly", "no".to_owned()),
+            ];
+            let pairs = params
+                .into_iter()
+                .filter(|(name, _)| {
+                    patterns
+                        .iter()
+                        .any(|p| glob(&p.to_ascii_lowercase(), name.as_bytes()))
+                })
+                .map(|(name, value)| {
+                    (
+                        Reply::Bulk(Bytes::from_static(name.as_bytes())),
+                        Reply::Bulk(Bytes::from(value)),
+                    )
+                })
+                .collect();
+            Reply::Map(pairs)
+        }
+        Some((sub, _)) if sub.eq_ignore_ascii_case(b"SET") => Reply::err(
+            "ERR CONFIG SET is not supported: set [cache] in mortar.toml (or MORTAR_CACHE__* variables) and restart",
+        ),
+        Some((sub, _)) => Reply::err(format!(
+            "ERR unknown subcommand '{}'. Try CONFIG HELP.",
+            String::from_utf8_lossy(sub)
+        )),
+        None => arity("config"),
     }
 }
 

@@ -4,7 +4,8 @@
 //!   `redis-cli`, `redis-benchmark` and every Redis client work unchanged: the string commands
 //!   (GET/SET with every option, MGET/MSET/MSETNX, INCR family, APPEND, GETRANGE/SETRANGE,
 //!   expiry commands with NX/XX/GT/LT, KEYS/SCAN, …) and the connection commands (PING, HELLO,
-//!   AUTH with the Mortar admin token, SELECT 0, CLIENT SETNAME/GETNAME, COMMAND, INFO, …),
+//!   AUTH with the Mortar admin token, SELECT 0, CLIENT SETNAME/GETNAME, COMMAND, INFO with
+//!   sections, read-only CONFIG GET, TIME, …),
 //!   pipelining, Redis's own error texts. Values are binary-safe.
 //! * An **HTTP API** on the same entries: `/v1/cache/{namespace}/{key}` is the RESP key
 //!   `{namespace}:{key}`.

@@ -131,6 +131,11 @@ fn script(p: &str) -> Vec<Vec<String>> {
         vec!["SELECT".into(), "0".into()],
         vec!["CLIENT".into(), "SETNAME".into(), "tester".into()],
         vec!["CLIENT".into(), "GETNAME".into()],
+        vec!["CONFIG".into(), "GET".into(), "nosuchparam*".into()],
+        vec!["CONFIG".into()],
+        vec!["CONFIG".into(), "GET".into()],
+        vec!["CONFIG".into(), "BOGUS".into()],
+        vec!["TIME".into(), "extra".into()],
     ];
     lines
 }
@@ -251,6 +256,46 @@ async fn info_sections_like_redis() {
     {
         check_info_sections(&redis_url).await;
     }
+}
+
+#[tokio::test]
+async fn config_get_and_time_answer_what_tools_ask() {
+    let (url, _svc, _stop) = mortar_resp(None);
+    let mut c = conn(&url).await;
+    let policy: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("MAXMEMORY*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        policy,
+        [
+            "maxmemory",
+            &(256 * 1024 * 1024).to_string(),
+            "maxmemory-policy",
+            "tinylfu"
+        ]
+    );
+    let save: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("save")
+        .arg("appendonly")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(save, ["save", "", "appendonly", "no"]);
+    let set = run(&mut c, &["CONFIG", "SET", "maxmemory", "1"]).await;
+    assert!(set.unwrap_err().contains("mortar.toml"));
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        secs.abs_diff(now) <= 2 && micros < 1_000_000,
+        "{secs} {micros}"
+    );
 }
 
 #[tokio::test]
