@@ -31,8 +31,7 @@ pub async fn serve(
             .name(format!("mortar-resp-{i}"))
             .spawn(move || {
                 let r = tokio::runtime::Builder::new_current_thread()
-                    .enable_io()
-                    .enable_time()
+                    .enable_all()
                     .build()
                     .and_then(|rt| rt.block_on(event_loop(socket, svc, stop)));
                 let _ = tx.send(r);
