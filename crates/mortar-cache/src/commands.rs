@@ -917,13 +917,9 @@ fn config(store: &Store, a: &[Bytes]) -> Reply {
             if patterns.is_empty() {
                 return arity("config|get");
             }
-            let policy = match store.policy() {
-                crate::store::Policy::TinyLfu => "tinylfu",
-                crate::store::Policy::Lru => "allkeys-lru",
-            };
             let params = [
                 ("maxmemory", store.max_memory().to_string()),
-                ("maxmemory-policy", policy.to_owned()),
+                ("maxmemory-policy", store.policy().redis_name().to_owned()),
                 ("databases", "1".to_owned()),
                 ("save", String::new()),
                 ("appendonly", "no".to_owned()),
@@ -966,58 +962,47 @@ fn info(store: &Store, server: &dyn ServerInfo, sections: &[Bytes]) -> Reply {
                     .any(|n| s.eq_ignore_ascii_case(n.as_bytes()))
             })
     };
-    let (keys, volatile) = store.counts();
-    let st = &store.stats;
-    let uptime = (now_ms().saturating_sub(server.started_ms())) / 1000;
-    let all: [(&str, String); 5] = [
-        (
-            "server",
-            format!(
-                "# Server\r\nredis_version:{REDIS_VERSION}\r\nmortar_version:{}\r\nredis_mode:standalone\r\nuptime_in_seconds:{uptime}\r\n",
-                mortar_core::VERSION
-            ),
-        ),
-        (
-            "clients",
-            format!(
-                "# Clients\r\nconnected_clients:{}\r\n",
-                server.connected_clients()
-            ),
-        ),
-        (
-            "memory",
-            format!(
-                "# Memory\r\nused_memory:{}\r\nmaxmemory:{}\r\nmaxmemory_policy:{}\r\n",
-                store.used_memory(),
-                store.max_memory(),
-                match store.policy() {
-                    crate::store::Policy::TinyLfu => "tinylfu",
-                    crate::store::Policy::Lru => "allkeys-lru",
-                },
-            ),
-        ),
-        (
-            "stats",
-            format!(
-                "# Stats\r\ntotal_commands_processed:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\nexpired_keys:{}\r\nevicted_keys:{}\r\nmortar_invalidations_received:{}\r\n",
-                server.commands_processed(),
-                st.hits.load(Ordering::Relaxed),
-                st.misses.load(Ordering::Relaxed),
-                st.expired.load(Ordering::Relaxed),
-                st.evicted.load(Ordering::Relaxed),
-                st.invalidations.load(Ordering::Relaxed),
-            ),
-        ),
-        (
-            "keyspace",
-            format!("# Keyspace\r\ndb0:keys={keys},expires={volatile},avg_ttl=0\r\n"),
-        ),
-    ];
-    let text: Vec<String> = all
-        .into_iter()
-        .filter(|(name, _)| wants(name))
-        .map(|(_, body)| body)
-        .collect();
+    // Only the sections asked for are computed (the keyspace one walks every shard).
+    let mut text = Vec::new();
+    if wants("server") {
+        let uptime = (now_ms().saturating_sub(server.started_ms())) / 1000;
+        text.push(format!(
+            "# Server\r\nredis_version:{REDIS_VERSION}\r\nmortar_version:{}\r\nredis_mode:standalone\r\nuptime_in_seconds:{uptime}\r\n",
+            mortar_core::VERSION
+        ));
+    }
+    if wants("clients") {
+        text.push(format!(
+            "# Clients\r\nconnected_clients:{}\r\n",
+            server.connected_clients()
+        ));
+    }
+    if wants("memory") {
+        text.push(format!(
+            "# Memory\r\nused_memory:{}\r\nmaxmemory:{}\r\nmaxmemory_policy:{}\r\n",
+            store.used_memory(),
+            store.max_memory(),
+            store.policy().redis_name(),
+        ));
+    }
+    if wants("stats") {
+        let st = &store.stats;
+        text.push(format!(
+            "# Stats\r\ntotal_commands_processed:{}\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\nexpired_keys:{}\r\nevicted_keys:{}\r\nmortar_invalidations_received:{}\r\n",
+            server.commands_processed(),
+            st.hits.load(Ordering::Relaxed),
+            st.misses.load(Ordering::Relaxed),
+            st.expired.load(Ordering::Relaxed),
+            st.evicted.load(Ordering::Relaxed),
+            st.invalidations.load(Ordering::Relaxed),
+        ));
+    }
+    if wants("keyspace") {
+        let (keys, volatile) = store.counts();
+        text.push(format!(
+            "# Keyspace\r\ndb0:keys={keys},expires={volatile},avg_ttl=0\r\n"
+        ));
+    }
     Reply::Bulk(Bytes::from(text.join("\r\n")))
 }
 

@@ -242,7 +242,7 @@ impl HttpConfig {
         if self.threads > 0 {
             self.threads
         } else {
-            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+            cpus()
         }
     }
 
@@ -347,4 +347,9 @@ pub fn resolve(base: &Path, path: &Path) -> PathBuf {
     } else {
         base.join(path)
     }
+}
+
+/// The CPUs this process may run on (1 if unknown): the base of the default event-loop counts.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }

@@ -20,8 +20,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let (stop_resp, resp_stopped) = tokio::sync::watch::channel(false);
     let resp = match config.cache.resp_addr()? {
         Some(resp_addr) => {
-            let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-            let loops = config.cache.resp_event_loops(cpus);
+            let loops = config.cache.resp_event_loops(mortar_core::config::cpus());
             let l = mortar_core::http::Listeners::bind(resp_addr, loops)
                 .with_context(|| format!("cannot listen on {resp_addr} (cache.resp_listen)"))?;
             tracing::info!(addr = %l.local_addr(), "cache RESP listening");

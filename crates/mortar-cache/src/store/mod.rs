@@ -89,6 +89,16 @@ pub enum Policy {
     Lru,
 }
 
+impl Policy {
+    /// The policy's name in Redis's `maxmemory-policy` terms (INFO, CONFIG GET).
+    pub fn redis_name(self) -> &'static str {
+        match self {
+            Policy::TinyLfu => "tinylfu",
+            Policy::Lru => "allkeys-lru",
+        }
+    }
+}
+
 /// Counters for INFO and metrics.
 #[derive(Debug, Default)]
 pub struct Stats {
