@@ -12,29 +12,33 @@ ROUNDS="${BENCH_CACHE_ROUNDS:-6}"
 # Keys of the server-bound row: EXISTS key:<random> × EXISTS_KEYS, over a keyspace of KEYSPACE.
 EXISTS_KEYS="${BENCH_CACHE_EXISTS_KEYS:-20}"
 KEYSPACE="${BENCH_CACHE_KEYSPACE:-100000}"
-MORTAR_ONE_LOOP_PORT=18781
-MORTAR_ALL_LOOPS_PORT=18782
 REDIS_PORT="${BENCH_REDIS_PORT:-6379}"
 
 bench_init
 build_mortar
-# Two mortar servers side by side: one RESP event loop (Redis's own shape: it leaves the
-# benchmark client the other core on a 2-core machine) and one loop per CPU. The default is one
-# per CPU but one (`cache.resp_threads` = 0): one loop on 2 cores.
+# Three mortar servers side by side: one RESP event loop (Redis's own shape: it leaves the
+# benchmark client the other core on a 2-core machine; the default is one loop per CPU but one,
+# so one on 2 cores), the same with busy-polling off (`cache.resp_busy_poll_us = 0`: what the
+# default's polling buys and costs), and one loop per CPU.
 CPUS=$(nproc)
 LOOPS_DEFAULT=$((CPUS > 1 ? CPUS - 1 : 1))
-MORTAR_ENV=("MORTAR_CACHE__RESP_LISTEN=127.0.0.1:$MORTAR_ONE_LOOP_PORT" "MORTAR_CACHE__RESP_THREADS=1")
-mortar_start 18705
-wait_for_port "$MORTAR_ONE_LOOP_PORT" "$MORTAR_PID"
-MORTAR_CMD_ONE_LOOP=$MORTAR_CMD
-MORTAR_PID_ONE_LOOP=$MORTAR_PID
-MORTAR_ENV=("MORTAR_CACHE__RESP_LISTEN=127.0.0.1:$MORTAR_ALL_LOOPS_PORT" "MORTAR_CACHE__RESP_THREADS=$CPUS")
-mortar_start 18706
-wait_for_port "$MORTAR_ALL_LOOPS_PORT" "$MORTAR_PID"
-MORTAR_CMD_ALL_LOOPS=$MORTAR_CMD
-MORTAR_PID_ALL_LOOPS=$MORTAR_PID
-
-REDIS_PID=$(redis-cli -p "$REDIS_PORT" info server | tr -d '\r' | awk -F: '$1 == "process_id" { print $2 }')
+# name, RESP port, HTTP port, environment.
+SERVERS=(
+    "one 18781 18705 MORTAR_CACHE__RESP_THREADS=1"
+    "nopoll 18782 18706 MORTAR_CACHE__RESP_THREADS=1 MORTAR_CACHE__RESP_BUSY_POLL_US=0"
+    "all 18783 18707 MORTAR_CACHE__RESP_THREADS=$CPUS"
+)
+declare -A PORT=() PID=() CMD=()
+for spec in "${SERVERS[@]}"; do
+    read -r who port http env <<<"$spec"
+    read -r -a MORTAR_ENV <<<"MORTAR_CACHE__RESP_LISTEN=127.0.0.1:$port $env"
+    mortar_start "$http"
+    wait_for_port "$port" "$MORTAR_PID"
+    PORT[$who]=$port PID[$who]=$MORTAR_PID CMD[$who]=$MORTAR_CMD
+done
+PORT[redis]=$REDIS_PORT
+PID[redis]=$(redis-cli -p "$REDIS_PORT" info server | tr -d '\r' | awk -F: '$1 == "process_id" { print $2 }')
+WHO=(one nopoll all redis)
 EXISTS_ARGS=()
 for ((i = 0; i < EXISTS_KEYS; i++)); do EXISTS_ARGS+=("mortar-bench:key:__rand_int__"); done
 
@@ -66,7 +70,8 @@ spread() {
 }
 
 # The EXISTS row finds half its keys: fill half the keyspace on every server first.
-for port in "$MORTAR_ONE_LOOP_PORT" "$MORTAR_ALL_LOOPS_PORT" "$REDIS_PORT"; do
+for who in "${WHO[@]}"; do
+    port=${PORT[$who]}
     redis-benchmark -p "$port" -n "$KEYSPACE" -r $((KEYSPACE / 2)) -c "$CLIENTS" -P 16 -q \
         SET mortar-bench:key:__rand_int__ v >/dev/null 2>&1
 done
@@ -77,36 +82,38 @@ for case in "set 1" "get 1" "set 16" "get 16" "exists 16"; do
     read -r t p <<<"$case"
     n=$([[ $p == 1 ]] && echo "$REQUESTS" || echo "$PIPELINED_REQUESTS")
     [[ $t == exists ]] && n=$REQUESTS
-    # Each server ROUNDS times, in mirrored order (A B C, C B A, …), averaged: drift during
-    # the run (CPU frequency, other tenants) then favours nobody, and one noisy run counts for
-    # 1/ROUNDS.
-    declare -A sum_rps=() sum_cpu=() last=()
-    one_ratios=() all_ratios=()
+    # Each server ROUNDS times, in mirrored order (A B C D, D C B A, …), averaged: drift
+    # during the run (CPU frequency, other tenants) then favours nobody, and one noisy run
+    # counts for 1/ROUNDS.
+    declare -A sum_rps=() sum_cpu=() last=() ratios=()
     for ((k = 0; k < ROUNDS; k++)); do
-        order=(one all redis)
-        ((k % 2)) && order=(redis all one)
+        order=("${WHO[@]}")
+        ((k % 2)) && order=(redis all nopoll one)
         for who in "${order[@]}"; do
-            case $who in
-                one) read -r x c < <(rps "$MORTAR_ONE_LOOP_PORT" "$MORTAR_PID_ONE_LOOP" "$t" "$p" "$n") ;;
-                all) read -r x c < <(rps "$MORTAR_ALL_LOOPS_PORT" "$MORTAR_PID_ALL_LOOPS" "$t" "$p" "$n") ;;
-                redis) read -r x c < <(rps "$REDIS_PORT" "$REDIS_PID" "$t" "$p" "$n") ;;
-            esac
+            read -r x c < <(rps "${PORT[$who]}" "${PID[$who]}" "$t" "$p" "$n")
             last[$who]=$x
             sum_rps[$who]=$(awk -v a="${sum_rps[$who]:-0}" -v b="$x" 'BEGIN { print a + b }')
             sum_cpu[$who]=$(awk -v a="${sum_cpu[$who]:-0}" -v b="$c" 'BEGIN { print a + b }')
         done
-        one_ratios+=("$(ratio "${last[one]}" "${last[redis]}" 4)")
-        all_ratios+=("$(ratio "${last[all]}" "${last[redis]}" 4)")
+        for who in one nopoll all; do
+            ratios[$who]+="$(ratio "${last[$who]}" "${last[redis]}" 4) "
+        done
     done
-    o=$(mean "${sum_rps[one]}") oc=$(mean "${sum_cpu[one]}")
-    a=$(mean "${sum_rps[all]}") ac=$(mean "${sum_cpu[all]}")
-    r=$(mean "${sum_rps[redis]}") rc=$(mean "${sum_cpu[redis]}")
+    declare -A m=() mc=()
+    for who in "${WHO[@]}"; do
+        m[$who]=$(mean "${sum_rps[$who]}") mc[$who]=$(mean "${sum_cpu[$who]}")
+    done
     name=${t^^}
     [[ $t == exists ]] && name="EXISTS of $EXISTS_KEYS random keys"
-    log "$name -P $p: mortar 1 loop $o req/s ($oc µs), $CPUS loops $a req/s ($ac µs), redis $r req/s ($rc µs)"
-    rows+="| $name | $p | $o | $(ratio "$o" "$r")× | $(spread "${one_ratios[@]}") | $a | $(ratio "$a" "$r")× | $(spread "${all_ratios[@]}") | $(ratio "$a" "$o")× | $r | $oc | $ac | $rc |"$'\n'
-    [[ $t != exists ]] && awk -v a="$o" -v b="$r" 'BEGIN { exit !(a < b) }' && one_loop_met=0
-    unset sum_rps sum_cpu last
+    log "$name -P $p: mortar 1 loop ${m[one]} req/s (${mc[one]} µs), without busy-polling ${m[nopoll]} (${mc[nopoll]} µs), $CPUS loops ${m[all]} (${mc[all]} µs), redis ${m[redis]} (${mc[redis]} µs)"
+    row="| $name | $p |"
+    for who in one nopoll all; do
+        # shellcheck disable=SC2086 # the ratios are one word each
+        row+=" ${m[$who]} | $(ratio "${m[$who]}" "${m[redis]}")× | $(spread ${ratios[$who]}) |"
+    done
+    rows+="$row $(ratio "${m[all]}" "${m[one]}")× | ${m[redis]} | ${mc[one]} | ${mc[nopoll]} | ${mc[all]} | ${mc[redis]} |"$'\n'
+    [[ $t != exists ]] && awk -v a="${m[one]}" -v b="${m[redis]}" 'BEGIN { exit !(a < b) }' && one_loop_met=0
+    unset sum_rps sum_cpu last ratios m mc
 done
 redis-cli -p "$REDIS_PORT" --scan --pattern 'mortar-bench:key:*' | xargs -r -n 1000 redis-cli -p "$REDIS_PORT" unlink >/dev/null || true
 redis-cli -p "$REDIS_PORT" del key:__rand_int__ >/dev/null || true
@@ -121,17 +128,20 @@ machine: $(machine_line)
 commands: \`redis-benchmark -p PORT -t get,set -n $REQUESTS -c $CLIENTS -P 1 --csv\`, the same with
 \`-n $PIPELINED_REQUESTS -P 16\`, and \`redis-benchmark -p PORT -n $REQUESTS -c $CLIENTS -P 16 -r $KEYSPACE EXISTS mortar-bench:key:__rand_int__ …\`
 ($EXISTS_KEYS random keys per command, about half of them present): each server $ROUNDS times in
-mirrored order (A B C, C B A, …) and averaged, against two mortar servers (embedded) — one RESP
-event loop (\`$MORTAR_CMD_ONE_LOOP\`; the default on this machine, one per CPU but one, is $LOOPS_DEFAULT) and one per CPU
-(\`$MORTAR_CMD_ALL_LOOPS\`) — and the machine's Redis on $REDIS_PORT, one after the other.
+mirrored order (A B C D, D C B A, …) and averaged, against three mortar servers (embedded) — one RESP
+event loop (\`${CMD[one]}\`; the default on this machine, one per CPU but one, is $LOOPS_DEFAULT),
+the same without busy-polling (\`${CMD[nopoll]}\`) and one loop per CPU
+(\`${CMD[all]}\`) — and the machine's Redis on $REDIS_PORT, one after the other.
 
-| command | pipeline | mortar 1 loop req/s | /redis | per round, 95% CI | mortar $CPUS loops req/s | /redis | per round, 95% CI | $CPUS loops / 1 loop | redis req/s | CPU µs/req mortar 1 loop | mortar $CPUS loops | redis |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| command | pipeline | mortar 1 loop req/s | /redis | per round, 95% CI | 1 loop, no busy-poll req/s | /redis | per round, 95% CI | mortar $CPUS loops req/s | /redis | per round, 95% CI | $CPUS loops / 1 loop | redis req/s | CPU µs/req mortar 1 loop | no busy-poll | $CPUS loops | redis |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 $rows
 target: ≥ 1.0× Redis for GET and SET with one loop — $verdict. The benchmark client needs a
 whole core at \`-P 1\`: with a loop per CPU, mortar's loops take turns on the client's core too.
 The EXISTS row is bound by the server, not the client (each command is $EXISTS_KEYS lookups): it
 shows what more loops buy where Redis has one thread. CPU µs/req: the server process's user +
-system CPU over the run ÷ requests (kernel network work included). "Per round": the mean of
+system CPU over the run ÷ requests (kernel network work included). Busy-polling
+(\`cache.resp_busy_poll_us\`, 200 µs by default) keeps a busy loop polling through its short idle
+gaps, so that clients' sends need not wake it: it buys throughput and latency with CPU. "Per round": the mean of
 each round's mortar ÷ Redis (runs seconds apart), with its 95% confidence interval.
 EOT

@@ -199,6 +199,9 @@ pub struct Stats {
     /// Invalidation messages from other nodes applied to the near-cache (cluster mode).
     pub invalidations_received: u64,
     pub resp_clients: u64,
+    /// Microseconds the RESP loops spent busy-polling without finding work
+    /// (`cache.resp_busy_poll_us`).
+    pub resp_busy_poll_idle_us: u64,
 }
 
 /// Sizes and counters.
@@ -218,5 +221,6 @@ async fn stats(State(svc): State<Arc<CacheService>>) -> ApiJson<Stats> {
         expirations: s.expired.load(Relaxed),
         invalidations_received: s.invalidations.load(Relaxed),
         resp_clients: svc.clients.load(Relaxed),
+        resp_busy_poll_idle_us: svc.busy_poll_us.load(Relaxed),
     })
 }

@@ -101,6 +101,7 @@ pub async fn run(args: &ClientArgs, cmd: &CacheCommand) -> Result<Vec<u8>, Clien
                     "evictions",
                     "expirations",
                     "resp_clients",
+                    "resp_busy_poll_idle_us",
                 ];
                 let rows: Vec<Vec<String>> = fields
                     .iter()

@@ -15,6 +15,8 @@ pub struct CacheConfig {
     pub resp_listen: String,
     /// RESP event loops; 0 = one per CPU but one (at least one).
     pub resp_threads: usize,
+    /// Microseconds a busy RESP loop keeps polling after its last request; 0 = never.
+    pub resp_busy_poll_us: u64,
     pub max_memory: u64,
     pub eviction: Policy,
     pub max_bulk_bytes: usize,
@@ -31,6 +33,7 @@ impl Default for CacheConfig {
         Self {
             resp_listen: "127.0.0.1:6380".into(),
             resp_threads: 0,
+            resp_busy_poll_us: 200,
             max_memory: 256 * 1024 * 1024,
             eviction: Policy::TinyLfu,
             max_bulk_bytes: 64 * 1024 * 1024,
@@ -53,6 +56,14 @@ impl CacheConfig {
              CPU but one, at least one: a core is left to the kernel's network work, the rest of\n\
              the server and co-located clients, as Redis advises for its io-threads (env\n\
              MORTAR_CACHE__RESP_THREADS)",
+        ),
+        KeyDoc::new(
+            "cache.resp_busy_poll_us",
+            "microseconds a busy RESP loop keeps polling its sockets after its last request\n\
+             before it sleeps (as Seastar's idle-poll-time), so that clients' sends need not wake\n\
+             it: only while the loop was busy at least half of the last 10 ms, so an idle or\n\
+             lightly loaded server sleeps as before; costs CPU under load; 0 = off (env\n\
+             MORTAR_CACHE__RESP_BUSY_POLL_US)",
         ),
         KeyDoc::new(
             "cache.max_memory",
@@ -109,8 +120,18 @@ impl CacheConfig {
         }
     }
 
+    /// How long a busy RESP loop keeps polling after its last request (zero: never).
+    pub fn resp_busy_poll(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.resp_busy_poll_us)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.resp_addr()?;
+        if self.resp_busy_poll_us > 10_000 {
+            return Err(ConfigError(
+                "key `cache.resp_busy_poll_us`: at most 10000 (10 ms; 0 = off)".into(),
+            ));
+        }
         if self.resp_threads > 1024 {
             return Err(ConfigError(
                 "key `cache.resp_threads`: at most 1024 (0 = one per CPU but one)".into(),

@@ -26,6 +26,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod busy_poll;
 pub mod cli;
 pub mod cluster;
 pub mod commands;

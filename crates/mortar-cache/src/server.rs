@@ -6,6 +6,7 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use mortar_core::http::Listeners;
@@ -13,14 +14,18 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 
+use crate::busy_poll;
 use crate::commands::Session;
 use crate::resp::{Reply, parse_command};
 use crate::service::CacheService;
 
 /// Serves RESP on `listeners` until `shutdown` turns true.
+/// `busy_poll`: how long a busy loop keeps polling after its last request ([`crate::busy_poll`];
+/// zero: never).
 pub async fn serve(
     listeners: Listeners,
     svc: Arc<CacheService>,
+    busy_poll: Duration,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let mut done = Vec::new();
@@ -30,10 +35,16 @@ pub async fn serve(
         std::thread::Builder::new()
             .name(format!("mortar-resp-{i}"))
             .spawn(move || {
-                let r = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
+                let mut rt = tokio::runtime::Builder::new_current_thread();
+                rt.enable_all();
+                if !busy_poll.is_zero() {
+                    busy_poll::install();
+                    rt.on_thread_park(busy_poll::before_park)
+                        .on_thread_unpark(busy_poll::after_unpark);
+                }
+                let r = rt
                     .build()
-                    .and_then(|rt| rt.block_on(event_loop(socket, svc, stop)));
+                    .and_then(|rt| rt.block_on(event_loop(socket, svc, busy_poll, stop)));
                 let _ = tx.send(r);
             })?;
         done.push(rx);
@@ -49,9 +60,17 @@ pub async fn serve(
 async fn event_loop(
     socket: std::net::TcpListener,
     svc: Arc<CacheService>,
+    busy_poll: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(socket)?;
+    let spinner = (!busy_poll.is_zero()).then(|| {
+        let svc = svc.clone();
+        tokio::spawn(busy_poll::spinner(busy_poll, move |idle| {
+            svc.busy_poll_us
+                .fetch_add(idle.as_micros() as u64, Ordering::Relaxed);
+        }))
+    });
     // Cluster mode: this loop's Redis commands go on a connection of its own.
     let _redis_conns = mortar_core::storage::event_loop_scope();
     // The connections. At shutdown they are dropped wherever they wait, so that a read does
@@ -83,6 +102,9 @@ async fn event_loop(
         });
     }
     connections.shutdown().await;
+    if let Some(spinner) = spinner {
+        spinner.abort();
+    }
     Ok(())
 }
 
@@ -118,6 +140,7 @@ async fn connection(mut stream: TcpStream, svc: &CacheService) -> io::Result<()>
         if n == 0 {
             return Ok(());
         }
+        busy_poll::activity();
         // Counted once per read, not per command: one shared counter written by every loop
         // per pipelined command would bounce its cache line between the cores.
         let mut commands = 0;
@@ -151,6 +174,7 @@ async fn connection(mut stream: TcpStream, svc: &CacheService) -> io::Result<()>
             // connections wakes once for many replies instead of once for each.
             tokio::task::yield_now().await;
             stream.write_all(&wbuf).await?;
+            busy_poll::activity();
             wbuf.clear();
         }
     }

@@ -16,6 +16,7 @@ pub const INVALIDATIONS: &str = "mortar_cache_invalidations_received_total";
 pub const COMMANDS: &str = "mortar_cache_commands_total";
 pub const CLIENTS: &str = "mortar_cache_clients";
 pub const USED_BYTES: &str = "mortar_cache_used_bytes";
+pub const BUSY_POLL: &str = "mortar_cache_busy_poll_idle_microseconds_total";
 
 #[derive(Debug)]
 pub struct CacheService {
@@ -29,6 +30,8 @@ pub struct CacheService {
     started_ms: u64,
     pub clients: AtomicU64,
     pub commands: AtomicU64,
+    /// Microseconds the RESP loops spent busy-polling without finding work.
+    pub busy_poll_us: AtomicU64,
     next_client_id: AtomicU64,
 }
 
@@ -175,6 +178,7 @@ impl CacheService {
             started_ms: now_ms(),
             clients: AtomicU64::new(0),
             commands: AtomicU64::new(0),
+            busy_poll_us: AtomicU64::new(0),
             next_client_id: AtomicU64::new(1),
         });
         describe_metrics();
@@ -205,6 +209,7 @@ impl CacheService {
         metrics::counter!(EXPIRATIONS).absolute(s.expired.load(Ordering::Relaxed));
         metrics::counter!(INVALIDATIONS).absolute(s.invalidations.load(Ordering::Relaxed));
         metrics::counter!(COMMANDS).absolute(self.commands.load(Ordering::Relaxed));
+        metrics::counter!(BUSY_POLL).absolute(self.busy_poll_us.load(Ordering::Relaxed));
         metrics::gauge!(CLIENTS).set(self.clients.load(Ordering::Relaxed) as f64);
         metrics::gauge!(USED_BYTES).set(self.store.used_memory() as f64);
     }
@@ -238,6 +243,10 @@ fn describe_metrics() {
         "invalidation messages from other nodes applied to the near-cache (cluster mode)"
     );
     metrics::describe_counter!(COMMANDS, "RESP commands executed");
+    metrics::describe_counter!(
+        BUSY_POLL,
+        "time the RESP loops spent busy-polling without finding work (cache.resp_busy_poll_us)"
+    );
     metrics::describe_gauge!(CLIENTS, "open RESP connections");
     metrics::describe_gauge!(
         USED_BYTES,

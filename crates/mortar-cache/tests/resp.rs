@@ -2,7 +2,7 @@
 //! same script against the real Redis on 6379 (MORTAR_TEST_REDIS_URL) — the replies must match.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mortar_cache::{CacheConfig, CacheService};
 use mortar_core::http::Listeners;
@@ -16,7 +16,13 @@ fn mortar_resp(
     let listeners = Listeners::bind("127.0.0.1:0".parse().unwrap(), 1).unwrap();
     let url = format!("redis://{}", listeners.local_addr());
     let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(mortar_cache::server::serve(listeners, svc.clone(), rx));
+    let busy_poll = CacheConfig::default().resp_busy_poll();
+    tokio::spawn(mortar_cache::server::serve(
+        listeners,
+        svc.clone(),
+        busy_poll,
+        rx,
+    ));
     (url, svc, tx)
 }
 
@@ -417,7 +423,13 @@ async fn ttls_expire_and_memory_stays_bounded() {
     let listeners = Listeners::bind("127.0.0.1:0".parse().unwrap(), 1).unwrap();
     let url = format!("redis://{}", listeners.local_addr());
     let (_tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(mortar_cache::server::serve(listeners, svc.clone(), rx));
+    let busy_poll = cfg.resp_busy_poll();
+    tokio::spawn(mortar_cache::server::serve(
+        listeners,
+        svc.clone(),
+        busy_poll,
+        rx,
+    ));
     let mut c = conn(&url).await;
     let _: () = redis::cmd("SET")
         .arg("short")
@@ -457,5 +469,69 @@ async fn ttls_expire_and_memory_stays_bounded() {
             .evicted
             .load(std::sync::atomic::Ordering::Relaxed)
             > 0
+    );
+}
+
+/// The process's CPU time so far (user + system), from /proc/self/stat.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name (which is in parentheses): utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    Duration::from_millis((f[0] + f[1]) * 10) // USER_HZ is 100 on Linux
+}
+
+/// `cache.resp_busy_poll_us` (on by default): a loop kept busy by clients polls through its
+/// short idle gaps (the idle-polling counter grows), and once the clients stop it sleeps again:
+/// the counter stops and the process burns (almost) no CPU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_polling_follows_the_load() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let (url, svc, _tx) = mortar_resp(None);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (url, stop) = (url.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut c = conn(&url).await;
+            while !stop.load(Relaxed) {
+                let _: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg("busy")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while svc.busy_poll_us.load(Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the loaded loop never busy-polled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    // A spell of polling ends at most 200 µs after the last request.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (polled, cpu) = (svc.busy_poll_us.load(Relaxed), process_cpu());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        svc.busy_poll_us.load(Relaxed),
+        polled,
+        "still polling with no clients"
+    );
+    let used = process_cpu().saturating_sub(cpu);
+    assert!(
+        used < Duration::from_millis(150),
+        "an idle server used {used:?} of CPU in 500 ms"
     );
 }

@@ -27,6 +27,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
             Some(tokio::spawn(mortar_cache::server::serve(
                 l,
                 app.cache.clone(),
+                config.cache.resp_busy_poll(),
                 resp_stopped,
             )))
         }
