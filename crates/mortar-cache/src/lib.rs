@@ -18,8 +18,8 @@
 //!
 //! * Cluster mode ([`cluster`]): with `redis_url`, Redis is the shared tier and each node keeps
 //!   a near-cache; invalidations travel over Redis pub/sub and the L1 TTL (`l1_ttl_ms`) caps
-//!   staleness. Origins ([`origin`]): read-through with singleflight and write-through per namespace
-//!   (write-behind is not built yet).
+//!   staleness. Origins ([`origin`]): read-through with singleflight, write-through and write-behind per
+//!   namespace.
 //! * Strings only (as a cache needs): no lists, hashes or sets, so `-WRONGTYPE` never occurs.
 //! * MSETNX checks then sets: a concurrent writer of the same keys can interleave.
 //! * SCAN walks a snapshot ordered by a stable key hash: O(keys) per call.
