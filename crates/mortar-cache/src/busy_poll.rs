@@ -26,7 +26,7 @@
 //! instead of sleeping. The spinner yields to the scheduler in a loop (each turn is one
 //! non-blocking poll of the sockets, then the connections it made ready) until `spin` passes
 //! without activity, then sleeps again. A turn in which no connection read or wrote counts as
-//! idle time: it is what `mortar_cache_busy_poll_idle_microseconds_total` adds up.
+//! idle time: it is what `mortar_cache_busy_poll_idle_seconds` adds up.
 
 use std::cell::RefCell;
 use std::future::poll_fn;

@@ -16,7 +16,7 @@ pub const INVALIDATIONS: &str = "mortar_cache_invalidations_received_total";
 pub const COMMANDS: &str = "mortar_cache_commands_total";
 pub const CLIENTS: &str = "mortar_cache_clients";
 pub const USED_BYTES: &str = "mortar_cache_used_bytes";
-pub const BUSY_POLL: &str = "mortar_cache_busy_poll_idle_microseconds_total";
+pub const BUSY_POLL: &str = "mortar_cache_busy_poll_idle_seconds";
 
 #[derive(Debug)]
 pub struct CacheService {
@@ -209,7 +209,8 @@ impl CacheService {
         metrics::counter!(EXPIRATIONS).absolute(s.expired.load(Ordering::Relaxed));
         metrics::counter!(INVALIDATIONS).absolute(s.invalidations.load(Ordering::Relaxed));
         metrics::counter!(COMMANDS).absolute(self.commands.load(Ordering::Relaxed));
-        metrics::counter!(BUSY_POLL).absolute(self.busy_poll_us.load(Ordering::Relaxed));
+        // A gauge: the metrics facade's counters are integers, and this is fractions of seconds.
+        metrics::gauge!(BUSY_POLL).set(self.busy_poll_us.load(Ordering::Relaxed) as f64 / 1e6);
         metrics::gauge!(CLIENTS).set(self.clients.load(Ordering::Relaxed) as f64);
         metrics::gauge!(USED_BYTES).set(self.store.used_memory() as f64);
     }
@@ -243,9 +244,10 @@ fn describe_metrics() {
         "invalidation messages from other nodes applied to the near-cache (cluster mode)"
     );
     metrics::describe_counter!(COMMANDS, "RESP commands executed");
-    metrics::describe_counter!(
+    metrics::describe_gauge!(
         BUSY_POLL,
-        "time the RESP loops spent busy-polling without finding work (cache.resp_busy_poll_us)"
+        "time the RESP loops have spent busy-polling without finding work since start \
+         (cache.resp_busy_poll_us; only grows)"
     );
     metrics::describe_gauge!(CLIENTS, "open RESP connections");
     metrics::describe_gauge!(
