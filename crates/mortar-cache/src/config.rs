@@ -71,7 +71,9 @@ impl CacheConfig {
         ),
         KeyDoc::new(
             "cache.eviction",
-            "\"tiny_lfu\" (sampled eviction with TinyLFU admission, the default) or \"lru\"",
+            "\"tiny_lfu\" (sampled least-frequent eviction with TinyLFU admission, the default),\n\
+             \"lfu\" (the same eviction, every new key admitted: Redis's allkeys-lfu) or \"lru\"\n\
+             (sampled approximated LRU: allkeys-lru)",
         ),
         KeyDoc::new(
             "cache.max_bulk_bytes",
@@ -167,5 +169,26 @@ mod tests {
         c.resp_threads = 5000;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("cache.resp_threads"), "{e}");
+    }
+
+    #[test]
+    fn eviction_policies_parse_and_busy_poll_is_bounded() {
+        for (name, policy, redis) in [
+            ("tiny_lfu", Policy::TinyLfu, "tinylfu"),
+            ("lfu", Policy::Lfu, "allkeys-lfu"),
+            ("lru", Policy::Lru, "allkeys-lru"),
+        ] {
+            let c: CacheConfig =
+                serde_json::from_str(&format!(r#"{{"eviction": "{name}"}}"#)).unwrap();
+            assert_eq!((c.eviction, c.eviction.redis_name()), (policy, redis));
+        }
+        assert!(serde_json::from_str::<CacheConfig>(r#"{"eviction": "random"}"#).is_err());
+        let mut c = CacheConfig::default();
+        assert_eq!(c.resp_busy_poll(), std::time::Duration::from_micros(200));
+        c.resp_busy_poll_us = 0;
+        assert!(c.resp_busy_poll().is_zero() && c.validate().is_ok());
+        c.resp_busy_poll_us = 20_000;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("cache.resp_busy_poll_us"), "{e}");
     }
 }

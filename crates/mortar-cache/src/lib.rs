@@ -11,7 +11,7 @@
 //!   `{namespace}:{key}`.
 //! * A **memory-bounded store** ([`store`]) of our own: sharded hash tables bounded in bytes
 //!   (`cache.max_memory`, keys + values + a per-entry overhead), Redis-style sampled eviction
-//!   with TinyLFU admission (default) or approximated LRU, per-entry TTLs (invisible at once,
+//!   with TinyLFU admission (default), plain LFU or approximated LRU, per-entry TTLs (invisible at once,
 //!   reclaimed by a background sweep), hit/miss/eviction/expiry counters in INFO and /metrics.
 //!
 //! ## Limits (today)

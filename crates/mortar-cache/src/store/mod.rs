@@ -30,6 +30,9 @@
 //!   least the victim's (Ristretto's rule); a rejected key is not stored and counts as evicted.
 //!   There is no admission window (Caffeine's W-TinyLFU has one): a brand-new key competes with
 //!   the frequency of its first write (plus any earlier misses on it).
+//! * [`Policy::Lfu`]: the same sketch and the same victim (lowest estimated frequency, oldest
+//!   among equals), but every new key is admitted, as Redis's `allkeys-lfu` does: the sketch's
+//!   halving is the decay that lets yesterday's popular keys go.
 //!
 //! ## TTLs
 //!
@@ -87,6 +90,8 @@ pub enum Policy {
     TinyLfu,
     /// Sampled approximated LRU (Redis's `allkeys-lru`).
     Lru,
+    /// Sampled least-frequently-used eviction without admission (Redis's `allkeys-lfu`).
+    Lfu,
 }
 
 impl Policy {
@@ -95,6 +100,7 @@ impl Policy {
         match self {
             Policy::TinyLfu => "tinylfu",
             Policy::Lru => "allkeys-lru",
+            Policy::Lfu => "allkeys-lfu",
         }
     }
 }
@@ -251,7 +257,7 @@ impl Store {
                         cursor: 0,
                     }),
                     clock: AtomicU32::new(0),
-                    sketch: (policy == Policy::TinyLfu).then(|| Sketch::new(per_shard_entries)),
+                    sketch: (policy != Policy::Lru).then(|| Sketch::new(per_shard_entries)),
                 })
                 .collect(),
             shard_mask: shards - 1,
@@ -557,8 +563,8 @@ impl Inner {
         }
     }
 
-    /// Whether a new key of `size` bytes gets in: frees room in the shard first (TinyLFU: only
-    /// by evicting keys the sketch says are no more popular than the newcomer).
+    /// Whether a new key of `size` bytes gets in. TinyLFU frees room in the shard first, only by
+    /// evicting keys the sketch says are no more popular than the newcomer; the others say yes.
     fn admit(
         &self,
         shard: &Shard,
@@ -568,8 +574,8 @@ impl Inner {
         now: &mut Now,
         freed_total: &mut u64,
     ) -> bool {
-        let Some(sketch) = &shard.sketch else {
-            // LRU evicts after the insert.
+        let (Policy::TinyLfu, Some(sketch)) = (self.policy, &shard.sketch) else {
+            // LRU and LFU admit every key and evict after the insert.
             return true;
         };
         let candidate = sketch.frequency(hash);

@@ -40,7 +40,7 @@ fn stat(c: &std::sync::atomic::AtomicU64) -> u64 {
 
 #[test]
 fn set_get_peek_remove_update() {
-    for policy in [Policy::TinyLfu, Policy::Lru] {
+    for policy in [Policy::TinyLfu, Policy::Lru, Policy::Lfu] {
         let s = Store::new(1 << 20, policy);
         assert_eq!(s.get(b"a"), None);
         s.set(b"a", &val(b"1"));
@@ -109,7 +109,7 @@ fn clear_counts_keys() {
 
 #[test]
 fn memory_bound_holds_and_evictions_are_counted() {
-    for policy in [Policy::Lru, Policy::TinyLfu] {
+    for policy in [Policy::Lru, Policy::TinyLfu, Policy::Lfu] {
         let max = 256 * 1024;
         let s = Store::new(max, policy);
         let n = 20_000;
@@ -209,6 +209,38 @@ fn lru_keeps_recently_read_keys_over_cold_ones() {
     assert!(hot >= 190, "hot keys kept: {hot}/200");
     // The 1 000 new keys pushed out cold ones (and hardly any new or hot ones).
     assert!(cold <= 850, "cold keys kept: {cold}/1800");
+}
+
+#[test]
+fn lfu_admits_every_key_and_evicts_the_least_frequent() {
+    let per = (16 + 100 + ENTRY_OVERHEAD) as u64;
+    let s = Store::new(per * 1_000, Policy::Lfu);
+    let v = val(&[b'v'; 100]);
+    for i in 0..1_000 {
+        s.set(&key(i), &v);
+    }
+    // 300 hot keys read 8 times each.
+    for _ in 0..8 {
+        for i in 0..300 {
+            assert!(s.get(&key(i)).is_some());
+        }
+    }
+    // A scan: 5 000 keys written once. Each gets in (no admission filter), and what makes room
+    // for it is the least frequent of a sample: the scan's own earlier keys and the cold ones,
+    // not the hot set.
+    for i in 0..5_000 {
+        s.set(&key(100_000 + i), &v);
+        assert!(
+            s.peek(&key(100_000 + i)).is_some(),
+            "LFU admits every new key"
+        );
+        assert!(s.used_memory() <= per * 1_000);
+    }
+    let hot = (0..300).filter(|&i| s.peek(&key(i)).is_some()).count();
+    assert!(hot >= 290, "hot keys kept: {hot}/300");
+    let cold = (300..1_000).filter(|&i| s.peek(&key(i)).is_some()).count();
+    assert!(cold < 100, "cold keys kept: {cold}/700");
+    assert_accounting(&s);
 }
 
 #[test]
