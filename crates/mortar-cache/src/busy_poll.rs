@@ -163,12 +163,17 @@ pub async fn spinner(spin: Duration, spent: impl Fn(Duration)) {
         loop {
             tokio::task::yield_now().await;
             let now = Instant::now();
-            let Some((activity, busy)) = with(|p| (p.activity, p.meter.busy(now))) else {
+            // One turn in which no connection read or wrote was idle.
+            let Some((activity, busy)) = with(|p| {
+                if p.activity == seen {
+                    p.meter.idle(now - prev);
+                }
+                (p.activity, p.meter.busy(now))
+            }) else {
                 return;
             };
             if activity == seen {
                 idle += now - prev;
-                with(|p| p.meter.idle(now - prev));
             } else {
                 seen = activity;
                 last_activity = now;

@@ -28,6 +28,7 @@ pub async fn serve(
     busy_poll: Duration,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
+    let busy_poll = (!busy_poll.is_zero()).then_some(busy_poll);
     let mut done = Vec::new();
     for (i, socket) in listeners.into_sockets().into_iter().enumerate() {
         let (tx, rx) = oneshot::channel();
@@ -37,7 +38,7 @@ pub async fn serve(
             .spawn(move || {
                 let mut rt = tokio::runtime::Builder::new_current_thread();
                 rt.enable_all();
-                if !busy_poll.is_zero() {
+                if busy_poll.is_some() {
                     busy_poll::install();
                     rt.on_thread_park(busy_poll::before_park)
                         .on_thread_unpark(busy_poll::after_unpark);
@@ -60,13 +61,13 @@ pub async fn serve(
 async fn event_loop(
     socket: std::net::TcpListener,
     svc: Arc<CacheService>,
-    busy_poll: Duration,
+    busy_poll: Option<Duration>,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(socket)?;
-    let spinner = (!busy_poll.is_zero()).then(|| {
+    let spinner = busy_poll.map(|spin| {
         let svc = svc.clone();
-        tokio::spawn(busy_poll::spinner(busy_poll, move |idle| {
+        tokio::spawn(busy_poll::spinner(spin, move |idle| {
             svc.busy_poll_us
                 .fetch_add(idle.as_micros() as u64, Ordering::Relaxed);
         }))

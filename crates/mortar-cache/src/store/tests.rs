@@ -211,32 +211,39 @@ fn lru_keeps_recently_read_keys_over_cold_ones() {
     assert!(cold <= 850, "cold keys kept: {cold}/1800");
 }
 
-#[test]
-fn lfu_admits_every_key_and_evicts_the_least_frequent() {
-    let per = (16 + 100 + ENTRY_OVERHEAD) as u64;
-    let s = Store::new(per * 1_000, Policy::Lfu);
+/// Room for exactly 1 000 entries of a 100-byte value.
+const SCAN_PER: u64 = (16 + 100 + ENTRY_OVERHEAD) as u64;
+
+/// 1 000 keys, of which 300 are read 8 times each, then a scan of 5 000 keys written once and
+/// never read (`each` runs after every scan write). Returns the store and the hot keys it kept.
+fn hot_set_then_scan(policy: Policy, each: impl Fn(&Store, &[u8])) -> (Store, usize) {
+    let s = Store::new(SCAN_PER * 1_000, policy);
     let v = val(&[b'v'; 100]);
     for i in 0..1_000 {
         s.set(&key(i), &v);
     }
-    // 300 hot keys read 8 times each.
     for _ in 0..8 {
         for i in 0..300 {
             assert!(s.get(&key(i)).is_some());
         }
     }
-    // A scan: 5 000 keys written once. Each gets in (no admission filter), and what makes room
-    // for it is the least frequent of a sample: the scan's own earlier keys and the cold ones,
-    // not the hot set.
     for i in 0..5_000 {
-        s.set(&key(100_000 + i), &v);
-        assert!(
-            s.peek(&key(100_000 + i)).is_some(),
-            "LFU admits every new key"
-        );
-        assert!(s.used_memory() <= per * 1_000);
+        let k = key(100_000 + i);
+        s.set(&k, &v);
+        each(&s, &k);
     }
     let hot = (0..300).filter(|&i| s.peek(&key(i)).is_some()).count();
+    (s, hot)
+}
+
+#[test]
+fn lfu_admits_every_key_and_evicts_the_least_frequent() {
+    // Each scan key gets in (no admission filter), and what makes room for it is the least
+    // frequent of a sample: the scan's own earlier keys and the cold ones, not the hot set.
+    let (s, hot) = hot_set_then_scan(Policy::Lfu, |s, k| {
+        assert!(s.peek(k).is_some(), "LFU admits every new key");
+        assert!(s.used_memory() <= SCAN_PER * 1_000);
+    });
     assert!(hot >= 290, "hot keys kept: {hot}/300");
     let cold = (300..1_000).filter(|&i| s.peek(&key(i)).is_some()).count();
     assert!(cold < 100, "cold keys kept: {cold}/700");
@@ -245,39 +252,11 @@ fn lfu_admits_every_key_and_evicts_the_least_frequent() {
 
 #[test]
 fn tinylfu_keeps_a_hot_set_against_a_scan() {
-    let per = (16 + 100 + ENTRY_OVERHEAD) as u64;
-    let s = Store::new(per * 1_000, Policy::TinyLfu);
-    let v = val(&[b'v'; 100]);
-    for i in 0..1_000 {
-        s.set(&key(i), &v);
-    }
-    // 300 hot keys read 8 times each.
-    for _ in 0..8 {
-        for i in 0..300 {
-            assert!(s.get(&key(i)).is_some());
-        }
-    }
-    // A scan: 5 000 keys written once and never read.
-    for i in 0..5_000 {
-        s.set(&key(100_000 + i), &v);
-    }
-    let hot = (0..300).filter(|&i| s.peek(&key(i)).is_some()).count();
+    let (s, hot) = hot_set_then_scan(Policy::TinyLfu, |_, _| {});
     assert!(hot >= 290, "hot keys kept: {hot}/300");
-    assert!(s.used_memory() <= per * 1_000);
+    assert!(s.used_memory() <= SCAN_PER * 1_000);
     // The LRU policy, same workload, loses the hot set: the scan is more recent.
-    let s = Store::new(per * 1_000, Policy::Lru);
-    for i in 0..1_000 {
-        s.set(&key(i), &v);
-    }
-    for _ in 0..8 {
-        for i in 0..300 {
-            s.get(&key(i));
-        }
-    }
-    for i in 0..5_000 {
-        s.set(&key(100_000 + i), &v);
-    }
-    let hot = (0..300).filter(|&i| s.peek(&key(i)).is_some()).count();
+    let (_, hot) = hot_set_then_scan(Policy::Lru, |_, _| {});
     assert!(hot < 100, "LRU kept {hot}/300 through a scan");
 }
 
