@@ -177,7 +177,24 @@ impl L2 {
         k.strip_prefix(p.as_bytes()).unwrap_or(k)
     }
 
+    /// `Err` at once while Redis is known to be down (its gate is open).
+    fn gate(&self) -> Result<(), Reply> {
+        self.redis
+            .gate
+            .check()
+            .map_err(|d| unavailable(&d.to_string()))
+    }
+
+    /// A failed call: trips the gate when Redis is unreachable.
+    fn failed(&self, e: &redis::RedisError) -> Reply {
+        if mortar_core::storage::gate::is_redis_connection_error(e) {
+            self.redis.gate.trip(&e.to_string());
+        }
+        unavailable(&e.to_string())
+    }
+
     async fn query(&self, cmd: redis::Cmd) -> Result<redis::Value, Reply> {
+        self.gate()?;
         let mut conn = self.redis.conn();
         match tokio::time::timeout(self.timeout, cmd.query_async::<redis::Value>(&mut conn)).await {
             Ok(Ok(v)) => Ok(v),
@@ -186,7 +203,7 @@ impl L2 {
                 e.code().unwrap_or("ERR"),
                 e.detail().unwrap_or_default()
             ))),
-            Ok(Err(e)) => Err(unavailable(&e.to_string())),
+            Ok(Err(e)) => Err(self.failed(&e)),
             Err(_) => Err(unavailable(&format!(
                 "no answer within {} ms",
                 self.timeout.as_millis()
@@ -342,10 +359,11 @@ async fn fetch(l2: &L2, key: &[u8]) -> Result<(Option<Vec<u8>>, i64), Reply> {
         .arg(l2.key(key))
         .cmd("PTTL")
         .arg(l2.key(key));
+    l2.gate()?;
     let mut conn = l2.redis.conn();
     match tokio::time::timeout(l2.timeout, pipe.query_async(&mut conn)).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(unavailable(&e.to_string())),
+        Ok(Err(e)) => Err(l2.failed(&e)),
         Err(_) => Err(unavailable(&format!(
             "no answer within {} ms",
             l2.timeout.as_millis()

@@ -20,6 +20,8 @@ pub struct CacheConfig {
     pub max_memory: u64,
     pub eviction: Policy,
     pub max_bulk_bytes: usize,
+    /// Most RESP connections at once (Redis's `maxclients`).
+    pub max_clients: u64,
     /// Cluster mode: how long a node may serve a value from its near-cache.
     pub l1_ttl_ms: u64,
     /// Cluster mode: deadline of one Redis call.
@@ -37,6 +39,7 @@ impl Default for CacheConfig {
             max_memory: 256 * 1024 * 1024,
             eviction: Policy::TinyLfu,
             max_bulk_bytes: 64 * 1024 * 1024,
+            max_clients: 10_000,
             l1_ttl_ms: 10_000,
             redis_timeout_ms: 500,
             namespaces: BTreeMap::new(),
@@ -77,7 +80,13 @@ impl CacheConfig {
         ),
         KeyDoc::new(
             "cache.max_bulk_bytes",
-            "largest value or argument a client may send",
+            "largest value or argument an authenticated client may send (before AUTH, on a\n\
+             server with an admin token: 10 arguments of at most 16 KiB, as Redis)",
+        ),
+        KeyDoc::new(
+            "cache.max_clients",
+            "most RESP connections at once (Redis's maxclients); past it a new connection gets\n\
+             \"-ERR max number of clients reached\" and is closed",
         ),
         KeyDoc::new(
             "cache.l1_ttl_ms",
@@ -142,6 +151,11 @@ impl CacheConfig {
         if self.max_memory < 1024 * 1024 {
             return Err(ConfigError(
                 "key `cache.max_memory`: must be at least 1048576 (1 MiB)".into(),
+            ));
+        }
+        if self.max_clients == 0 {
+            return Err(ConfigError(
+                "key `cache.max_clients`: must be at least 1".into(),
             ));
         }
         if self.max_bulk_bytes == 0 {

@@ -11,6 +11,9 @@ pub struct Limits {
     pub max_bulk: usize,
     pub max_args: usize,
     pub max_inline: usize,
+    /// These are the limits of a connection that has not authenticated yet: lengths past them
+    /// get Redis's `unauthenticated …` errors.
+    pub pre_auth: bool,
 }
 
 impl Default for Limits {
@@ -19,6 +22,34 @@ impl Default for Limits {
             max_bulk: 64 * 1024 * 1024,
             max_args: 1024 * 1024,
             max_inline: 64 * 1024,
+            pre_auth: false,
+        }
+    }
+}
+
+impl Limits {
+    /// Before `AUTH` on a server with a password: Redis 7's bounds (10 arguments of at most
+    /// 16 KiB), so an unauthenticated client can make the server buffer at most ~160 KiB.
+    pub const PRE_AUTH: Limits = Limits {
+        max_bulk: 16 * 1024,
+        max_args: 10,
+        max_inline: 16 * 1024,
+        pre_auth: true,
+    };
+
+    fn array_too_long(&self) -> ProtocolError {
+        if self.pre_auth {
+            ProtocolError::UnauthenticatedArrayLength
+        } else {
+            ProtocolError::ArrayLength
+        }
+    }
+
+    fn bulk_too_long(&self) -> ProtocolError {
+        if self.pre_auth {
+            ProtocolError::UnauthenticatedBulkLength
+        } else {
+            ProtocolError::BulkLength
         }
     }
 }
@@ -30,6 +61,10 @@ pub enum ProtocolError {
     ArrayLength,
     #[error("Protocol error: invalid bulk length")]
     BulkLength,
+    #[error("Protocol error: unauthenticated multibulk length")]
+    UnauthenticatedArrayLength,
+    #[error("Protocol error: unauthenticated bulk length")]
+    UnauthenticatedBulkLength,
     #[error("Protocol error: expected '$', got '{0}'")]
     ExpectedBulk(char),
     #[error("Protocol error: too big inline request")]
@@ -65,7 +100,7 @@ pub fn parse_command(
         return Ok(Some(Vec::new()));
     }
     if n as usize > limits.max_args {
-        return Err(ProtocolError::ArrayLength);
+        return Err(limits.array_too_long());
     }
     pos = next;
     let mut spans = Vec::with_capacity((n as usize).min(1024));
@@ -79,8 +114,11 @@ pub fn parse_command(
         let Some((len, start)) = read_int_line(buf, pos + 1)? else {
             return Ok(None);
         };
-        if len < 0 || len as usize > limits.max_bulk {
+        if len < 0 {
             return Err(ProtocolError::BulkLength);
+        }
+        if len as usize > limits.max_bulk {
+            return Err(limits.bulk_too_long());
         }
         let end = start + len as usize;
         if buf.len() < end + 2 {
@@ -365,6 +403,7 @@ mod tests {
             max_bulk: 10,
             max_args: 3,
             max_inline: 16,
+            pre_auth: false,
         };
         let mut b = BytesMut::from(&b"*4\r\n"[..]);
         assert_eq!(
@@ -395,6 +434,27 @@ mod tests {
         assert_eq!(parse_command(&mut b, &limits), Err(ProtocolError::Crlf));
         let mut b = BytesMut::from(&b"*x\r\n"[..]);
         assert!(parse_command(&mut b, &limits).is_err());
+    }
+
+    #[test]
+    fn before_auth_lengths_get_redis_unauthenticated_errors() {
+        let pre = Limits::PRE_AUTH;
+        let mut b = BytesMut::from(&b"*11\r\n"[..]);
+        assert_eq!(
+            parse_command(&mut b, &pre),
+            Err(ProtocolError::UnauthenticatedArrayLength)
+        );
+        let mut b = BytesMut::from(&b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$62914560\r\n"[..]);
+        let e = parse_command(&mut b, &pre).unwrap_err();
+        assert_eq!(e.to_string(), "Protocol error: unauthenticated bulk length");
+        assert!(b.capacity() < 64 * 1024, "nothing reserved for the value");
+        let mut b = BytesMut::from(&b"*2\r\n$4\r\nAUTH\r\n$16384\r\n"[..]);
+        assert_eq!(parse_command(&mut b, &pre), Ok(None), "16 KiB is allowed");
+        let mut b = BytesMut::from(vec![b'a'; 17 * 1024].as_slice());
+        assert_eq!(
+            parse_command(&mut b, &pre),
+            Err(ProtocolError::InlineTooBig)
+        );
     }
 
     #[test]
@@ -448,7 +508,7 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(input in prop::collection::vec(any::<u8>(), 0..256)) {
             let mut buf = BytesMut::from(&input[..]);
-            let limits = Limits { max_bulk: 1024, max_args: 64, max_inline: 128 };
+            let limits = Limits { max_bulk: 1024, max_args: 64, max_inline: 128, pre_auth: false };
             for _ in 0..8 {
                 match parse_command(&mut buf, &limits) {
                     Ok(Some(_)) => {}

@@ -93,6 +93,15 @@ async fn event_loop(
             _ = stop.wait_for(|s| *s) => break,
         };
         while connections.try_join_next().is_some() {}
+        if svc.clients.load(Ordering::Relaxed) >= svc.max_clients {
+            // Redis's answer; a fresh socket's send buffer takes it without waiting.
+            let _ = stream.try_write(b"-ERR max number of clients reached\r\n");
+            tracing::warn!(
+                max = svc.max_clients,
+                "resp connection refused: cache.max_clients reached"
+            );
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let svc = svc.clone();
         connections.spawn(async move {
@@ -146,7 +155,7 @@ async fn connection(mut stream: TcpStream, svc: &CacheService) -> io::Result<()>
         // per pipelined command would bounce its cache line between the cores.
         let mut commands = 0;
         loop {
-            match parse_command(&mut rbuf, &svc.limits) {
+            match parse_command(&mut rbuf, svc.limits_for(&session)) {
                 Ok(Some(args)) => {
                     if args.is_empty() {
                         continue;

@@ -27,6 +27,8 @@ pub struct CacheService {
     origins: std::sync::OnceLock<std::collections::HashMap<String, Arc<crate::origin::Origin>>>,
     pub limits: Limits,
     password: Option<String>,
+    /// Most RESP connections at once (`cache.max_clients`).
+    pub max_clients: u64,
     started_ms: u64,
     pub clients: AtomicU64,
     pub commands: AtomicU64,
@@ -175,6 +177,7 @@ impl CacheService {
                 ..Limits::default()
             },
             password,
+            max_clients: cfg.max_clients,
             started_ms: now_ms(),
             clients: AtomicU64::new(0),
             commands: AtomicU64::new(0),
@@ -195,6 +198,16 @@ impl CacheService {
             });
         }
         svc
+    }
+
+    /// The protocol limits for a session: Redis's small pre-`AUTH` bounds until a session of a
+    /// server with a password has authenticated.
+    pub fn limits_for(&self, session: &crate::commands::Session) -> &Limits {
+        if self.password.is_some() && !session.authed {
+            &Limits::PRE_AUTH
+        } else {
+            &self.limits
+        }
     }
 
     pub fn next_client_id(&self) -> u64 {

@@ -12,7 +12,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 fn mortar_resp(
     password: Option<&str>,
 ) -> (String, Arc<CacheService>, tokio::sync::watch::Sender<bool>) {
-    let svc = CacheService::new(&CacheConfig::default(), password.map(str::to_owned));
+    mortar_resp_with(&CacheConfig::default(), password)
+}
+
+fn mortar_resp_with(
+    cfg: &CacheConfig,
+    password: Option<&str>,
+) -> (String, Arc<CacheService>, tokio::sync::watch::Sender<bool>) {
+    let svc = CacheService::new(cfg, password.map(str::to_owned));
     let listeners = Listeners::bind("127.0.0.1:0".parse().unwrap(), 1).unwrap();
     let url = format!("redis://{}", listeners.local_addr());
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -385,6 +392,138 @@ async fn hello_3_speaks_resp3_and_auth_uses_the_token() {
     assert!(read(&mut s).await.starts_with("-NOPROTO"));
     s.write_all(b"QUIT\r\n").await.unwrap();
     assert_eq!(read(&mut s).await, "+OK\r\n");
+}
+
+/// Reads until the server closes the connection (a reset after the reply counts as closed).
+async fn read_until_closed(s: &mut tokio::net::TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the server closes the connection")
+        {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&out).into_owned(),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test]
+async fn before_auth_large_lengths_are_refused_and_memory_stays_bounded() {
+    let (url, _svc, _stop) = mortar_resp(Some("s3cret-token-value"));
+    let addr = url.trim_start_matches("redis://").to_owned();
+    for (header, error) in [
+        (
+            &b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$62914560\r\n"[..],
+            "-ERR Protocol error: unauthenticated bulk length\r\n",
+        ),
+        (
+            b"*11\r\n",
+            "-ERR Protocol error: unauthenticated multibulk length\r\n",
+        ),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(header).await.unwrap();
+        assert_eq!(read_until_closed(&mut s).await, error);
+    }
+    // After AUTH the configured limit applies again.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"AUTH s3cret-token-value\r\n").await.unwrap();
+    let mut ok = [0u8; 5];
+    s.read_exact(&mut ok).await.unwrap();
+    assert_eq!(&ok, b"+OK\r\n");
+    let value = vec![b'v'; 100_000];
+    s.write_all(format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", value.len()).as_bytes())
+        .await
+        .unwrap();
+    s.write_all(&value).await.unwrap();
+    s.write_all(b"\r\n").await.unwrap();
+    s.read_exact(&mut ok).await.unwrap();
+    assert_eq!(&ok, b"+OK\r\n");
+
+    // The attack: 10 unauthenticated clients each sending a 60 MB value.
+    let before = rss_bytes();
+    let chunk: Arc<[u8]> = vec![b'x'; 1 << 20].into();
+    let mut attackers = Vec::new();
+    for _ in 0..10 {
+        let (addr, chunk) = (addr.clone(), chunk.clone());
+        attackers.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let mut sent = 0usize;
+            if s.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$62914560\r\n")
+                .await
+                .is_ok()
+            {
+                while sent < 60 << 20 {
+                    let w = tokio::time::timeout(Duration::from_secs(5), s.write_all(&chunk)).await;
+                    if !matches!(w, Ok(Ok(()))) {
+                        break;
+                    }
+                    sent += chunk.len();
+                }
+            }
+            sent
+        }));
+    }
+    for a in attackers {
+        let sent = a.await.unwrap();
+        assert!(
+            sent < 60 << 20,
+            "the server stopped reading ({sent} bytes sent)"
+        );
+    }
+    let grew = rss_bytes().saturating_sub(before);
+    assert!(grew < 32 << 20, "memory grew by {grew} bytes");
+}
+
+#[tokio::test]
+async fn connections_past_max_clients_are_refused() {
+    let cfg = CacheConfig {
+        max_clients: 3,
+        ..CacheConfig::default()
+    };
+    let (url, _svc, _stop) = mortar_resp_with(&cfg, None);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(conn(&url).await);
+    }
+    for c in &mut held {
+        assert_eq!(
+            run(c, &["PING"]).await,
+            Ok(Value::SimpleString("PONG".into()))
+        );
+    }
+    let addr = url.trim_start_matches("redis://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert_eq!(
+        read_until_closed(&mut s).await,
+        "-ERR max number of clients reached\r\n"
+    );
+    drop(held);
+    // The count follows closed connections.
+    let mut again = None;
+    for _ in 0..100 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"PING\r\n").await.unwrap();
+        let mut b = [0u8; 7];
+        if s.read_exact(&mut b).await.is_ok() && &b == b"+PONG\r\n" {
+            again = Some(());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "a slot frees when a client leaves");
 }
 
 #[tokio::test]

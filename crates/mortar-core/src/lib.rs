@@ -14,6 +14,8 @@
 //!   (header-read and idle timeouts, connection limit, graceful shutdown).
 //! * [`metrics`] — the Prometheus recorder and the `/metrics` renderer.
 //! * [`client`] — the HTTP client every `mortar <block> <verb>` command uses.
+//! * [`shutdown`] — the node's stopping signal that every wait watches, so a SIGTERM answers
+//!   waiting clients at once.
 //! * [`clock`] — injectable time, so engines never read the clock themselves; [`ids`] — ULIDs.
 //!
 //! Guarantees: every error response is problem+json; tokens are compared in constant time and
@@ -29,6 +31,7 @@ pub mod http;
 pub mod ids;
 pub mod metrics;
 pub mod problem;
+pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
 

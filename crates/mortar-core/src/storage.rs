@@ -5,6 +5,7 @@
 //! Blocks get the pools from here; they never open their own connections — except through
 //! [`sqlite_writer`], the one writer thread per SQLite file that hot write paths batch into.
 
+pub mod gate;
 pub mod notify;
 pub mod sqlite_writer;
 
@@ -58,6 +59,9 @@ pub struct Redis {
     /// The node's shared connection (its driver task runs on the main runtime).
     pub conn: ConnectionManager,
     pub prefix: String,
+    /// Open while Redis is known to be down: check it before a call, trip it on a
+    /// connection-class failure ([`gate`]).
+    pub gate: Arc<gate::Gate>,
     /// How to open one more connection, for [`Redis::conn`] on event-loop threads.
     opener: Option<Arc<Opener>>,
 }
@@ -85,6 +89,7 @@ impl Redis {
         Self {
             conn,
             prefix,
+            gate: gate::Gate::new("redis"),
             opener: None,
         }
     }
@@ -113,6 +118,11 @@ pub struct Storage {
     pub mode: Mode,
     pub durable: Durable,
     pub redis: Option<Redis>,
+    /// The node's shutdown signal (every block gets the storage, so every block can watch it).
+    pub stopping: crate::shutdown::Stopping,
+    /// Open while the durable store is known to be down (PostgreSQL; a SQLite file's never
+    /// opens): blocks that need it answer 503 at once ([`gate`]).
+    pub durable_gate: Arc<gate::Gate>,
     backends: Vec<Backend>,
 }
 
@@ -236,9 +246,12 @@ impl Storage {
                     name: "redis".into(),
                     location,
                 });
+                let gate = gate::Gate::new("redis");
+                gate.spawn_probe(redis_probe(client.clone()));
                 Some(Redis {
                     conn,
                     prefix: cfg.redis_prefix.clone(),
+                    gate,
                     opener: Some(Arc::new(Opener {
                         id: REDIS_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                         client,
@@ -251,10 +264,16 @@ impl Storage {
             Durable::Postgres(_) => Mode::Cluster,
             Durable::Sqlite(_) => Mode::Embedded,
         };
+        let durable_gate = gate::Gate::new(durable.name());
+        if let Durable::Postgres(pool) = &durable {
+            durable_gate.spawn_probe(postgres_probe(pool));
+        }
         Ok(Self {
             mode,
             durable,
             redis,
+            stopping: crate::shutdown::Stopping::default(),
+            durable_gate,
             backends,
         })
     }
@@ -319,11 +338,90 @@ impl Storage {
 }
 
 impl Durable {
+    /// The dependency's one name, in `/readyz`, `/v1/status` and every 503 problem's
+    /// `dependency`: `sqlite` or `postgres` (and `redis` for Redis).
     pub fn name(&self) -> &'static str {
         match self {
             Durable::Sqlite(_) => "sqlite",
             Durable::Postgres(_) => "postgres",
         }
+    }
+
+    /// Logs a failed call of `block` on this store and returns the dependency's name for the
+    /// caller's 503 (the error itself stays in the log: it can carry internals).
+    pub fn failed(&self, block: &'static str, e: &sqlx::Error) -> &'static str {
+        let dependency = self.name();
+        tracing::error!(error = %e, block, dependency, "durable store call failed");
+        dependency
+    }
+}
+
+/// The durable gate's probe: `SELECT 1` on a connection of its own (never the pool's, whose
+/// acquire waits out its timeout while the server refuses connections).
+fn postgres_probe(
+    pool: &PgPool,
+) -> impl FnMut() -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + 'static {
+    use futures_util::FutureExt;
+    use sqlx::Connection;
+    let opts = pool.connect_options();
+    let kept: Arc<std::sync::Mutex<Option<sqlx::PgConnection>>> = Arc::default();
+    move || {
+        let (opts, kept) = (opts.clone(), kept.clone());
+        async move {
+            // Out of the slot while in use: a probe cut off by its timeout drops it.
+            let taken = kept
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            let mut conn = match taken {
+                Some(c) => c,
+                None => sqlx::PgConnection::connect_with(&opts)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            };
+            sqlx::query("SELECT 1")
+                .execute(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            *kept
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+/// The Redis gate's probe: `PING` on a connection of its own.
+fn redis_probe(
+    client: redis::Client,
+) -> impl FnMut() -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + 'static {
+    use futures_util::FutureExt;
+    let kept: Arc<std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>> = Arc::default();
+    move || {
+        let (client, kept) = (client.clone(), kept.clone());
+        async move {
+            let taken = kept
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            let mut conn = match taken {
+                Some(c) => c,
+                None => client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|e| e.to_string())?,
+            };
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            *kept
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
+            Ok(())
+        }
+        .boxed()
     }
 }
 

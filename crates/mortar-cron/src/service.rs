@@ -234,12 +234,6 @@ impl std::fmt::Debug for CronService {
     }
 }
 
-#[allow(clippy::needless_pass_by_value)] // used as `.map_err(db)`
-fn db(e: sqlx::Error) -> CronError {
-    tracing::error!(error = %e, "cron: database error");
-    CronError::Unavailable("database".into())
-}
-
 fn jobs_err(e: mortar_jobs::error::JobsError) -> CronError {
     use mortar_jobs::error::JobsError as J;
     match e {
@@ -287,6 +281,12 @@ fn node_name() -> String {
 }
 
 impl CronService {
+    /// A failed store call as the 503 naming the store (used as `.map_err(self.db())`).
+    fn db(&self) -> impl Fn(sqlx::Error) -> CronError + use<> {
+        let durable = self.store.durable().clone();
+        move |e| CronError::Unavailable(durable.failed("cron", &e).into())
+    }
+
     /// The service (no background work: call [`CronService::spawn`] for the scheduler loop).
     pub fn new(
         storage: &Storage,
@@ -378,7 +378,7 @@ impl CronService {
                 decide(s, now, threshold, limits)
             })
             .await
-            .map_err(db)?;
+            .map_err(self.db())?;
         let mut total = 0;
         let mut ready = Vec::new();
         let mut held = Vec::new();
@@ -392,7 +392,11 @@ impl CronService {
             let mut busy = self.previous_unfinished(&c.schedule.id).await?;
             let mut buffered = false;
             if overlap == Overlap::BufferOne
-                && let Some(waiting) = self.store.buffered(&c.schedule.id).await.map_err(db)?
+                && let Some(waiting) = self
+                    .store
+                    .buffered(&c.schedule.id)
+                    .await
+                    .map_err(self.db())?
             {
                 if busy {
                     buffered = true;
@@ -417,14 +421,19 @@ impl CronService {
                 }
             }
         }
-        self.store.settle(&held).await.map_err(db)?;
+        self.store.settle(&held).await.map_err(self.db())?;
         self.enqueue_runs(ready).await?;
         self.housekeeping(now).await?;
         Ok(total)
     }
 
     async fn previous_unfinished(&self, schedule_id: &str) -> Result<bool, CronError> {
-        let Some(job_id) = self.store.latest_job(schedule_id).await.map_err(db)? else {
+        let Some(job_id) = self
+            .store
+            .latest_job(schedule_id)
+            .await
+            .map_err(self.db())?
+        else {
             return Ok(false);
         };
         match self.jobs.get(&job_id).await {
@@ -467,14 +476,14 @@ impl CronService {
                     }
                 }
             }
-            self.store.settle(&failed).await.map_err(db)?;
+            self.store.settle(&failed).await.map_err(self.db())?;
             if jobs.is_empty() {
                 continue;
             }
             match self.jobs.enqueue(&jobs).await {
                 Ok(done) => {
                     let settled = self.settle_enqueued(keep, done.into_iter().map(|e| e.job.id));
-                    self.store.settle(&settled).await.map_err(db)?;
+                    self.store.settle(&settled).await.map_err(self.db())?;
                 }
                 Err(mortar_jobs::error::JobsError::Invalid(errors)) if jobs.len() > 1 => {
                     tracing::warn!(?errors, "cron: a batch was rejected; enqueueing one by one");
@@ -483,14 +492,14 @@ impl CronService {
                             Ok(done) => {
                                 let settled = self
                                     .settle_enqueued(vec![run], done.into_iter().map(|e| e.job.id));
-                                self.store.settle(&settled).await.map_err(db)?;
+                                self.store.settle(&settled).await.map_err(self.db())?;
                             }
                             Err(mortar_jobs::error::JobsError::Invalid(errors)) => {
                                 tracing::error!(schedule = %run.schedule_id, ?errors, "cron: job rejected");
                                 metrics::counter!(ENQUEUE_FAILED).increment(1);
                                 let mut run = run;
                                 run.status = "failed".into();
-                                self.store.settle(&[run]).await.map_err(db)?;
+                                self.store.settle(&[run]).await.map_err(self.db())?;
                             }
                             Err(e) => return Err(jobs_err(e)),
                         }
@@ -501,7 +510,7 @@ impl CronService {
                     metrics::counter!(ENQUEUE_FAILED).increment(1);
                     let mut run = keep.remove(0);
                     run.status = "failed".into();
-                    self.store.settle(&[run]).await.map_err(db)?;
+                    self.store.settle(&[run]).await.map_err(self.db())?;
                 }
                 Err(e) => return Err(jobs_err(e)),
             }
@@ -554,7 +563,7 @@ impl CronService {
                 .store
                 .prune(now.saturating_sub(self.cfg.history_retention_ms))
                 .await
-                .map_err(db)?;
+                .map_err(self.db())?;
             if n > 0 {
                 tracing::debug!(runs = n, "cron: pruned history");
             }
@@ -573,10 +582,10 @@ impl CronService {
                 self.cfg.batch,
             )
             .await
-            .map_err(db)?;
+            .map_err(self.db())?;
         let mut ready = Vec::new();
         for r in stale {
-            if let Some(s) = self.store.get(&r.schedule_id).await.map_err(db)? {
+            if let Some(s) = self.store.get(&r.schedule_id).await.map_err(self.db())? {
                 tracing::info!(schedule = %s.name, fire_at = %rfc3339(r.fire_at_ms as u64), claimed_by = %r.node, "cron: enqueueing a run its node left claimed");
                 ready.push((s, r));
             }
@@ -585,12 +594,12 @@ impl CronService {
             .store
             .pending("buffered", now + 1, self.cfg.batch)
             .await
-            .map_err(db)?
+            .map_err(self.db())?
         {
             if self.previous_unfinished(&r.schedule_id).await? {
                 continue;
             }
-            if let Some(s) = self.store.get(&r.schedule_id).await.map_err(db)? {
+            if let Some(s) = self.store.get(&r.schedule_id).await.map_err(self.db())? {
                 ready.push((s, r));
             }
         }
@@ -740,7 +749,7 @@ impl CronService {
     pub async fn create(&self, spec: &ScheduleSpec) -> Result<Schedule, CronError> {
         let now = self.clock.now_ms();
         let (s, _) = self.check(spec, now)?;
-        if !self.store.insert(&s).await.map_err(db)? {
+        if !self.store.insert(&s).await.map_err(self.db())? {
             return Err(CronError::Conflict(format!(
                 "a schedule named `{}` exists",
                 s.name
@@ -769,7 +778,7 @@ impl CronService {
         s.version = current.version;
         s.created_at_ms = current.created_at_ms;
         s.last_fire_at_ms = current.last_fire_at_ms;
-        if !self.store.replace(&s).await.map_err(db)? {
+        if !self.store.replace(&s).await.map_err(self.db())? {
             return Err(CronError::Conflict(format!(
                 "schedule `{}` changed meanwhile; read it and try again",
                 current.name
@@ -783,17 +792,17 @@ impl CronService {
         self.store
             .get(id_or_name)
             .await
-            .map_err(db)?
+            .map_err(self.db())?
             .ok_or_else(|| CronError::NotFound(id_or_name.to_owned()))
     }
 
     pub async fn list(&self, after: &str, limit: u32) -> Result<Vec<Schedule>, CronError> {
-        self.store.list(after, limit).await.map_err(db)
+        self.store.list(after, limit).await.map_err(self.db())
     }
 
     pub async fn delete(&self, id_or_name: &str) -> Result<Schedule, CronError> {
         let s = self.get(id_or_name).await?;
-        self.store.delete(&s.id).await.map_err(db)?;
+        self.store.delete(&s.id).await.map_err(self.db())?;
         Ok(s)
     }
 
@@ -819,7 +828,7 @@ impl CronService {
                 let after = s.last_fire_at_ms.map_or(now, |l| (l as u64).max(now));
                 s.next_fire_at_ms = timing.next_after(after).map(|v| v as i64);
             }
-            if self.store.replace(&s).await.map_err(db)? {
+            if self.store.replace(&s).await.map_err(self.db())? {
                 self.wake.notify_waiters();
                 return self.get(&s.id).await;
             }
@@ -840,7 +849,7 @@ impl CronService {
                 .store
                 .claim(&s.id, &[(at, "manual")], &self.node, now)
                 .await
-                .map_err(db)?;
+                .map_err(self.db())?;
             if let Some(run) = runs.pop() {
                 self.enqueue_runs(vec![(s.clone(), run.clone())]).await?;
                 return self.run(&s.id, at).await;
@@ -908,7 +917,7 @@ impl CronService {
             .store
             .claim(&s.id, &fires, &self.node, now)
             .await
-            .map_err(db)?;
+            .map_err(self.db())?;
         let already = fires.len() - runs.len();
         self.enqueue_runs(runs.iter().map(|r| (s.clone(), r.clone())).collect())
             .await?;
@@ -926,7 +935,7 @@ impl CronService {
         self.store
             .runs(schedule_id, fire_at as i64 + 1, 1)
             .await
-            .map_err(db)?
+            .map_err(self.db())?
             .into_iter()
             .find(|r| r.fire_at_ms == fire_at as i64)
             .ok_or_else(|| CronError::NotFound(schedule_id.to_owned()))
@@ -944,7 +953,7 @@ impl CronService {
             .store
             .runs(&s.id, before.unwrap_or(i64::MAX), limit)
             .await
-            .map_err(db)?;
+            .map_err(self.db())?;
         let mut out = Vec::with_capacity(runs.len());
         for run in runs {
             let job = match &run.job_id {

@@ -102,6 +102,11 @@ const RUN_COLUMNS: &str =
     "schedule_id, fire_at_ms, kind, status, claimed_at_ms, node, job_id, enqueued_at_ms";
 
 impl CronStore {
+    /// The durable store this one runs on.
+    pub fn durable(&self) -> &Durable {
+        &self.durable
+    }
+
     pub fn new(durable: Durable) -> Self {
         let writer = match &durable {
             Durable::Sqlite(pool) => Some(SqliteWriter::for_pool(pool)),

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use mortar_core::FieldError;
 use mortar_core::clock::Clock;
-use mortar_core::storage::Storage;
 use mortar_core::storage::notify::Channel;
+use mortar_core::storage::{Durable, Storage};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot};
 
@@ -194,6 +194,8 @@ pub struct JobsService {
     store: JobStore,
     cfg: JobsConfig,
     clock: Arc<dyn Clock>,
+    /// The node's shutdown: a waiting lease returns what it has (nothing) at once.
+    stopping: mortar_core::shutdown::Stopping,
     /// Woken by every enqueue on this node and, on PostgreSQL, by NOTIFY from any node.
     wake: Notify,
     /// How many times `wake` has fired, or `maintain` has run: anything that may have made
@@ -281,10 +283,10 @@ const YEAR_MS: u64 = 366 * 86_400_000;
 
 const NAME_RULE: &str = "1 to 128 of letters, digits, `_`, `.`, `-`, `:`";
 
-#[allow(clippy::needless_pass_by_value)] // used as `.map_err(db)`
-pub(crate) fn db(e: sqlx::Error) -> JobsError {
-    tracing::error!(error = %e, "jobs: database error");
-    JobsError::Unavailable("database".into())
+/// A failed call on `durable` as the 503 naming it (used as `.map_err(db(&durable))`).
+pub(crate) fn db(durable: &Durable) -> impl Fn(sqlx::Error) -> JobsError + use<> {
+    let durable = durable.clone();
+    move |e| JobsError::Unavailable(durable.failed("jobs", &e).into())
 }
 
 /// Checks a job and turns it into a row (`at` prefixes field names in a batch).
@@ -452,7 +454,10 @@ pub async fn enqueue_in_tx(
         Ok::<_, sqlx::Error>(out)
     }
     .await
-    .map_err(db)?;
+    .map_err(|e| {
+        tracing::error!(error = %e, block = "jobs", dependency = "postgres", "durable store call failed");
+        JobsError::Unavailable("postgres".into())
+    })?;
     let (job, duplicate) = out.remove(0);
     Ok(Enqueued { job, duplicate })
 }
@@ -590,6 +595,7 @@ impl JobsService {
             store: JobStore::new(storage.durable.clone()),
             cfg: cfg.clone(),
             clock,
+            stopping: storage.stopping.clone(),
             wake: Notify::new(),
             wakes: AtomicU64::new(0),
             drained: Mutex::new(None),
@@ -610,6 +616,10 @@ impl JobsService {
         }
         tokio::spawn(housekeeping(Arc::downgrade(&svc)));
         svc
+    }
+
+    fn db(&self) -> impl Fn(sqlx::Error) -> JobsError + use<> {
+        db(self.store.durable())
     }
 
     /// Long-poll leases waiting on this node for jobs right now.
@@ -641,7 +651,7 @@ impl JobsService {
 
     /// Queues with a push target that are not paused.
     pub(crate) async fn push_queues(&self) -> Result<Vec<QueueRow>, JobsError> {
-        let rows = self.store.all_queue_rows().await.map_err(db)?;
+        let rows = self.store.all_queue_rows().await.map_err(self.db())?;
         Ok(rows
             .into_iter()
             .filter(|r| r.target_url.is_some() && !r.paused)
@@ -680,7 +690,12 @@ impl JobsService {
             .map(|w| (w.ask, w.reply))
             .unzip();
         let out = if replies.is_empty() {
-            let out = self.store.insert(rows, now, asks).await.map_err(db)?.0;
+            let out = self
+                .store
+                .insert(rows, now, asks)
+                .await
+                .map_err(self.db())?
+                .0;
             if out.iter().any(|(j, dup)| !dup && j.state == "available") {
                 self.announce();
             }
@@ -703,9 +718,9 @@ impl JobsService {
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "jobs: enqueue task failed");
-                JobsError::Unavailable("database".into())
+                JobsError::Unavailable(self.store.durable().name().into())
             })?
-            .map_err(db)?;
+            .map_err(self.db())?;
             // Jobs handed to waiting leases need no wake-up: other leases, here or on other
             // nodes, have nothing to find. Any job left waiting does.
             if unserved {
@@ -774,7 +789,7 @@ impl JobsService {
                     .store
                     .lease(queues, max, worker, now)
                     .await
-                    .map_err(db)?;
+                    .map_err(self.db())?;
                 let jobs = leased.jobs;
                 if leased.unlimited && jobs.len() < max as usize {
                     *self.drained.lock().unwrap_or_else(PoisonError::into_inner) = Some(Drained {
@@ -785,7 +800,10 @@ impl JobsService {
                 }
                 jobs
             };
-            if jobs.is_empty() && tokio::time::Instant::now() < deadline {
+            if jobs.is_empty()
+                && tokio::time::Instant::now() < deadline
+                && !self.stopping.is_stopping()
+            {
                 // Wait for an enqueue on this node to hand jobs over, a wake-up (another
                 // node's enqueue, a release), something coming due, or poll_ms for other
                 // nodes' writes; then look again.
@@ -798,7 +816,7 @@ impl JobsService {
                     worker: worker.to_owned(),
                 };
                 jobs = self.wait_for_jobs(ask, nap, woken).await;
-                if jobs.is_empty() {
+                if jobs.is_empty() && !self.stopping.is_stopping() {
                     continue;
                 }
             }
@@ -842,6 +860,7 @@ impl JobsService {
             biased;
             jobs = &mut handed => return jobs.unwrap_or_default(),
             _ = tokio::time::timeout(nap, woken) => {}
+            () = self.stopping.wait() => {}
         }
         if guard.withdraw() {
             Vec::new()
@@ -942,11 +961,11 @@ impl JobsService {
         self.wakes.fetch_add(1, Ordering::SeqCst);
         let result = async {
             self.checked_at.store(now, Ordering::SeqCst);
-            for d in self.store.rescue(now).await.map_err(db)? {
+            for d in self.store.rescue(now).await.map_err(self.db())? {
                 metrics::counter!(DEAD, "queue" => d.queue, "kind" => d.kind).increment(1);
             }
-            self.store.promote(now).await.map_err(db)?;
-            let next = self.store.next_due().await.map_err(db)?;
+            self.store.promote(now).await.map_err(self.db())?;
+            let next = self.store.next_due().await.map_err(self.db())?;
             self.next_due
                 .store(next.unwrap_or(i64::MAX), Ordering::SeqCst);
             Ok(())
@@ -974,7 +993,7 @@ impl JobsService {
         self.store
             .heartbeat(id, lease_id, ms, self.clock.now_ms())
             .await
-            .map_err(db)?
+            .map_err(self.db())?
             .ok_or_else(|| not_held(id))
     }
 
@@ -991,7 +1010,7 @@ impl JobsService {
         };
         let completed = self.complete_batch(vec![item]).await?.completed;
         // One read answers both ways: the completed job, or why it was not completed.
-        match self.store.get(id).await.map_err(db)? {
+        match self.store.get(id).await.map_err(self.db())? {
             None => Err(JobsError::NotFound(id.to_owned())),
             Some(job) if completed == 1 => Ok(job),
             Some(_) => Err(not_held(id)),
@@ -1010,7 +1029,7 @@ impl JobsService {
             )]));
         }
         let now = self.clock.now_ms();
-        let done = self.store.complete(&items, now).await.map_err(db)?;
+        let done = self.store.complete(&items, now).await.map_err(self.db())?;
         per_kind(
             &done,
             |c| (&c.queue, &c.kind),
@@ -1069,7 +1088,7 @@ impl JobsService {
             .store
             .fail(&job, lease_id, error, next, now)
             .await
-            .map_err(db)?
+            .map_err(self.db())?
             .ok_or_else(|| not_held(id))?;
         if let Some(at) = next {
             self.note_due(at as i64);
@@ -1088,7 +1107,7 @@ impl JobsService {
             .store
             .release(id, lease_id, self.clock.now_ms())
             .await
-            .map_err(db)?
+            .map_err(self.db())?
             .ok_or_else(|| not_held(id))?;
         self.announce();
         Ok(job)
@@ -1099,9 +1118,9 @@ impl JobsService {
             .store
             .get(id)
             .await
-            .map_err(db)?
+            .map_err(self.db())?
             .ok_or_else(|| JobsError::NotFound(id.to_owned()))?;
-        let errors = self.store.errors(id).await.map_err(db)?;
+        let errors = self.store.errors(id).await.map_err(self.db())?;
         Ok((job, errors))
     }
 
@@ -1117,7 +1136,7 @@ impl JobsService {
 
     pub async fn list(&self, f: &Filter, cursor: &str, limit: u32) -> Result<Vec<Job>, JobsError> {
         Self::check_filter(f)?;
-        self.store.list(f, cursor, limit).await.map_err(db)
+        self.store.list(f, cursor, limit).await.map_err(self.db())
     }
 
     pub async fn retry(&self, id: &str) -> Result<Job, JobsError> {
@@ -1125,7 +1144,7 @@ impl JobsService {
             .store
             .retry(Some(id), &Filter::default(), self.clock.now_ms())
             .await
-            .map_err(db)?;
+            .map_err(self.db())?;
         match jobs.pop() {
             Some(j) => {
                 self.announce();
@@ -1144,7 +1163,7 @@ impl JobsService {
             .store
             .retry(None, f, self.clock.now_ms())
             .await
-            .map_err(db)?
+            .map_err(self.db())?
             .len();
         self.announce();
         Ok(n)
@@ -1153,7 +1172,7 @@ impl JobsService {
     /// Deletes every finished (dead, cancelled, completed) job matching the filter.
     pub async fn discard_where(&self, f: &Filter) -> Result<u64, JobsError> {
         Self::check_filter(f)?;
-        self.store.discard(f).await.map_err(db)
+        self.store.discard(f).await.map_err(self.db())
     }
 
     pub async fn cancel(&self, id: &str) -> Result<Job, JobsError> {
@@ -1161,7 +1180,7 @@ impl JobsService {
             .store
             .cancel(id, self.clock.now_ms())
             .await
-            .map_err(db)?
+            .map_err(self.db())?
         {
             Some(j) => Ok(j),
             None => Err(self
@@ -1177,14 +1196,18 @@ impl JobsService {
         match self.store.get(id).await {
             Ok(Some(j)) => JobsError::Conflict(format!("job `{id}` is {}: {why}", j.state)),
             Ok(None) => JobsError::NotFound(id.to_owned()),
-            Err(e) => db(e),
+            Err(e) => self.db()(e),
         }
     }
 
     /// Every queue that has settings or jobs, with counts.
     pub async fn queues(&self) -> Result<Vec<QueueInfo>, JobsError> {
-        let rows = self.store.all_queue_rows().await.map_err(db)?;
-        let counts = self.store.counts(self.clock.now_ms()).await.map_err(db)?;
+        let rows = self.store.all_queue_rows().await.map_err(self.db())?;
+        let counts = self
+            .store
+            .counts(self.clock.now_ms())
+            .await
+            .map_err(self.db())?;
         let mut names: Vec<String> = rows
             .iter()
             .map(|r| r.queue.clone())
@@ -1235,7 +1258,7 @@ impl JobsService {
         self.store
             .put_queue(&s.row(queue, self.clock.now_ms()))
             .await
-            .map_err(db)?;
+            .map_err(self.db())?;
         self.settings_changed.notify_waiters();
         self.announce();
         self.queue(queue).await
@@ -1248,13 +1271,13 @@ impl JobsService {
             .store
             .queue_rows(&[queue.to_owned()])
             .await
-            .map_err(db)?;
+            .map_err(self.db())?;
         let mut s = rows.first().map(QueueSettings::of).unwrap_or_default();
         s.paused = paused;
         self.store
             .put_queue(&s.row(queue, self.clock.now_ms()))
             .await
-            .map_err(db)?;
+            .map_err(self.db())?;
         self.settings_changed.notify_waiters();
         self.announce();
         self.queue(queue).await
@@ -1263,7 +1286,7 @@ impl JobsService {
     /// Deletes completed/cancelled jobs past retention and dead ones past `dead_retention_ms`.
     pub async fn prune(&self) -> Result<u64, JobsError> {
         let now = self.clock.now_ms();
-        let rows = self.store.all_queue_rows().await.map_err(db)?;
+        let rows = self.store.all_queue_rows().await.map_err(self.db())?;
         let own: Vec<String> = rows
             .iter()
             .filter(|r| r.retention_ms.is_some())
@@ -1277,7 +1300,7 @@ impl JobsService {
                         .store
                         .prune(queue, &own, states, now.saturating_sub(keep_ms), 5000)
                         .await
-                        .map_err(db)?;
+                        .map_err(self.db())?;
                     n += got;
                     if got < 5000 {
                         return Ok(());
@@ -1303,7 +1326,12 @@ impl JobsService {
 
     /// Refreshes the queue-depth gauges.
     async fn gauge_depths(&self) -> Result<(), JobsError> {
-        for (queue, c) in self.store.counts(self.clock.now_ms()).await.map_err(db)? {
+        for (queue, c) in self
+            .store
+            .counts(self.clock.now_ms())
+            .await
+            .map_err(self.db())?
+        {
             for s in crate::engine::State::ALL {
                 let n = c
                     .by_state

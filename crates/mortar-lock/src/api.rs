@@ -63,6 +63,7 @@ impl From<LockError> for Problem {
             LockError::Unavailable(what) => {
                 Problem::unavailable(&what, format!("{what} did not answer; retry shortly"))
             }
+            LockError::ShuttingDown => mortar_core::shutdown::problem(),
         }
     }
 }

@@ -20,6 +20,8 @@ pub struct LockConfig {
     pub max_permits: u32,
     /// How often a waiter re-checks when the backend cannot notify it (cluster mode).
     pub poll_ms: u64,
+    /// Cluster mode: a node's liveness lease; its waiters leave the line once it lapses.
+    pub node_lease_ms: u64,
 }
 
 impl Default for LockConfig {
@@ -30,6 +32,7 @@ impl Default for LockConfig {
             max_wait_ms: 300_000,
             max_permits: 10_000,
             poll_ms: 10,
+            node_lease_ms: 5_000,
         }
     }
 }
@@ -54,6 +57,11 @@ impl LockConfig {
             "lock.poll_ms",
             "cluster mode: how often a waiter re-checks the line (embedded mode wakes waiters directly)",
         ),
+        KeyDoc::new(
+            "lock.node_lease_ms",
+            "cluster mode: each node renews a liveness lease this long (every third of it); the\n\
+             waiters of a node whose lease lapsed (it died) leave the line within this time",
+        ),
     ];
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -66,6 +74,9 @@ impl LockConfig {
         }
         if self.poll_ms == 0 || self.poll_ms > 10_000 {
             return fail("poll_ms", "must be 1 to 10000");
+        }
+        if !(300..=600_000).contains(&self.node_lease_ms) {
+            return fail("node_lease_ms", "must be 300 to 600000");
         }
         Ok(())
     }

@@ -22,4 +22,7 @@ pub enum LockError {
     LeaseLost { name: String, lease_id: String },
     #[error("{0} is unavailable")]
     Unavailable(String),
+    /// The node began to shut down while the request waited in line (it left the line).
+    #[error("the node is shutting down")]
+    ShuttingDown,
 }

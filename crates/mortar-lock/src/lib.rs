@@ -39,6 +39,15 @@
 //! cross-node path on the Redis backend, a safety net on PostgreSQL) and at the next lease
 //! expiry. A waiter's poll on PostgreSQL reads the lock without taking it, so a crowd of
 //! waiters does not queue on the advisory lock that grants need.
+//!
+//! **A waiter belongs to a live node.** On the cluster backends each node renews a liveness
+//! lease (`lock_nodes` row / a field of the `lock:nodes` hash, in the backend's clock) every
+//! third of `lock.node_lease_ms` (default 5 s), and every waiter carries its node's id. When a
+//! node dies (kill -9, a lost host), its waiters leave the line within one node lease, instead
+//! of holding their place until their own `wait_ms` runs out while the lock has no holder. A
+//! live node whose lease lapsed (a stall longer than the lease) finds its waiter gone and
+//! queues it again, at the back. On SIGTERM a waiter leaves the line and answers 503 with
+//! `Retry-After` at once.
 
 pub mod api;
 pub mod bench;

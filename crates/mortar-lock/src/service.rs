@@ -53,6 +53,8 @@ pub struct LockService {
     lines: Mutex<HashMap<String, LocalLine>>,
     /// Other nodes' waiters (PostgreSQL backend): woken over NOTIFY.
     peers: OnceLock<crate::peers::Peers>,
+    /// The node's shutdown: waiters leave their line and answer 503 at once.
+    stopping: mortar_core::shutdown::Stopping,
 }
 
 impl std::fmt::Debug for LockService {
@@ -125,7 +127,10 @@ impl LockService {
             .map_err(|e| LockError::Unavailable(e.to_string()))?;
         let mut peers_on = None;
         let store: Arc<dyn LockStore> = match (cfg.backend, &storage.durable, &storage.redis) {
-            (Backend::Redis, _, Some(redis)) => Arc::new(RedisStore::new(redis.clone())),
+            (Backend::Redis, _, Some(redis)) => Arc::new(RedisStore::with_node_lease(
+                redis.clone(),
+                cfg.node_lease_ms,
+            )),
             (Backend::Redis, _, None) => {
                 return Err(LockError::Unavailable(
                     "key `lock.backend`: \"redis\" needs redis_url".into(),
@@ -133,28 +138,46 @@ impl LockService {
             }
             (Backend::Auto, Durable::Postgres(pool), _) => {
                 peers_on = Some(pool.clone());
-                Arc::new(PostgresStore::new(pool.clone()))
+                Arc::new(PostgresStore::with_node_lease(
+                    pool.clone(),
+                    cfg.node_lease_ms,
+                ))
             }
             (Backend::Auto, Durable::Sqlite(_), _) => {
                 Arc::new(MemoryStore::new(storage.durable.clone(), clock))
             }
         };
-        let svc = Self::with_store(store, cfg.clone());
+        let svc = Self::build(store, cfg.clone(), storage.stopping.clone());
         if let Some(pool) = peers_on {
             let _ = svc
                 .peers
                 .set(crate::peers::Peers::start(Arc::downgrade(&svc), pool));
         }
+        if storage.mode == mortar_core::storage::Mode::Cluster || cfg.backend == Backend::Redis {
+            tokio::spawn(heartbeat(
+                Arc::downgrade(&svc),
+                Duration::from_millis(cfg.node_lease_ms / 3),
+            ));
+        }
         Ok(svc)
     }
 
     pub fn with_store(store: Arc<dyn LockStore>, cfg: LockConfig) -> Arc<Self> {
+        Self::build(store, cfg, mortar_core::shutdown::Stopping::default())
+    }
+
+    fn build(
+        store: Arc<dyn LockStore>,
+        cfg: LockConfig,
+        stopping: mortar_core::shutdown::Stopping,
+    ) -> Arc<Self> {
         describe_metrics();
         Arc::new(Self {
             store,
             cfg,
             lines: Mutex::default(),
             peers: OnceLock::new(),
+            stopping,
         })
     }
 
@@ -223,7 +246,27 @@ impl LockService {
                 }
                 Acquired::Busy(info) => info,
             };
+            if self.stopping.is_stopping() {
+                line.armed = false;
+                let _ = self.store.dequeue(name, &ticket).await;
+                return Err(LockError::ShuttingDown);
+            }
             let now = tokio::time::Instant::now();
+            if now < deadline && !info.waiters.iter().any(|w| w.ticket == ticket) {
+                // Out of the line while still waiting: this node's liveness lease lapsed (a
+                // stall longer than lock.node_lease_ms). Back in, at the end.
+                let waiter = Waiter {
+                    ticket: ticket.clone(),
+                    owner: req.owner.clone(),
+                    until_ms: 0,
+                };
+                let left = (deadline - now).as_millis() as u64;
+                self.store
+                    .enqueue(name, waiter, req.permits, left.max(1))
+                    .await
+                    .map_err(unavailable)?;
+                continue;
+            }
             if now >= deadline {
                 line.armed = false;
                 let _ = self.store.dequeue(name, &ticket).await;
@@ -247,7 +290,10 @@ impl LockService {
             let nap = until_expiry
                 .min(Duration::from_millis(self.cfg.poll_ms))
                 .min(deadline - now);
-            let _ = tokio::time::timeout(nap, place.notify.notified()).await;
+            tokio::select! {
+                _ = tokio::time::timeout(nap, place.notify.notified()) => {}
+                () = self.stopping.wait() => {}
+            }
         }
     }
 
@@ -457,4 +503,18 @@ fn describe_metrics() {
         HOLDERS,
         "leases held right now (embedded mode; cluster backends are shared by all nodes)"
     );
+}
+
+/// Renews this node's liveness lease every `every` (a third of `lock.node_lease_ms`) while the
+/// service lives, so other nodes keep its waiters in line (and drop them once it dies).
+async fn heartbeat(svc: std::sync::Weak<LockService>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(svc) = svc.upgrade() else { break };
+        if let Err(e) = svc.store.heartbeat().await {
+            tracing::warn!(error = %e, "lock: node heartbeat failed");
+        }
+    }
 }

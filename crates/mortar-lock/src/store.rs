@@ -63,7 +63,8 @@ pub struct StoreError {
 /// * a grant happens only when `engine::Lock::may_grant` allows it, atomically per name, and
 ///   takes a fencing token greater than every token issued before for that name — across
 ///   restarts of the process and of the backend;
-/// * `enqueue` puts a waiter at the back of the name's line until `wait_ms` from now;
+/// * `enqueue` puts a waiter at the back of the name's line until `wait_ms` from now, or until
+///   the liveness lease of the node it came through lapses (cluster backends: `heartbeat`);
 /// * `renew` / `release` act only on a live lease (`None` / `false` when it is gone);
 /// * expired leases free their permits by themselves.
 pub trait LockStore: Send + Sync + 'static {
@@ -99,6 +100,13 @@ pub trait LockStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     fn inspect<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<LockInfo>, StoreError>>;
+
+    /// Renews this node's liveness lease (the cluster backends; a no-op for one node). A
+    /// waiter enqueued through a node whose lease has lapsed is out of the line: a node that
+    /// dies takes its waiters with it within one lease instead of their whole `wait_ms`.
+    fn heartbeat(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// Locks in use whose names start with `prefix`, by name, after `after`, at most `limit`.
     fn list<'a>(

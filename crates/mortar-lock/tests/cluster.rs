@@ -458,3 +458,88 @@ async fn a_postgres_restart_gives_clear_503s_then_larger_tokens() {
         "{first} then {next}"
     );
 }
+
+/// The reproduction of issue 19: a holder via A (TTL 3 s), a waiter via A, a waiter via B;
+/// A is killed (-9). B's waiter must be granted within the holder's TTL plus one node lease
+/// (`lock.node_lease_ms`, 2 s here), not after A's waiter's own 45 s `wait_ms`.
+async fn a_dead_nodes_waiters_leave_the_line(backend: &str) {
+    let Some(mut cluster) = Cluster::start_with(
+        2,
+        &[
+            ("MORTAR_LOCK__BACKEND", backend),
+            ("MORTAR_LOCK__NODE_LEASE_MS", "2000"),
+        ],
+    )
+    .await
+    .unwrap() else {
+        return;
+    };
+    let http = reqwest::Client::new();
+    let (a, b) = (cluster.nodes[0].url(""), cluster.nodes[1].url(""));
+    let acquire = |base: &str, body: serde_json::Value| {
+        http.post(format!("{base}/v1/locks/dead-node/acquire"))
+            .json(&body)
+            .send()
+    };
+    let held = acquire(&a, serde_json::json!({"ttl_ms": 3000, "owner": "holder"}))
+        .await
+        .unwrap();
+    assert_eq!(held.status(), 200);
+    let held_at = Instant::now();
+    let via_a = tokio::spawn(acquire(
+        &a,
+        serde_json::json!({"ttl_ms": 60_000, "wait_ms": 45_000, "owner": "waiter-a"}),
+    ));
+    // A's waiter is in line before B's.
+    let line = |base: String| {
+        let http = http.clone();
+        async move {
+            let info: serde_json::Value = http
+                .get(format!("{base}/v1/locks/dead-node"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            info["waiters"].as_array().map_or(0, Vec::len)
+        }
+    };
+    while line(b.clone()).await < 1 {
+        assert!(
+            held_at.elapsed() < Duration::from_secs(10),
+            "A's waiter never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let via_b = tokio::spawn(acquire(
+        &b,
+        serde_json::json!({"ttl_ms": 60_000, "wait_ms": 90_000, "owner": "waiter-b"}),
+    ));
+    while line(b.clone()).await < 2 {
+        assert!(
+            held_at.elapsed() < Duration::from_secs(10),
+            "B's waiter never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.node(0).kill();
+    drop(via_a);
+    let granted = via_b.await.unwrap().unwrap();
+    let waited = held_at.elapsed();
+    assert_eq!(granted.status(), 200, "{}", granted.text().await.unwrap());
+    assert!(
+        waited < Duration::from_millis(3000 + 2000 + 1500),
+        "B granted {waited:?} after the hold began (TTL 3 s, node lease 2 s)"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_nodes_waiters_leave_the_line_on_postgres() {
+    a_dead_nodes_waiters_leave_the_line("auto").await;
+}
+
+#[tokio::test]
+async fn a_dead_nodes_waiters_leave_the_line_on_redis() {
+    a_dead_nodes_waiters_leave_the_line("redis").await;
+}

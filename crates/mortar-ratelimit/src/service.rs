@@ -490,7 +490,7 @@ impl RateLimitService {
             .execute(pool)
             .await
             .map(drop)
-            .map_err(db_error)?);
+            .map_err(db_error(&self.durable))?);
         self.registry.upsert(policy);
         Ok((self.policy(name)?, !existed))
     }
@@ -505,7 +505,7 @@ impl RateLimitService {
             .execute(pool)
             .await
             .map(drop)
-            .map_err(db_error)?);
+            .map_err(db_error(&self.durable))?);
         self.registry.remove(name);
         Ok(())
     }
@@ -514,7 +514,7 @@ impl RateLimitService {
     pub async fn refresh(&self) -> Result<(), RateLimitError> {
         let sql = "SELECT name, algorithm, limit_n, window_ms, burst, failure_mode FROM ratelimit_policies";
         let writes_before_read = self.registry.writes();
-        let rows: Vec<PolicyRow> = with_pool!(&self.durable, pool => sqlx::query_as(sql).fetch_all(pool).await.map_err(db_error)?);
+        let rows: Vec<PolicyRow> = with_pool!(&self.durable, pool => sqlx::query_as(sql).fetch_all(pool).await.map_err(db_error(&self.durable))?);
         let policies = rows
             .into_iter()
             .filter_map(|(name, algorithm, limit, window_ms, burst, mode)| {
@@ -539,10 +539,9 @@ impl RateLimitService {
     }
 }
 
-#[allow(clippy::needless_pass_by_value)] // used as `.map_err(db_error)`
-fn db_error(e: sqlx::Error) -> RateLimitError {
-    tracing::error!(error = %e, "ratelimit: database error");
-    RateLimitError::Unavailable("database".into())
+/// A failed call on `durable` as the 503 naming it.
+fn db_error(durable: &Durable) -> impl Fn(sqlx::Error) -> RateLimitError + '_ {
+    move |e| RateLimitError::Unavailable(durable.failed("ratelimit", &e).into())
 }
 
 fn record(outcome: &Outcome) {

@@ -8,6 +8,7 @@ use axum::Router;
 use mortar_cache::CacheService;
 use mortar_core::auth::{Auth, KeyStore};
 use mortar_core::clock::{Clock, SystemClock};
+use mortar_core::storage::gate::Gate;
 use mortar_core::storage::{Storage, core_migrations};
 use mortar_cron::CronService;
 use mortar_jobs::JobsService;
@@ -63,6 +64,27 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// Answers a block's routes with 503 at once while `gate` (the dependency every route of the
+/// block needs) is known to be down, instead of letting each request wait out pool and
+/// command timeouts. Blocks that degrade on their own (the rate limiter's failure modes, the
+/// cache's near-cache) are not wrapped.
+fn fail_fast(router: OpenApiRouter, gate: Option<Arc<Gate>>) -> OpenApiRouter {
+    let Some(gate) = gate else { return router };
+    router.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let down = gate.check();
+            async move {
+                match down {
+                    Ok(()) => next.run(req).await,
+                    Err(d) => {
+                        axum::response::IntoResponse::into_response(mortar_core::Problem::from(d))
+                    }
+                }
+            }
+        },
+    ))
+}
+
 /// Connects to the configured backends, migrates, and builds the application.
 pub async fn build(config: &Config) -> anyhow::Result<App> {
     let storage = Storage::connect(&config.storage()).await?;
@@ -76,7 +98,8 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         storage.migrate(&migrations).await?;
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let keys = KeyStore::new(storage.durable.clone(), clock.clone());
+    let keys = KeyStore::new(storage.durable.clone(), clock.clone())
+        .with_gate(storage.durable_gate.clone());
     let auth = Arc::new(Auth::new(config.auth.admin_token.clone(), keys.clone()));
     let ratelimit = RateLimitService::start(&storage, &config.ratelimit, clock.clone()).await?;
     let resilience = ResilienceService::new(&config.resilience)?;
@@ -110,10 +133,22 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         .merge(mortar_core::auth::api::router(keys))
         .merge(mortar_ratelimit::api::router(ratelimit.clone()))
         .merge(mortar_resilience::api::router(resilience.clone()))
-        .merge(mortar_lock::api::router(locks.clone()))
+        .merge(fail_fast(
+            mortar_lock::api::router(locks.clone()),
+            match locks.backend() {
+                "redis" => node.storage.redis.as_ref().map(|r| r.gate.clone()),
+                _ => Some(node.storage.durable_gate.clone()),
+            },
+        ))
         .merge(mortar_cache::api::router(cache.clone()))
-        .merge(mortar_jobs::api::router(jobs.clone()))
-        .merge(mortar_cron::api::router(cron.clone()))
+        .merge(fail_fast(
+            mortar_jobs::api::router(jobs.clone()),
+            Some(node.storage.durable_gate.clone()),
+        ))
+        .merge(fail_fast(
+            mortar_cron::api::router(cron.clone()),
+            Some(node.storage.durable_gate.clone()),
+        ))
         .split_for_parts();
     mortar_core::VERSION.clone_into(&mut openapi.info.version);
     let json = openapi.to_pretty_json().unwrap_or_else(|_| "{}".into());

@@ -112,6 +112,27 @@ impl Config {
         Ok(())
     }
 
+    /// Every listener this configuration opens, with the key that sets it. The auth rule
+    /// (beyond loopback only with an admin token or `--insecure`) applies to each of them.
+    pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        let mut out = vec![("listen", self.listen)];
+        if let Ok(Some(resp)) = self.cache.resp_addr() {
+            out.push(("cache.resp_listen", resp));
+        }
+        out
+    }
+
+    /// The first listener that would accept clients beyond loopback with no admin token to
+    /// check them, and the key that sets it; `None` when every listener is safe.
+    pub fn unprotected_public_listener(&self) -> Option<(&'static str, SocketAddr)> {
+        if self.auth.admin_token.is_some() {
+            return None;
+        }
+        self.listeners()
+            .into_iter()
+            .find(|(_, addr)| !addr.ip().is_loopback())
+    }
+
     pub fn storage(&self) -> StorageConfig {
         StorageConfig {
             data_dir: self.data_dir.clone(),
@@ -156,6 +177,29 @@ mod tests {
             },
             ..Config::default()
         }
+    }
+
+    #[test]
+    fn every_listener_beyond_loopback_needs_a_token() {
+        let mut cfg = Config::default();
+        assert_eq!(cfg.unprotected_public_listener(), None);
+        cfg.cache.resp_listen = "0.0.0.0:6380".into();
+        assert_eq!(
+            cfg.unprotected_public_listener(),
+            Some(("cache.resp_listen", "0.0.0.0:6380".parse().unwrap()))
+        );
+        cfg.listen = "[::]:8700".parse().unwrap();
+        assert_eq!(cfg.unprotected_public_listener().unwrap().0, "listen");
+        cfg.auth.admin_token = Some("0123456789abcdef".into());
+        assert_eq!(cfg.unprotected_public_listener(), None);
+        let off = Config {
+            cache: CacheConfig {
+                resp_listen: "off".into(),
+                ..CacheConfig::default()
+            },
+            ..Config::default()
+        };
+        assert_eq!(off.listeners().len(), 1);
     }
 
     #[test]

@@ -49,7 +49,13 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         version = mortar_core::VERSION,
         "listening"
     );
-    mortar_core::http::serve(listeners, app.router, &config.http, shutdown_signal()).await?;
+    let stopping = app.node.storage.stopping.clone();
+    let signalled = async move {
+        shutdown_signal().await;
+        // Waiting clients are answered at once, so draining waits only for work in flight.
+        stopping.begin();
+    };
+    mortar_core::http::serve(listeners, app.router, &config.http, signalled).await?;
     let _ = stop_resp.send(true);
     if let Some(resp) = resp {
         let _ = resp.await;

@@ -281,11 +281,13 @@ async fn serve(args: ServeArgs) -> ExitCode {
         print!("{}", render_documented(&config, &Config::docs()));
         return ExitCode::SUCCESS;
     }
-    if !config.listen.ip().is_loopback() && config.auth.admin_token.is_none() && !args.insecure {
+    if let Some((key, addr)) = config.unprotected_public_listener()
+        && !args.insecure
+    {
         eprintln!(
-            "mortar: refusing to listen on {} without an admin token: set auth.admin_token \
-             (MORTAR_AUTH__ADMIN_TOKEN) or pass --insecure",
-            config.listen
+            "mortar: refusing to listen on {addr} (key `{key}`) without an admin token: set \
+             auth.admin_token (MORTAR_AUTH__ADMIN_TOKEN), keep `{key}` on loopback, or pass \
+             --insecure"
         );
         return ExitCode::from(2);
     }

@@ -143,6 +143,23 @@ fn refuses_a_public_listen_without_a_token() {
     let out = mortar(&["serve", "--listen", "0.0.0.0:0"], dir.path(), &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--insecure"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`listen`"), "{}", stderr(&out));
+}
+
+#[test]
+fn refuses_a_public_resp_listener_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mortar(
+        &["serve", "--listen", "127.0.0.1:0"],
+        dir.path(),
+        &[("MORTAR_CACHE__RESP_LISTEN", "0.0.0.0:0")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("`cache.resp_listen`") && stderr(&out).contains("--insecure"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test]
@@ -310,6 +327,78 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
         exit.1.contains("shutting down") && exit.1.contains("stopped"),
         "{}",
         exit.1
+    );
+}
+
+#[tokio::test]
+async fn sigterm_answers_waiting_clients_at_once_then_exits() {
+    let mut node = Node::start(NodeConfig::named("stop-waits")).await.unwrap();
+    let http = reqwest::Client::new();
+    let held = http
+        .post(node.url("/v1/locks/stop-waits/acquire"))
+        .json(&serde_json::json!({"ttl_ms": 60_000, "owner": "holder"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(held.status(), 200);
+    let mut waits = Vec::new();
+    for i in 0..3 {
+        let (c, url) = (http.clone(), node.url("/v1/locks/stop-waits/acquire"));
+        waits.push(tokio::spawn(async move {
+            let r = c
+                .post(url)
+                .json(&serde_json::json!({"ttl_ms": 1000, "wait_ms": 60_000, "owner": format!("w{i}")}))
+                .send()
+                .await
+                .expect("a lock waiter gets a response");
+            let retry = r.headers().get("retry-after").cloned();
+            (r.status().as_u16(), retry, Instant::now())
+        }));
+        let (c, url) = (http.clone(), node.url("/v1/jobs/lease"));
+        waits.push(tokio::spawn(async move {
+            let r = c
+                .post(url)
+                .json(&serde_json::json!({"queues": ["stop-waits"], "wait_ms": 60_000, "worker": format!("w{i}")}))
+                .send()
+                .await
+                .expect("a waiting lease gets a response");
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["items"], serde_json::json!([]), "{body}");
+            (status, None, Instant::now())
+        }));
+    }
+    // Every waiter is waiting before the signal.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&node, "mortar_http_requests_in_flight").await < 7.0 {
+        assert!(Instant::now() < deadline, "the waiters never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let signalled = Instant::now();
+    node.send_sigterm().unwrap();
+    let mut last = signalled;
+    for w in waits {
+        let (status, retry, at) = w.await.unwrap();
+        assert!(
+            matches!((status, retry.is_some()), (503, true) | (200, false)),
+            "status {status}, retry-after {retry:?}"
+        );
+        last = last.max(at);
+    }
+    assert!(
+        last - signalled < Duration::from_secs(5),
+        "waiters answered {:?} after SIGTERM (their wait_ms is 60 s)",
+        last - signalled
+    );
+    let exit =
+        tokio::task::spawn_blocking(move || (node.wait().unwrap(), node.logs(), Instant::now()))
+            .await
+            .unwrap();
+    assert_eq!(exit.0.code(), Some(0), "{}", exit.1);
+    assert!(
+        exit.2 - last < Duration::from_secs(2),
+        "exited {:?} after the last response",
+        exit.2 - last
     );
 }
 

@@ -87,6 +87,8 @@ pub struct KeyPage {
 pub struct KeyStore {
     durable: Durable,
     clock: Arc<dyn Clock>,
+    /// The durable store's gate: while it is open, calls answer 503 at once.
+    gate: Option<Arc<crate::storage::gate::Gate>>,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -99,11 +101,30 @@ type Row = (String, String, String, i64, Option<i64>);
 
 impl KeyStore {
     pub fn new(durable: Durable, clock: Arc<dyn Clock>) -> Self {
-        Self { durable, clock }
+        Self {
+            durable,
+            clock,
+            gate: None,
+        }
+    }
+
+    /// Fails fast while `gate` (the durable store's) is open.
+    #[must_use]
+    pub fn with_gate(mut self, gate: Arc<crate::storage::gate::Gate>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    fn check_gate(&self) -> Result<(), Problem> {
+        match &self.gate {
+            Some(g) => g.check().map_err(Problem::from),
+            None => Ok(()),
+        }
     }
 
     /// Creates a key; returns it and its secret token (shown once).
     pub async fn create(&self, name: &str, scopes: &[String]) -> Result<(ApiKey, String), Problem> {
+        self.check_gate()?;
         let mut errors = Vec::new();
         if name.trim().is_empty() || name.len() > 200 {
             errors.push(FieldError::new("name", "must be 1 to 200 characters"));
@@ -154,19 +175,20 @@ impl KeyStore {
             .execute(pool)
             .await
             .map(drop)
-            .map_err(db_problem)?);
+            .map_err(db_problem(&self.durable))?);
         Ok((key, token))
     }
 
     /// Lists keys (revoked ones included), oldest first, `limit` per page after `cursor`.
     pub async fn list(&self, limit: usize, cursor: Option<&str>) -> Result<KeyPage, Problem> {
+        self.check_gate()?;
         let sql = "SELECT id, name, scopes, created_at_ms, revoked_at_ms FROM core_api_keys WHERE id > $1 ORDER BY id LIMIT $2";
         let rows: Vec<Row> = with_pool!(&self.durable, pool => sqlx::query_as(sql)
             .bind(cursor.unwrap_or(""))
             .bind((limit + 1) as i64)
             .fetch_all(pool)
             .await
-            .map_err(db_problem)?);
+            .map_err(db_problem(&self.durable))?);
         let mut items: Vec<ApiKey> = rows.into_iter().map(from_row).collect();
         let next_cursor = if items.len() > limit {
             items.truncate(limit);
@@ -179,20 +201,22 @@ impl KeyStore {
 
     /// Revokes a key; `Ok(None)` when there is no such key. Revoking twice keeps the first time.
     pub async fn revoke(&self, id: &str) -> Result<Option<ApiKey>, Problem> {
+        self.check_gate()?;
         let now = self.clock.now_ms() as i64;
         let sql =
             "UPDATE core_api_keys SET revoked_at_ms = COALESCE(revoked_at_ms, $1) WHERE id = $2";
-        with_pool!(&self.durable, pool => sqlx::query(sql).bind(now).bind(id).execute(pool).await.map(drop).map_err(db_problem)?);
+        with_pool!(&self.durable, pool => sqlx::query(sql).bind(now).bind(id).execute(pool).await.map(drop).map_err(db_problem(&self.durable))?);
         self.get(id).await
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<ApiKey>, Problem> {
+        self.check_gate()?;
         let sql = "SELECT id, name, scopes, created_at_ms, revoked_at_ms FROM core_api_keys WHERE id = $1";
         let row: Option<Row> = with_pool!(&self.durable, pool => sqlx::query_as(sql)
             .bind(id)
             .fetch_optional(pool)
             .await
-            .map_err(db_problem)?);
+            .map_err(db_problem(&self.durable))?);
         Ok(row.map(from_row))
     }
 
@@ -204,12 +228,13 @@ impl KeyStore {
         if id.len() != 26 {
             return Ok(None);
         }
+        self.check_gate()?;
         let sql = "SELECT id, name, scopes, created_at_ms, revoked_at_ms, secret_hash FROM core_api_keys WHERE id = $1";
         let row: Option<(String, String, String, i64, Option<i64>, String)> = with_pool!(&self.durable, pool => sqlx::query_as(sql)
             .bind(id)
             .fetch_optional(pool)
             .await
-            .map_err(db_problem)?);
+            .map_err(db_problem(&self.durable))?);
         let Some((id, name, scopes, created, revoked, stored)) = row else {
             return Ok(None);
         };
@@ -249,10 +274,14 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// A database failure is our problem, not the caller's: log it, answer 503 naming the store.
-#[allow(clippy::needless_pass_by_value)] // used as `.map_err(db_problem)`
-pub fn db_problem(e: sqlx::Error) -> Problem {
-    tracing::error!(error = %e, "database error");
-    Problem::unavailable("database", "the database did not answer; retry shortly")
+pub fn db_problem(durable: &Durable) -> impl Fn(sqlx::Error) -> Problem + '_ {
+    move |e| {
+        let dependency = durable.failed("auth", &e);
+        Problem::unavailable(
+            dependency,
+            format!("{dependency} did not answer; retry shortly"),
+        )
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 -- Lock operations for the Redis backend. Mirrors src/engine.rs (the conformance suite runs the
 -- same tests on every backend). Time is Redis's clock. Every key of a name shares a hash tag.
 -- KEYS: 1 holders (hash lease_id -> "token|expires|acquired|owner")
---       2 line (zset ticket -> arrival seq)   3 waiters (hash ticket -> "until|owner")
+--       2 line (zset ticket -> arrival seq)   3 waiters (hash ticket -> "until|node|owner")
 --       4 permits (string)   5 fencing counter (string)   6 arrival counter (string)
+--       7 node leases, shared by every name (hash node -> expires ms): a waiter whose node's
+--         lease lapsed (the node died) is out of the line
 -- ARGV[1]: operation; the rest depends on it (see each branch).
 
 local clock = redis.call('TIME')
@@ -24,10 +26,14 @@ local function load()
     end
   end
   local line = {}
+  local alive = {}
   for _, ticket in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
     local w = redis.call('HGET', KEYS[3], ticket)
-    local untl, owner = string.match(w or '0|', '^(%d+)|(.*)$')
-    if tonumber(untl) <= now then
+    local untl, node, owner = string.match(w or '0||', '^(%d+)|([^|]*)|(.*)$')
+    if node ~= '' and alive[node] == nil then
+      alive[node] = tonumber(redis.call('HGET', KEYS[7], node) or '0') > now
+    end
+    if tonumber(untl) <= now or (node ~= '' and not alive[node]) then
       redis.call('ZREM', KEYS[2], ticket)
       redis.call('HDEL', KEYS[3], ticket)
     else
@@ -97,15 +103,27 @@ if op == 'acquire' then
   return { 'granted', string.format('%.0f', token), tostring(exp), tostring(now) }
 
 elseif op == 'enqueue' then
-  -- ARGV: 2 ticket, 3 owner, 4 wait_ms, 5 permits
+  -- ARGV: 2 ticket, 3 owner, 4 wait_ms, 5 permits, 6 node, 7 node lease ms
+  -- The node's lease goes in with its waiter, so the line never sees a waiter of a node it
+  -- does not know yet; the node's heartbeat keeps it alive from then on.
+  redis.call('HSET', KEYS[7], ARGV[6], now + tonumber(ARGV[7]))
   local holders, line = load()
   permits_of(holders, line, tonumber(ARGV[5]))
   local seq = redis.call('INCR', KEYS[6])
   redis.call('ZADD', KEYS[2], seq, ARGV[2])
   local untl = now + tonumber(ARGV[4])
-  redis.call('HSET', KEYS[3], ARGV[2], string.format('%d|%s', untl, ARGV[3]))
+  redis.call('HSET', KEYS[3], ARGV[2], string.format('%d|%s|%s', untl, ARGV[6], ARGV[3]))
   line[#line + 1] = { ARGV[2], untl, ARGV[3] }
   tidy(holders, line)
+  return 'ok'
+
+elseif op == 'heartbeat' then
+  -- ARGV: 2 node, 3 node lease ms. Also forgets nodes gone for an hour.
+  redis.call('HSET', KEYS[7], ARGV[2], now + tonumber(ARGV[3]))
+  local nodes = redis.call('HGETALL', KEYS[7])
+  for i = 1, #nodes, 2 do
+    if tonumber(nodes[i + 1]) < now - 3600000 then redis.call('HDEL', KEYS[7], nodes[i]) end
+  end
   return 'ok'
 
 elseif op == 'dequeue' then

@@ -7,6 +7,9 @@
 //! skewed clocks agree. A grant is durable when the call returns; a PostgreSQL restart loses
 //! nothing that was acknowledged.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use futures_util::future::{BoxFuture, FutureExt};
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Transaction};
@@ -24,6 +27,20 @@ macro_rules! now {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// This node's id in `lock_nodes` (its waiters carry it).
+    node: String,
+    node_lease_ms: u64,
+    /// When this store last renewed its node's row (ms on `started`'s clock; 0: never).
+    renewed_ms: Arc<AtomicU64>,
+    started: std::time::Instant,
+}
+
+/// Whether waiter row `w`'s node is alive at `$2` (rows without a node always are).
+macro_rules! node_alive {
+    () => {
+        "(w.node IS NULL OR EXISTS (SELECT 1 FROM lock_nodes n \
+         WHERE n.node = w.node AND n.expires_at_ms > $2))"
+    };
 }
 
 type HolderRow = (String, String, i64, i32, i64, i64);
@@ -31,7 +48,18 @@ type WaiterRow = (String, String, i32, i64);
 
 impl PostgresStore {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self::with_node_lease(pool, crate::config::LockConfig::default().node_lease_ms)
+    }
+
+    /// A store whose node renews a liveness lease of `node_lease_ms` (see [`LockStore::heartbeat`]).
+    pub fn with_node_lease(pool: PgPool, node_lease_ms: u64) -> Self {
+        Self {
+            pool,
+            node: mortar_core::ids::new_id(),
+            node_lease_ms,
+            renewed_ms: Arc::default(),
+            started: std::time::Instant::now(),
+        }
     }
 
     /// Opens a transaction serialised on `name`, with expired rows gone; returns it, the lock
@@ -58,11 +86,15 @@ impl PostgresStore {
         if expired > 0 {
             metrics::counter!(crate::service::EXPIRIES).increment(expired);
         }
-        sqlx::query("DELETE FROM lock_waiters WHERE name = $1 AND until_ms <= $2")
-            .bind(name)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(concat!(
+            "DELETE FROM lock_waiters w WHERE name = $1 AND (until_ms <= $2 OR NOT ",
+            node_alive!(),
+            ")"
+        ))
+        .bind(name)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         let lock = Self::live(&mut tx, name, now).await?;
         Ok((tx, lock, now as u64))
     }
@@ -93,10 +125,12 @@ impl PostgresStore {
         .bind(now)
         .fetch_all(&mut *conn)
         .await?;
-        let waiters: Vec<WaiterRow> = sqlx::query_as(
-            "SELECT ticket, owner, permits, until_ms FROM lock_waiters \
-             WHERE name = $1 AND until_ms > $2 ORDER BY seq",
-        )
+        let waiters: Vec<WaiterRow> = sqlx::query_as(concat!(
+            "SELECT ticket, owner, permits, until_ms FROM lock_waiters w \
+             WHERE name = $1 AND until_ms > $2 AND ",
+            node_alive!(),
+            " ORDER BY seq"
+        ))
         .bind(name)
         .bind(now)
         .fetch_all(&mut *conn)
@@ -127,6 +161,36 @@ impl PostgresStore {
                 })
                 .collect(),
         })
+    }
+
+    /// Whether an enqueue should renew the node's row itself: never renewed, or not within a
+    /// third of the lease (the heartbeat's period). Otherwise the row is fresh, and concurrent
+    /// enqueues of one node do not queue on its row lock.
+    fn renewal_due(&self) -> bool {
+        let renewed = self.renewed_ms.load(Ordering::Relaxed);
+        renewed == 0 || self.now_ms().saturating_sub(renewed) > self.node_lease_ms / 3
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Extends this node's liveness lease by `node_lease_ms` from the database's now.
+    async fn renew_node(&self, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+        let at = self.now_ms();
+        sqlx::query(concat!(
+            "INSERT INTO lock_nodes (node, expires_at_ms) VALUES ($1, ",
+            now!(),
+            " + $2) ON CONFLICT (node) DO UPDATE SET expires_at_ms = EXCLUDED.expires_at_ms"
+        ))
+        .bind(&self.node)
+        .bind(self.node_lease_ms as i64)
+        .execute(conn)
+        .await?;
+        // (Inside an enqueue's transaction this counts before the commit: a rollback then
+        // leaves the row as it was, at most one heartbeat period older than believed.)
+        self.renewed_ms.fetch_max(at, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn try_acquire(&self, a: AcquireArgs<'_>) -> Result<Acquired, sqlx::Error> {
@@ -203,20 +267,27 @@ impl LockStore for PostgresStore {
         wait_ms: u64,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
+            // The node's lease goes in with its first waiter, so the line never sees a waiter
+            // of a node it does not know yet; `heartbeat` keeps it alive from then on.
+            let mut tx = self.pool.begin().await.map_err(db_err("postgres"))?;
+            if self.renewal_due() {
+                self.renew_node(&mut tx).await.map_err(db_err("postgres"))?;
+            }
             sqlx::query(concat!(
-                "INSERT INTO lock_waiters (ticket, name, owner, permits, until_ms) VALUES ($1, $2, $3, $4, ",
+                "INSERT INTO lock_waiters (ticket, name, owner, permits, until_ms, node) VALUES ($1, $2, $3, $4, ",
                 now!(),
-                " + $5)"
+                " + $5, $6)"
             ))
             .bind(&waiter.ticket)
             .bind(name)
             .bind(&waiter.owner)
             .bind(permits as i32)
             .bind(wait_ms as i64)
-            .execute(&self.pool)
+            .bind(&self.node)
+            .execute(&mut *tx)
             .await
-            .map(drop)
-            .map_err(db_err("postgres"))
+            .map_err(db_err("postgres"))?;
+            tx.commit().await.map_err(db_err("postgres"))
         }
         .boxed()
     }
@@ -293,6 +364,26 @@ impl LockStore for PostgresStore {
             let (tx, lock, now) = self.load(name).await.map_err(db_err("postgres"))?;
             tx.commit().await.map_err(db_err("postgres"))?;
             Ok((!lock.is_idle()).then(|| LockInfo::of(name, &lock, now)))
+        }
+        .boxed()
+    }
+
+    fn heartbeat(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            let mut conn = self.pool.acquire().await.map_err(db_err("postgres"))?;
+            self.renew_node(&mut conn)
+                .await
+                .map_err(db_err("postgres"))?;
+            // Rows of nodes gone for an hour: nobody's waiters point at them any more.
+            sqlx::query(concat!(
+                "DELETE FROM lock_nodes WHERE expires_at_ms < ",
+                now!(),
+                " - 3600000"
+            ))
+            .execute(&mut *conn)
+            .await
+            .map(drop)
+            .map_err(db_err("postgres"))
         }
         .boxed()
     }

@@ -21,6 +21,9 @@ const SCRIPT: &str = include_str!("lock.lua");
 pub struct RedisStore {
     redis: Redis,
     script: redis::Script,
+    /// This node's id in the node-lease hash (its waiters carry it).
+    node: String,
+    node_lease_ms: String,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -84,15 +87,31 @@ fn parse_info(name: &str, permits: u32, items: &[Value]) -> LockInfo {
 
 impl RedisStore {
     pub fn new(redis: Redis) -> Self {
+        Self::with_node_lease(redis, crate::config::LockConfig::default().node_lease_ms)
+    }
+
+    /// A store whose node renews a liveness lease of `node_lease_ms` (see [`LockStore::heartbeat`]).
+    pub fn with_node_lease(redis: Redis, node_lease_ms: u64) -> Self {
         Self {
             redis,
             script: redis::Script::new(SCRIPT),
+            node: mortar_core::ids::new_id(),
+            node_lease_ms: node_lease_ms.to_string(),
         }
     }
 
-    fn keys(&self, name: &str) -> [String; 6] {
-        ["h", "line", "w", "permits", "fence", "seq"]
-            .map(|k| self.redis.key("lock", &format!("{{{name}}}:{k}")))
+    fn keys(&self, name: &str) -> [String; 7] {
+        let [h, line, w, permits, fence, seq] = ["h", "line", "w", "permits", "fence", "seq"]
+            .map(|k| self.redis.key("lock", &format!("{{{name}}}:{k}")));
+        [
+            h,
+            line,
+            w,
+            permits,
+            fence,
+            seq,
+            self.redis.key("lock", "nodes"),
+        ]
     }
 
     async fn run(&self, name: &str, args: &[&str]) -> Result<Value, StoreError> {
@@ -104,7 +123,13 @@ impl RedisStore {
             inv.arg(*a);
         }
         let mut conn = self.redis.conn();
-        inv.invoke_async(&mut conn).await.map_err(|e| err(&e))
+        inv.invoke_async(&mut conn).await.map_err(|e| {
+            // Redis unreachable: the lock routes answer 503 at once until the probe sees it back.
+            if mortar_core::storage::gate::is_redis_connection_error(&e) {
+                self.redis.gate.trip(&e.to_string());
+            }
+            err(&e)
+        })
     }
 }
 
@@ -169,6 +194,8 @@ impl LockStore for RedisStore {
                     &waiter.owner,
                     &wait_ms.to_string(),
                     &permits.to_string(),
+                    &self.node,
+                    &self.node_lease_ms,
                 ],
             )
             .await
@@ -231,6 +258,15 @@ impl LockStore for RedisStore {
             let permits = num(&items[0]) as u32;
             let info = parse_info(name, permits, &items[1..]);
             Ok((!info.holders.is_empty() || !info.waiters.is_empty()).then_some(info))
+        }
+        .boxed()
+    }
+
+    fn heartbeat(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            self.run("", &["heartbeat", &self.node, &self.node_lease_ms])
+                .await
+                .map(drop)
         }
         .boxed()
     }

@@ -101,8 +101,19 @@ impl RateLimitStore for RedisStore {
                     .arg(c.limit.window_ms)
                     .arg(c.limit.capacity());
             }
+            // Redis known to be down: fail now (the service applies the failure mode) instead
+            // of waiting out the deadline on a connection that is being refused.
+            self.redis.gate.check().map_err(|d| StoreError {
+                backend: "redis",
+                message: d.to_string(),
+            })?;
             let mut conn = self.redis.conn();
-            let raw: Vec<u64> = inv.invoke_async(&mut conn).await.map_err(|e| err(&e))?;
+            let raw: Vec<u64> = inv.invoke_async(&mut conn).await.map_err(|e| {
+                if mortar_core::storage::gate::is_redis_connection_error(&e) {
+                    self.redis.gate.trip(&e.to_string());
+                }
+                err(&e)
+            })?;
             if raw.len() != checks.len() * 5 {
                 return Err(StoreError {
                     backend: "redis",

@@ -1,0 +1,178 @@
+//! Dependency outages through the binary: while PostgreSQL or Redis is known to be down, the
+//! blocks that need it answer at once (503 naming it, or the rate limiter's failure mode)
+//! instead of waiting out pool and command timeouts; they recover without a restart.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use mortar_testkit::{Node, NodeConfig, PrivatePostgres};
+use serde_json::{Value, json};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A Redis server of this test's own, which it may stop.
+struct PrivateRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(10), "redis did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { port, child }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Sends `req` and returns (status, body, how long it took).
+async fn timed(req: reqwest::RequestBuilder) -> (u16, Value, Duration) {
+    let t = Instant::now();
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let body = r.json().await.unwrap_or(Value::Null);
+    (status, body, t.elapsed())
+}
+
+/// Polls `probe` until it returns true (bounded).
+async fn eventually<F, Fut>(what: &str, within: Duration, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let t = Instant::now();
+    while !probe().await {
+        assert!(
+            t.elapsed() < within,
+            "{what} did not happen within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_postgres_outage_answers_503_at_once_and_recovers() {
+    let Some(pg) = PrivatePostgres::start().unwrap() else {
+        return;
+    };
+    let node = Node::start(NodeConfig::named("pg-outage").env("MORTAR_DATABASE_URL", &pg.url()))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let queues = || http.get(node.url("/v1/jobs/queues"));
+    let lock = || {
+        http.post(node.url("/v1/locks/outage/acquire"))
+            .json(&json!({"ttl_ms": 1000}))
+    };
+    assert_eq!(timed(queues()).await.0, 200);
+    pg.stop().unwrap();
+    // The probe sees the outage within about a second, with or without traffic.
+    eventually("the gate opening", Duration::from_secs(5), || async {
+        timed(queues()).await.0 == 503
+    })
+    .await;
+    for req in [queues(), lock(), http.get(node.url("/v1/cron/schedules"))] {
+        for _ in 0..5 {
+            let (status, body, took) = timed(req.try_clone().unwrap()).await;
+            assert_eq!(status, 503, "{body}");
+            assert_eq!(body["dependency"], "postgres", "{body}");
+            assert!(
+                took < Duration::from_millis(100),
+                "answered in {took:?}: {body}"
+            );
+        }
+    }
+    let ready = timed(http.get(node.url("/readyz"))).await;
+    assert_eq!(ready.0, 503, "{}", ready.1);
+    pg.restart().unwrap();
+    eventually("recovery", Duration::from_secs(10), || async {
+        timed(queues()).await.0 == 200
+    })
+    .await;
+    assert_eq!(timed(lock()).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_redis_outage_applies_the_failure_mode_at_once_and_recovers() {
+    let Some(svc) = mortar_testkit::services("ratelimit redis outage") else {
+        return;
+    };
+    let mut redis = PrivateRedis::start(free_port());
+    let db = svc.create_database().await.unwrap();
+    let node = Node::start(
+        NodeConfig::named("redis-outage")
+            .env("MORTAR_DATABASE_URL", &db.url)
+            .env(
+                "MORTAR_REDIS_URL",
+                &format!("redis://127.0.0.1:{}", redis.port),
+            ),
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    for (name, mode) in [("open", "fail_open"), ("closed", "fail_closed")] {
+        let r = http
+            .put(node.url(&format!("/v1/ratelimit/policies/{name}")))
+            .json(&json!({"algorithm": "fixed_window", "limit": 1000, "window_ms": 60000, "failure_mode": mode}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+    let check = |policy: &str| {
+        http.post(node.url("/v1/ratelimit/check"))
+            .json(&json!({"policies": [policy], "key": "k"}))
+    };
+    let (status, body, _) = timed(check("open")).await;
+    assert_eq!(status, 200, "{body}");
+    let port = redis.port;
+    redis.stop();
+    eventually("the gate opening", Duration::from_secs(5), || async {
+        let (_, body, took) = timed(check("open")).await;
+        took < Duration::from_millis(20) && body["degraded"] == true
+    })
+    .await;
+    for _ in 0..20 {
+        let (status, body, took) = timed(check("open")).await;
+        assert_eq!(
+            (status, &body["degraded"]),
+            (200, &Value::Bool(true)),
+            "{body}"
+        );
+        assert!(took < Duration::from_millis(40), "fail-open in {took:?}");
+        let (status, body, took) = timed(check("closed")).await;
+        assert_ne!(status, 200, "fail_closed refuses: {body}");
+        assert!(took < Duration::from_millis(40), "fail-closed in {took:?}");
+    }
+    let _redis = PrivateRedis::start(port);
+    eventually("recovery", Duration::from_secs(10), || async {
+        let (status, body, _) = timed(check("closed")).await;
+        status == 200 && body["degraded"] != true
+    })
+    .await;
+}
