@@ -193,6 +193,8 @@ pub struct HttpConfig {
     pub max_connections: usize,
     pub shutdown_grace_ms: u64,
     pub threads: usize,
+    /// How long an `Idempotency-Key` answers with its first response.
+    pub idempotency_ttl_ms: u64,
 }
 
 impl Default for HttpConfig {
@@ -204,6 +206,7 @@ impl Default for HttpConfig {
             max_connections: 10_000,
             shutdown_grace_ms: 30_000,
             threads: 0,
+            idempotency_ttl_ms: 86_400_000,
         }
     }
 }
@@ -234,6 +237,11 @@ impl HttpConfig {
         KeyDoc::new(
             "http.threads",
             "HTTP event-loop threads, each with its own SO_REUSEPORT listener; 0 = one per CPU",
+        ),
+        KeyDoc::new(
+            "http.idempotency_ttl_ms",
+            "how long an Idempotency-Key on a creating POST answers with its first response\n\
+             (then the key may be used again); 1 s to 30 days",
         ),
     ];
 
@@ -267,6 +275,11 @@ impl HttpConfig {
                 self.idle_timeout_ms == 0,
                 "http.idle_timeout_ms",
                 "must be at least 1",
+            ),
+            (
+                !(1_000..=30 * 86_400_000).contains(&self.idempotency_ttl_ms),
+                "http.idempotency_ttl_ms",
+                "must be 1000 (1 s) to 2592000000 (30 days)",
             ),
         ];
         match rules.iter().find(|r| r.0) {

@@ -12,6 +12,8 @@
 //! * [`deadline`] — request deadlines in the task context and the `Mortar-Deadline` header.
 //! * [`http`] — the middleware stack every route runs behind and the hardened HTTP server
 //!   (header-read and idle timeouts, connection limit, graceful shutdown).
+//! * [`idempotency`] — `Idempotency-Key` for creating POSTs (stored response replayed, 422 on a
+//!   reused key with another body, 409 while the first is in flight), shared across nodes.
 //! * [`metrics`] — the Prometheus recorder and the `/metrics` renderer.
 //! * [`client`] — the HTTP client every `mortar <block> <verb>` command uses.
 //! * [`shutdown`] — the node's stopping signal that every wait watches, so a SIGTERM answers
@@ -28,6 +30,7 @@ pub mod config;
 pub mod deadline;
 pub mod extract;
 pub mod http;
+pub mod idempotency;
 pub mod ids;
 pub mod metrics;
 pub mod problem;

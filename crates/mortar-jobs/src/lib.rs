@@ -21,7 +21,9 @@
 //!   holds, so concurrent enqueues on any node cannot both win): `unique_while = queued` (until
 //!   it starts), `active` (until completed, dead or cancelled; the default), `for_ms` (for
 //!   `unique_for_ms` whatever happens). A duplicate returns the existing job with
-//!   `"duplicate": true` (HTTP 200). `Idempotency-Key: K` is `unique_key = K` for 24 hours.
+//!   `"duplicate": true` (HTTP 200). `Idempotency-Key: K` is `unique_key = K` for 24 hours, and
+//!   the core idempotency layer ([`IDEMPOTENT`]) adds the IETF draft's rules: K reused with
+//!   another body is a 422, a duplicate while the first is in flight a 409.
 //! - **Transactional enqueue (outbox)**: [`service::enqueue_in_tx`] inserts a job in the
 //!   caller's PostgreSQL transaction, and the SQL function `mortar_jobs_enqueue(queue, kind,
 //!   payload, priority, run_at, max_attempts, timeout_ms)` does the same from any language: the
@@ -65,3 +67,19 @@ pub mod worker;
 pub use client::JobsClient;
 pub use service::{Enqueued, JobsConfig, JobsService, NewJob};
 pub use worker::{JobError, Worker};
+
+/// The routes that honour `Idempotency-Key` through the core layer (`mortar_core::idempotency`):
+/// a reused key with another body gets 422, a duplicate in flight 409; a replay runs the handler
+/// again, whose unique key on the `Idempotency-Key` answers with the job and `duplicate: true`.
+pub const IDEMPOTENT: &[mortar_core::idempotency::Route] = &[
+    mortar_core::idempotency::Route {
+        method: "POST",
+        path: "/v1/jobs",
+        replay: mortar_core::idempotency::Replay::Handler,
+    },
+    mortar_core::idempotency::Route {
+        method: "POST",
+        path: "/v1/jobs/batch",
+        replay: mortar_core::idempotency::Replay::Handler,
+    },
+];

@@ -8,6 +8,7 @@ use axum::Router;
 use mortar_cache::CacheService;
 use mortar_core::auth::{Auth, KeyStore};
 use mortar_core::clock::{Clock, SystemClock};
+use mortar_core::idempotency::Idempotency;
 use mortar_core::storage::gate::Gate;
 use mortar_core::storage::{Storage, core_migrations};
 use mortar_cron::CronService;
@@ -43,9 +44,17 @@ pub struct App {
     pub cron: Arc<CronService>,
 }
 
+/// The document's description: what holds for every operation.
+const API_DESCRIPTION: &str = "Building blocks for backend systems: one server, many blocks.
+
+Every error is an RFC 9457 problem (`application/problem+json`). `/v1` and `/debug` routes need \
+`Authorization: Bearer <token>` when an admin token is configured. Any request may carry \
+`Mortar-Deadline: <milliseconds>` (0 to 86400000): the server answers 504 once it passes, and 400 \
+for a malformed value. Integer fields take JSON integers (`2`, not `2.0`).";
+
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Mortar", description = "Building blocks for backend systems: one server, many blocks."),
+    info(title = "Mortar", description = API_DESCRIPTION),
     components(schemas(mortar_core::Problem, mortar_core::FieldError)),
     modifiers(&BearerAuth),
 )]
@@ -101,6 +110,11 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
     let keys = KeyStore::new(storage.durable.clone(), clock.clone())
         .with_gate(storage.durable_gate.clone());
     let auth = Arc::new(Auth::new(config.auth.admin_token.clone(), keys.clone()));
+    let idempotency = Idempotency::new(
+        storage.durable.clone(),
+        clock.clone(),
+        config.http.idempotency_ttl_ms,
+    );
     let ratelimit = RateLimitService::start(&storage, &config.ratelimit, clock.clone()).await?;
     let resilience = ResilienceService::new(&config.resilience)?;
     let locks = LockService::start(&storage, &config.lock, clock.clone())?;
@@ -142,7 +156,10 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         ))
         .merge(mortar_cache::api::router(cache.clone()))
         .merge(fail_fast(
-            mortar_jobs::api::router(jobs.clone()),
+            idempotency.on(
+                mortar_jobs::api::router(jobs.clone()),
+                mortar_jobs::IDEMPOTENT,
+            ),
             Some(node.storage.durable_gate.clone()),
         ))
         .merge(fail_fast(
