@@ -1,3 +1,5 @@
+//! The store's unit tests (eviction policies, TTLs, memory bound), kept apart from `store/mod.rs`.
+
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
