@@ -239,14 +239,26 @@ impl Storage {
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
                     .set_response_timeout(Some(PROBE_TIMEOUT))
                     .set_number_of_retries(2);
-                let conn = ConnectionManager::new_with_config(client.clone(), conf.clone())
+                let gate = gate::Gate::new("redis");
+                let conn = match ConnectionManager::new_with_config(client.clone(), conf.clone())
                     .await
-                    .map_err(|e| connect_err("redis", &location, e))?;
+                {
+                    Ok(conn) => conn,
+                    // Unreachable now: start degraded (the rate limiter's failure modes and the
+                    // cache's near-cache exist for this), with the gate open; the manager
+                    // connects on first use once the probe sees Redis back.
+                    Err(e) if gate::is_redis_connection_error(&e) => {
+                        tracing::warn!(redis = %location, error = %e, "redis is unreachable at start: starting degraded, reconnecting in the background");
+                        gate.trip(&e.to_string());
+                        ConnectionManager::new_lazy_with_config(client.clone(), conf.clone())
+                            .map_err(|e| connect_err("redis", &location, e))?
+                    }
+                    Err(e) => return Err(connect_err("redis", &location, e)),
+                };
                 backends.push(Backend {
                     name: "redis".into(),
                     location,
                 });
-                let gate = gate::Gate::new("redis");
                 gate.spawn_probe(redis_probe(client.clone()));
                 Some(Redis {
                     conn,

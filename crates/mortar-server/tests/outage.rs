@@ -176,3 +176,51 @@ async fn a_redis_outage_applies_the_failure_mode_at_once_and_recovers() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_node_starts_while_redis_is_down_and_becomes_ready_by_itself() {
+    let Some(svc) = mortar_testkit::services("start without redis") else {
+        return;
+    };
+    let port = free_port();
+    let db = svc.create_database().await.unwrap();
+    let mut config = NodeConfig::named("no-redis-yet")
+        .env("MORTAR_DATABASE_URL", &db.url)
+        .env("MORTAR_REDIS_URL", &format!("redis://127.0.0.1:{port}"));
+    config.wait_ready = false;
+    let node = Node::start(config).await.unwrap();
+    let http = reqwest::Client::new();
+    let (status, body, _) = timed(http.get(node.url("/readyz"))).await;
+    assert_eq!(
+        (status, &body["dependency"]),
+        (503, &json!("redis")),
+        "{body}"
+    );
+    // What does not need Redis works; the rate limiter degrades by its failure mode.
+    let r = http
+        .put(node.url("/v1/ratelimit/policies/p"))
+        .json(&json!({"algorithm": "fixed_window", "limit": 5, "window_ms": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let check = || {
+        http.post(node.url("/v1/ratelimit/check"))
+            .json(&json!({"policies": ["p"], "key": "k"}))
+    };
+    let (status, body, _) = timed(check()).await;
+    assert_eq!((status, &body["degraded"]), (200, &json!(true)), "{body}");
+    assert_eq!(timed(http.get(node.url("/v1/jobs/queues"))).await.0, 200);
+    let _redis = PrivateRedis::start(port);
+    eventually(
+        "readiness without a restart",
+        Duration::from_secs(10),
+        || async { timed(http.get(node.url("/readyz"))).await.0 == 200 },
+    )
+    .await;
+    eventually("checks on Redis again", Duration::from_secs(5), || async {
+        let (status, body, _) = timed(check()).await;
+        status == 200 && body["degraded"] != true
+    })
+    .await;
+}
