@@ -1,5 +1,7 @@
 //! The Mortar kernel: what every block and the `mortar` binary share.
 //!
+//! * [`api`] — the API kit: `Page`/`PageParams` (one pagination rule) and `NameRule` (one name
+//!   validator with one message).
 //! * [`problem`] — RFC 9457 `application/problem+json` errors, the only error body Mortar sends.
 //! * [`extract`] — axum extractors (`ApiJson`, `ApiPath`, `ApiQuery`) whose rejections are problems.
 //! * [`config`] — the configuration loader (file → `MORTAR_…` environment → flags) and the
@@ -23,6 +25,7 @@
 //! Guarantees: every error response is problem+json; tokens are compared in constant time and
 //! never logged; migrations are safe when several nodes start at once.
 
+pub mod api;
 pub mod auth;
 pub mod client;
 pub mod clock;

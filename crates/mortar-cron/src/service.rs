@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use chrono_tz::Tz;
 use mortar_core::FieldError;
+use mortar_core::api::NAME;
 use mortar_core::clock::{Clock, rfc3339};
 use mortar_core::storage::Storage;
 use mortar_jobs::engine::UniqueWhile;
@@ -247,13 +248,6 @@ fn jobs_err(e: mortar_jobs::error::JobsError) -> CronError {
         J::Conflict(why) => CronError::Conflict(why),
         J::Unavailable(what) => CronError::Unavailable(what),
     }
-}
-
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':'))
 }
 
 fn finished(state: &str) -> bool {
@@ -613,11 +607,8 @@ impl CronService {
     fn check(&self, spec: &ScheduleSpec, now: u64) -> Result<(Schedule, Timing), CronError> {
         let mut bad = Vec::new();
         let mut rejected = Vec::new();
-        if !valid_name(&spec.name) {
-            bad.push(FieldError::new(
-                "name",
-                "1 to 128 of letters, digits, `_`, `.`, `-`, `:`",
-            ));
+        if !NAME.is_valid(&spec.name) {
+            bad.push(FieldError::new("name", NAME.describe()));
         }
         let expr = CronExpr::parse(&spec.expr)
             .map_err(|e| bad.push(FieldError::new("expr", e.to_string())))

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use mortar_core::FieldError;
+use mortar_core::api::NAME;
 use mortar_core::clock::Clock;
 use mortar_core::storage::notify::Channel;
 use mortar_core::storage::{Durable, Storage};
@@ -273,15 +274,10 @@ impl std::fmt::Debug for JobsService {
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':'))
+    NAME.is_valid(s)
 }
 
 const YEAR_MS: u64 = 366 * 86_400_000;
-
-const NAME_RULE: &str = "1 to 128 of letters, digits, `_`, `.`, `-`, `:`";
 
 /// A failed call on `durable` as the 503 naming it (used as `.map_err(db(&durable))`).
 pub(crate) fn db(durable: &Durable) -> impl Fn(sqlx::Error) -> JobsError + use<> {
@@ -305,10 +301,10 @@ pub(crate) fn prepare(
     };
     let mut errors = Vec::new();
     if !valid_name(&j.queue) {
-        errors.push(FieldError::new(f("queue"), NAME_RULE));
+        errors.push(FieldError::new(f("queue"), NAME.describe()));
     }
     if !valid_name(&j.kind) {
-        errors.push(FieldError::new(f("kind"), NAME_RULE));
+        errors.push(FieldError::new(f("kind"), NAME.describe()));
     }
     if !(0..=100).contains(&j.priority) {
         errors.push(FieldError::new(f("priority"), "must be 0 to 100"));
@@ -381,7 +377,7 @@ pub(crate) fn prepare(
     if j.tags.len() > 20 || !j.tags.iter().all(|t| valid_name(t)) {
         errors.push(FieldError::new(
             f("tags"),
-            format!("up to 20 tags, each {NAME_RULE}"),
+            format!("up to 20 tags, each {}", NAME.describe()),
         ));
     }
     let payload = j.payload.to_string();
@@ -1351,7 +1347,8 @@ fn check_queue(queue: &str) -> Result<(), JobsError> {
         Ok(())
     } else {
         Err(JobsError::Invalid(vec![FieldError::new(
-            "queue", NAME_RULE,
+            "queue",
+            NAME.describe(),
         )]))
     }
 }

@@ -451,21 +451,11 @@ impl LockService {
     }
 }
 
-/// Lock names: 1 to 256 of `A-Z a-z 0-9 _ . - : /`.
+/// Lock names: 1 to 256 of `A-Z a-z 0-9 _ . - : /` (`/` for hierarchies such as `db/orders`).
+pub const LOCK_NAME: mortar_core::api::NameRule = mortar_core::api::NameRule::new(256, "_.-:/");
+
 pub fn check_name(name: &str) -> Result<(), FieldError> {
-    let ok = !name.is_empty()
-        && name.len() <= 256
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':' | b'/'));
-    if ok {
-        Ok(())
-    } else {
-        Err(FieldError::new(
-            "name",
-            "must be 1 to 256 of letters, digits, `_`, `.`, `-`, `:`, `/`",
-        ))
-    }
+    LOCK_NAME.check("name", name)
 }
 
 fn mismatch(name: &str, existing: u32, asked: u32) -> LockError {

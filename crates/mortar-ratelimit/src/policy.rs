@@ -58,21 +58,13 @@ pub struct PolicySpec {
 /// Names that are routes under `/v1/ratelimit/`.
 const RESERVED: &[&str] = &["check", "policies"];
 
-/// Checks a policy name: 1 to 128 of `A-Z a-z 0-9 _ . -`, not a reserved route word.
+/// Policy names: 1 to 128 of `A-Z a-z 0-9 _ . -`, not a reserved route word.
+pub const POLICY_NAME: mortar_core::api::NameRule =
+    mortar_core::api::NameRule::new(128, "_.-").reserving(RESERVED);
+
+/// Checks a policy name against [`POLICY_NAME`]; the message says the rule.
 pub fn validate_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 128 {
-        return Err("must be 1 to 128 characters".into());
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-    {
-        return Err("may contain only letters, digits, `_`, `.` and `-`".into());
-    }
-    if RESERVED.contains(&name) {
-        return Err(format!("`{name}` is reserved"));
-    }
-    Ok(())
+    POLICY_NAME.check("name", name).map_err(|e| e.message)
 }
 
 impl PolicySpec {

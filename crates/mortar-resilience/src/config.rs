@@ -64,13 +64,11 @@ impl ResilienceConfig {
     }
 }
 
-/// Names: 1 to 128 of `A-Z a-z 0-9 _ . -`.
+/// Names of breakers, bulkheads and retries: 1 to 128 of `A-Z a-z 0-9 _ . -`.
+pub const POLICY_NAME: mortar_core::api::NameRule = mortar_core::api::NameRule::new(128, "_.-");
+
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    POLICY_NAME.is_valid(name)
 }
 
 fn check_name(kind: &str, name: &str) -> Result<(), ConfigError> {
@@ -78,7 +76,8 @@ fn check_name(kind: &str, name: &str) -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(ConfigError(format!(
-            "key `resilience.{kind}.{name}`: names are 1 to 128 of letters, digits, `_`, `.`, `-`"
+            "key `resilience.{kind}.{name}`: names are {}",
+            POLICY_NAME.describe()
         )))
     }
 }
