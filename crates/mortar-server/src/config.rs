@@ -155,7 +155,15 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheOverride>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<LogOverride>,
+}
+
+/// `--resp-listen`.
+#[derive(Debug, Serialize)]
+pub struct CacheOverride {
+    pub resp_listen: String,
 }
 
 #[derive(Debug, Serialize)]

@@ -15,14 +15,23 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     mortar_core::metrics::install();
     let app = app::build(&config).await?;
     let listeners = mortar_core::http::Listeners::bind(config.listen, config.http.event_loops())
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (key `listen`, flag --listen, env MORTAR_LISTEN)",
+                config.listen
+            )
+        })?;
     let addr = listeners.local_addr();
     let (stop_resp, resp_stopped) = tokio::sync::watch::channel(false);
     let resp = match config.cache.resp_addr()? {
         Some(resp_addr) => {
             let loops = config.cache.resp_event_loops(mortar_core::config::cpus());
-            let l = mortar_core::http::Listeners::bind(resp_addr, loops)
-                .with_context(|| format!("cannot listen on {resp_addr} (cache.resp_listen)"))?;
+            let l = mortar_core::http::Listeners::bind(resp_addr, loops).with_context(|| {
+                format!(
+                    "cannot listen on {resp_addr} (key `cache.resp_listen`, flag --resp-listen, \
+                         env MORTAR_CACHE__RESP_LISTEN; \"off\" turns it off)"
+                )
+            })?;
             tracing::info!(addr = %l.local_addr(), "cache RESP listening");
             Some(tokio::spawn(mortar_cache::server::serve(
                 l,

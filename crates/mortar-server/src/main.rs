@@ -11,7 +11,7 @@ use mortar_lock::cli::LockCommand;
 use mortar_ratelimit::cli::RateLimitCommand;
 use mortar_resilience::cli::ResilienceCommand;
 use mortar_server::cli::{self, KeysCommand};
-use mortar_server::config::{Config, LogOverride, Overrides};
+use mortar_server::config::{CacheOverride, Config, LogOverride, Overrides};
 
 /// mimalloc: the request path allocates small short-lived objects; glibc malloc/free were
 /// ~10% of the server's CPU under load (bench/RESULTS.md).
@@ -128,6 +128,9 @@ struct ServeArgs {
     /// redis://… for shared hot state.
     #[arg(long)]
     redis_url: Option<String>,
+    /// Address of the cache's Redis-protocol listener, or `off` (default 127.0.0.1:6380).
+    #[arg(long)]
+    resp_listen: Option<String>,
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormatArg>,
@@ -257,6 +260,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
         data_dir: args.data_dir,
         database_url: args.database_url,
         redis_url: args.redis_url,
+        cache: args
+            .resp_listen
+            .map(|resp_listen| CacheOverride { resp_listen }),
         log: args.log_format.map(|f| LogOverride {
             format: match f {
                 LogFormatArg::Pretty => LogFormat::Pretty,

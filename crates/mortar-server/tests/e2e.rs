@@ -162,6 +162,33 @@ fn refuses_a_public_resp_listener_without_a_token() {
     );
 }
 
+#[test]
+fn resp_listen_flag_and_a_taken_port_named_by_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = stdout(&mortar(
+        &["serve", "--print-config", "--resp-listen", "127.0.0.1:7777"],
+        dir.path(),
+        &[("MORTAR_CACHE__RESP_LISTEN", "127.0.0.1:7000")],
+    ));
+    assert!(
+        out.contains("resp_listen = \"127.0.0.1:7777\""),
+        "the flag beats env:\n{out}"
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let out = mortar(
+        &["serve", "--listen", "127.0.0.1:0", "--resp-listen", &port],
+        dir.path(),
+        &[],
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("cache.resp_listen") && stderr(&out).contains("--resp-listen"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[tokio::test]
 async fn insecure_flag_allows_a_public_listen() {
     let public = "0.0.0.0:0".parse().unwrap();
