@@ -27,11 +27,26 @@ pub fn init(cfg: &LogConfig) -> Result<bool, ConfigError> {
         Ok(s) if !s.is_empty() => {
             EnvFilter::try_new(&s).map_err(|e| ConfigError(format!("RUST_LOG: {e}")))?
         }
-        _ => EnvFilter::try_new(&cfg.level)
-            .map_err(|e| ConfigError(format!("key `log.level`: {e}")))?,
+        // PostgreSQL's notices ("relation … already exists, skipping" on every start) are
+        // noise at INFO: shown from `debug` on.
+        _ => {
+            let quiet = !["debug", "trace"].iter().any(|l| cfg.level.contains(l));
+            let directives = if quiet {
+                format!("{},sqlx::postgres::notice=warn", cfg.level)
+            } else {
+                cfg.level.clone()
+            };
+            EnvFilter::try_new(directives)
+                .map_err(|e| ConfigError(format!("key `log.level`: {e}")))?
+        }
     };
+    // Colour only for a person at a terminal (and never with NO_COLOR): a log file or a
+    // collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(false);
     let fmt = match cfg.format {
         LogFormat::Json => fmt

@@ -187,6 +187,11 @@ fn resp_listen_flag_and_a_taken_port_named_by_its_key() {
         "{}",
         stderr(&out)
     );
+    assert!(
+        !stderr(&out).contains('\x1b'),
+        "no colour codes when stderr is not a terminal: {:?}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test]

@@ -224,3 +224,22 @@ async fn a_node_starts_while_redis_is_down_and_becomes_ready_by_itself() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_restart_on_postgres_logs_no_notices_at_info() {
+    let Some(svc) = mortar_testkit::services("postgres notices") else {
+        return;
+    };
+    let db = svc.create_database().await.unwrap();
+    let mut node = Node::start(NodeConfig::named("notices").env("MORTAR_DATABASE_URL", &db.url))
+        .await
+        .unwrap();
+    // The second start finds every table: PostgreSQL says "… already exists, skipping".
+    node.terminate().unwrap();
+    node.restart().await.unwrap();
+    let logs = node.logs();
+    assert!(
+        logs.contains("listening") && !logs.contains("skipping"),
+        "{logs}"
+    );
+}
