@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{StatusCode, header};
 use mortar_core::Problem;
-use mortar_core::extract::{ApiJson, ApiPath, ApiQuery};
+use mortar_core::extract::{ApiJson, ApiPath, ApiQuery, Binary};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -19,15 +19,41 @@ use crate::resp::Reply;
 use crate::service::CacheService;
 
 pub fn router(svc: Arc<CacheService>) -> OpenApiRouter {
-    OpenApiRouter::new()
+    let mut router = OpenApiRouter::new()
         .routes(routes!(get_value, put_value, delete_value))
         .routes(routes!(mget))
-        .routes(routes!(stats))
-        .with_state(svc)
+        .routes(routes!(stats));
+    // An empty value is a value: the PUT body may be absent.
+    if let Some(body) = router
+        .get_openapi_mut()
+        .paths
+        .paths
+        .get_mut("/v1/cache/{namespace}/{key}")
+        .and_then(|item| item.put.as_mut())
+        .and_then(|op| op.request_body.as_mut())
+    {
+        body.required = Some(utoipa::openapi::Required::False);
+    }
+    router.with_state(svc)
+}
+
+/// Longest key in a path, in characters: percent-encoded (up to 12 bytes a character), the URI
+/// stays under the 64 KiB the HTTP/1 parser takes. Longer keys (up to 64 KiB) are read with mget.
+pub const MAX_PATH_KEY_CHARS: usize = 4096;
+
+/// The store key of a key given in a path.
+fn path_key(ns: &str, k: &str) -> Result<bytes::Bytes, Problem> {
+    if k.chars().count() > MAX_PATH_KEY_CHARS {
+        return Err(Problem::validation(vec![mortar_core::FieldError::new(
+            "key",
+            format!("1 to {MAX_PATH_KEY_CHARS} characters in a path (use mget for longer keys)"),
+        )]));
+    }
+    key(ns, k)
 }
 
 fn key(ns: &str, k: &str) -> Result<bytes::Bytes, Problem> {
-    if ns.is_empty() || ns.contains(':') || ns.len() > 256 {
+    if ns.is_empty() || ns.contains(':') || ns.chars().count() > 256 {
         return Err(Problem::validation(vec![mortar_core::FieldError::new(
             "namespace",
             "1 to 256 characters, no `:`",
@@ -42,12 +68,38 @@ fn key(ns: &str, k: &str) -> Result<bytes::Bytes, Problem> {
     Ok(bytes::Bytes::from(format!("{ns}:{k}")))
 }
 
+/// `{namespace}/{key}` in a value's path.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct KeyPath {
+    /// 1 to 256 characters, no `:`.
+    #[param(pattern = "^[^:]{1,256}$")]
+    pub namespace: String,
+    /// 1 to 4096 characters (longer keys, up to 64 KiB: mget).
+    #[param(min_length = 1, max_length = 4096)]
+    pub key: String,
+}
+
+/// `{namespace}` in a namespace's path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct NamespacePath {
+    /// 1 to 256 characters, no `:`.
+    #[param(pattern = "^[^:]{1,256}$")]
+    pub namespace: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PutParams {
-    /// Time to live in milliseconds (none: no expiry).
+    /// Time to live in milliseconds, at least 1 (none: no expiry).
+    #[param(minimum = 1)]
     pub ttl_ms: Option<u64>,
 }
+
+/// What a 422 on a value's route means.
+const BAD_NAME: &str = "the namespace (1 to 256 characters, no `:`) or the key (1 to 4096 characters in a path, 1 byte to 64 KiB in mget) is invalid";
 
 /// Runs a command the way RESP clients do (so cluster mode applies to HTTP too).
 async fn run(svc: &CacheService, args: Vec<bytes::Bytes>) -> Result<Reply, Problem> {
@@ -64,13 +116,18 @@ async fn run(svc: &CacheService, args: Vec<bytes::Bytes>) -> Result<Reply, Probl
 }
 
 /// The raw bytes of a value (404 when absent or expired).
-#[utoipa::path(get, path = "/v1/cache/{namespace}/{key}", tag = "cache",
-    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = Problem)))]
+#[utoipa::path(get, path = "/v1/cache/{namespace}/{key}", tag = "cache", params(KeyPath),
+    responses((status = 200, content_type = "application/octet-stream", body = Binary, description = "the value",
+            headers(("mortar-ttl-ms" = u64, description = "milliseconds left to live (absent: no expiry)"))),
+        (status = 404, body = Problem), (status = 422, body = Problem, description = BAD_NAME)))]
 async fn get_value(
     State(svc): State<Arc<CacheService>>,
-    ApiPath((ns, k)): ApiPath<(String, String)>,
+    ApiPath(KeyPath {
+        namespace: ns,
+        key: k,
+    }): ApiPath<KeyPath>,
 ) -> Result<Response, Problem> {
-    let key = key(&ns, &k)?;
+    let key = path_key(&ns, &k)?;
     let Reply::Bulk(data) = run(&svc, vec!["GET".into(), key.clone()]).await? else {
         return Err(Problem::not_found(format!(
             "no key `{k}` in namespace `{ns}`"
@@ -86,16 +143,20 @@ async fn get_value(
 }
 
 /// Store raw bytes (any content type), optionally with `?ttl_ms=`.
-#[utoipa::path(put, path = "/v1/cache/{namespace}/{key}", tag = "cache", params(PutParams),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 204), (status = 413, body = Problem)))]
+#[utoipa::path(put, path = "/v1/cache/{namespace}/{key}", tag = "cache", params(KeyPath, PutParams),
+    request_body(content = Binary, content_type = "application/octet-stream", description = "the value (may be empty)"),
+    responses((status = 204, description = "stored"),
+        (status = 422, body = Problem, description = "an invalid namespace or key, or `ttl_ms` 0")))]
 async fn put_value(
     State(svc): State<Arc<CacheService>>,
-    ApiPath((ns, k)): ApiPath<(String, String)>,
+    ApiPath(KeyPath {
+        namespace: ns,
+        key: k,
+    }): ApiPath<KeyPath>,
     ApiQuery(p): ApiQuery<PutParams>,
     body: Bytes,
 ) -> Result<StatusCode, Problem> {
-    let key = key(&ns, &k)?;
+    let key = path_key(&ns, &k)?;
     let mut args = vec!["SET".into(), key, body];
     match p.ttl_ms {
         Some(0) => {
@@ -112,19 +173,41 @@ async fn put_value(
 }
 
 /// Remove a key (204 whether or not it existed).
-#[utoipa::path(delete, path = "/v1/cache/{namespace}/{key}", tag = "cache", responses((status = 204)))]
+#[utoipa::path(delete, path = "/v1/cache/{namespace}/{key}", tag = "cache", params(KeyPath),
+    responses((status = 204, description = "gone (whether or not it existed)"),
+        (status = 422, body = Problem, description = BAD_NAME)))]
 async fn delete_value(
     State(svc): State<Arc<CacheService>>,
-    ApiPath((ns, k)): ApiPath<(String, String)>,
+    ApiPath(KeyPath {
+        namespace: ns,
+        key: k,
+    }): ApiPath<KeyPath>,
 ) -> Result<StatusCode, Problem> {
-    run(&svc, vec!["DEL".into(), key(&ns, &k)?]).await?;
+    run(&svc, vec!["DEL".into(), path_key(&ns, &k)?]).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// A key: 1 byte to 64 KiB.
+pub struct Key(pub String);
+
+impl utoipa::PartialSchema for Key {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(64 * 1024))
+            .description(Some("A key: 1 byte to 64 KiB."))
+            .into()
+    }
+}
+
+impl ToSchema for Key {}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MgetBody {
-    /// Up to 1000 keys.
+    /// 1 to 1000 keys, each 1 byte to 64 KiB.
+    #[schema(value_type = Vec<Key>, min_items = 1, max_items = 1000)]
     pub keys: Vec<String>,
 }
 
@@ -144,11 +227,12 @@ pub struct MgetResponse {
 }
 
 /// Read many keys of a namespace at once.
-#[utoipa::path(post, path = "/v1/cache/{namespace}/mget", tag = "cache", request_body = MgetBody,
-    responses((status = 200, body = MgetResponse), (status = 400, body = Problem)))]
+#[utoipa::path(post, path = "/v1/cache/{namespace}/mget", tag = "cache", params(NamespacePath), request_body = MgetBody,
+    responses((status = 200, body = MgetResponse), (status = 400, body = Problem),
+        (status = 422, body = Problem, description = BAD_NAME)))]
 async fn mget(
     State(svc): State<Arc<CacheService>>,
-    ApiPath(ns): ApiPath<String>,
+    ApiPath(NamespacePath { namespace: ns }): ApiPath<NamespacePath>,
     ApiJson(body): ApiJson<MgetBody>,
 ) -> Result<ApiJson<MgetResponse>, Problem> {
     if body.keys.is_empty() || body.keys.len() > 1000 {

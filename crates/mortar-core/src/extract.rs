@@ -155,6 +155,11 @@ fn body_problem(err: &axum::extract::rejection::BytesRejection) -> Problem {
     }
 }
 
+/// The OpenAPI schema of a raw (`application/octet-stream`) body: any bytes.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct Binary(pub Vec<u8>);
+
 /// 413: the body is over `http.max_body_bytes`.
 pub fn payload_too_large() -> Problem {
     Problem::new(

@@ -12,6 +12,9 @@ pub const TYPE_BASE: &str = "https://mortar.dev/problems/";
 
 /// An RFC 9457 problem. Build one with a constructor, refine it with the `with_*` methods and
 /// return it from a handler: it renders as `application/problem+json` with its status.
+///
+/// A problem may carry extra members specific to its kind (`dependency` on a 503, `line` and
+/// `column` on malformed JSON, `holders` on a held lock, every check field on a 429, …).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI naming the kind of problem.
@@ -20,15 +23,16 @@ pub struct Problem {
     /// A short, human-readable summary of the kind of problem.
     pub title: String,
     /// The HTTP status code.
+    #[schema(minimum = 400, maximum = 599)]
     pub status: u16,
     /// What went wrong this time and what to do about it.
     pub detail: String,
     /// Field-level validation errors.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
-    /// Extra members specific to the problem kind.
+    /// Extra members specific to the problem kind (documented as additional properties).
     #[serde(flatten, skip_serializing_if = "serde_json::Map::is_empty")]
-    #[schema(value_type = Object)]
+    #[schema(ignore)]
     pub extensions: serde_json::Map<String, serde_json::Value>,
     /// Seconds to put in `Retry-After` (429, 503).
     #[serde(skip)]
@@ -222,6 +226,166 @@ impl IntoResponse for Problem {
             headers.insert(name, value);
         }
         res
+    }
+}
+
+/// How problems appear in the OpenAPI document.
+///
+/// Handlers annotate their own outcomes (`(status = 404, body = Problem)`); [`complete`] then
+/// turns every such response into `application/problem+json` and adds the answers the shared
+/// layers give on any route — the extractors' 400/413/415, the auth middleware's 401/403, the
+/// 503 of a dependency that is down, and the idempotency layer's 409/422 on operations that take
+/// `Idempotency-Key` — so no route documents them by hand and none can forget them.
+pub mod openapi {
+    use utoipa::openapi::path::{Operation, ParameterIn};
+    use utoipa::openapi::request_body::RequestBody;
+    use utoipa::openapi::security::SecurityRequirement;
+    use utoipa::openapi::{Content, OpenApi, Ref, RefOr, Response};
+
+    use super::PROBLEM_JSON;
+    use crate::auth::{Need, need_for};
+
+    /// The security scheme name protected operations require (an `http` `bearer` scheme).
+    pub const BEARER: &str = "bearer";
+
+    /// A response whose body is a [`Problem`](super::Problem) as `application/problem+json`.
+    pub fn response(description: impl Into<String>) -> Response {
+        let mut res = Response::new(description);
+        res.content.insert(
+            PROBLEM_JSON.to_owned(),
+            Content::new(Some(Ref::from_schema_name("Problem"))),
+        );
+        res
+    }
+
+    /// Completes an assembled document (see the module docs). Idempotent.
+    pub fn complete(doc: &mut OpenApi) {
+        for (path, item) in &mut doc.paths.paths {
+            let ops = [
+                (http::Method::GET, &mut item.get),
+                (http::Method::PUT, &mut item.put),
+                (http::Method::POST, &mut item.post),
+                (http::Method::DELETE, &mut item.delete),
+                (http::Method::PATCH, &mut item.patch),
+                (http::Method::HEAD, &mut item.head),
+                (http::Method::OPTIONS, &mut item.options),
+                (http::Method::TRACE, &mut item.trace),
+            ];
+            for (method, op) in ops {
+                if let Some(op) = op {
+                    complete_operation(&method, path, op);
+                }
+            }
+        }
+    }
+
+    fn complete_operation(method: &http::Method, path: &str, op: &mut Operation) {
+        for (status, res) in &mut op.responses.responses {
+            if let RefOr::T(res) = res {
+                as_problem_json(status, res);
+            }
+        }
+        let takes_input = op
+            .parameters
+            .iter()
+            .flatten()
+            .any(|p| matches!(p.parameter_in, ParameterIn::Path | ParameterIn::Query));
+        let json_body = op.request_body.as_ref().is_some_and(is_json);
+        if takes_input || json_body {
+            add(
+                op,
+                400,
+                "bad input: malformed JSON, a field or parameter of the wrong type, or a value \
+                 out of range",
+            );
+        }
+        if op.request_body.is_some() {
+            add(op, 413, "the body is larger than `http.max_body_bytes`");
+        }
+        if json_body {
+            add(op, 415, "the body is not `Content-Type: application/json`");
+        }
+        let idempotent = op.parameters.iter().flatten().any(|p| {
+            p.parameter_in == ParameterIn::Header && p.name.eq_ignore_ascii_case("idempotency-key")
+        });
+        if idempotent {
+            add(
+                op,
+                409,
+                "a request with this Idempotency-Key is still being answered; retry after \
+                 `Retry-After`",
+            );
+            add(
+                op,
+                422,
+                "this Idempotency-Key was used with a different request",
+            );
+        }
+        let need = need_for(method, path);
+        if need != Need::Public {
+            if op.security.is_none() {
+                op.security = Some(vec![SecurityRequirement::new::<_, [&str; 0], &str>(
+                    BEARER,
+                    [],
+                )]);
+            }
+            add(
+                op,
+                401,
+                "no bearer token, or one that is unknown or revoked",
+            );
+            if matches!(need, Need::Admin | Need::Block { .. }) {
+                add(
+                    op,
+                    403,
+                    "the API key lacks the scope this route needs (or the route is admin-only)",
+                );
+            }
+            add(
+                op,
+                503,
+                "a dependency is down (named in `dependency`) or the node is shutting down; \
+                 retry after `Retry-After`",
+            );
+        }
+    }
+
+    /// Adds a problem response for `status` unless the operation documents one.
+    fn add(op: &mut Operation, status: u16, description: &str) {
+        op.responses
+            .responses
+            .entry(status.to_string())
+            .or_insert_with(|| RefOr::T(response(description)));
+    }
+
+    /// A `Problem` body documented as `application/json` (what `body = Problem` gives) becomes
+    /// `application/problem+json`; an empty description gets the status's reason phrase.
+    fn as_problem_json(status: &str, res: &mut Response) {
+        if let Some(i) = res
+            .content
+            .iter()
+            .position(|(ct, c)| ct == "application/json" && is_problem(c))
+        {
+            let (_, content) = res.content.shift_remove_index(i).expect("index in range");
+            res.content.insert(PROBLEM_JSON.to_owned(), content);
+        }
+        if res.description.is_empty() {
+            res.description = status
+                .parse::<u16>()
+                .ok()
+                .and_then(|s| http::StatusCode::from_u16(s).ok())
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+        }
+    }
+
+    fn is_problem(content: &Content) -> bool {
+        matches!(&content.schema, Some(RefOr::Ref(r)) if r.ref_location.ends_with("/Problem"))
+    }
+
+    fn is_json(body: &RequestBody) -> bool {
+        body.content.keys().any(|ct| ct == "application/json")
     }
 }
 

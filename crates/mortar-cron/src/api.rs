@@ -44,6 +44,14 @@ impl From<CronError> for Problem {
     }
 }
 
+/// `{id}` in a schedule's path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SchedulePath {
+    /// The schedule's id or name.
+    pub id: String,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ScheduleView {
     pub id: String,
@@ -174,9 +182,11 @@ async fn create(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
-    /// 1 to 1000 (default 100).
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -196,7 +206,7 @@ fn limit(l: Option<u32>) -> Result<u32, Problem> {
 
 /// Schedules by name, each with its next and last fire time.
 #[utoipa::path(get, path = "/v1/cron/schedules", tag = "cron", params(ListParams),
-    responses((status = 200, body = ScheduleList)))]
+    responses((status = 200, body = ScheduleList), (status = 422, body = Problem, description = "`limit` out of range")))]
 async fn list(
     State(svc): State<Arc<CronService>>,
     ApiQuery(p): ApiQuery<ListParams>,
@@ -213,65 +223,69 @@ async fn list(
 }
 
 /// A schedule, by id or name.
-#[utoipa::path(get, path = "/v1/cron/schedules/{id}", tag = "cron",
+#[utoipa::path(get, path = "/v1/cron/schedules/{id}", tag = "cron", params(SchedulePath),
     responses((status = 200, body = ScheduleView), (status = 404, body = Problem)))]
 async fn get_schedule(
     State(svc): State<Arc<CronService>>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(SchedulePath { id }): ApiPath<SchedulePath>,
 ) -> Result<ApiJson<ScheduleView>, Problem> {
     Ok(ApiJson(view(svc.get(&id).await?)))
 }
 
 /// Replace a schedule's definition (same name). Takes effect from the next fire; fire times
 /// already claimed are not fired again.
-#[utoipa::path(put, path = "/v1/cron/schedules/{id}", tag = "cron", request_body = ScheduleSpec,
+#[utoipa::path(put, path = "/v1/cron/schedules/{id}", tag = "cron", params(SchedulePath), request_body = ScheduleSpec,
     responses((status = 200, body = ScheduleView), (status = 400, body = Problem),
         (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn replace(
     State(svc): State<Arc<CronService>>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(SchedulePath { id }): ApiPath<SchedulePath>,
     ApiJson(spec): ApiJson<ScheduleSpec>,
 ) -> Result<ApiJson<ScheduleView>, Problem> {
     Ok(ApiJson(view(svc.replace(&id, &spec).await?)))
 }
 
 /// Delete a schedule and its run history (jobs already enqueued stay).
-#[utoipa::path(delete, path = "/v1/cron/schedules/{id}", tag = "cron",
+#[utoipa::path(delete, path = "/v1/cron/schedules/{id}", tag = "cron", params(SchedulePath),
     responses((status = 200, body = ScheduleView), (status = 404, body = Problem)))]
 async fn delete(
     State(svc): State<Arc<CronService>>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(SchedulePath { id }): ApiPath<SchedulePath>,
 ) -> Result<ApiJson<ScheduleView>, Problem> {
     Ok(ApiJson(view(svc.delete(&id).await?)))
 }
 
 /// Pause a schedule: no fires until resumed.
-#[utoipa::path(post, path = "/v1/cron/schedules/{id}/pause", tag = "cron",
-    responses((status = 200, body = ScheduleView), (status = 404, body = Problem)))]
+#[utoipa::path(post, path = "/v1/cron/schedules/{id}/pause", tag = "cron", params(SchedulePath),
+    responses((status = 200, body = ScheduleView), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "the schedule kept changing meanwhile; try again")))]
 async fn pause(
     State(svc): State<Arc<CronService>>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(SchedulePath { id }): ApiPath<SchedulePath>,
 ) -> Result<ApiJson<ScheduleView>, Problem> {
     Ok(ApiJson(view(svc.set_enabled(&id, false).await?)))
 }
 
 /// Resume a paused schedule from its next fire time after now (paused stretches are not caught
 /// up; backfill them if wanted).
-#[utoipa::path(post, path = "/v1/cron/schedules/{id}/resume", tag = "cron",
-    responses((status = 200, body = ScheduleView), (status = 404, body = Problem)))]
+#[utoipa::path(post, path = "/v1/cron/schedules/{id}/resume", tag = "cron", params(SchedulePath),
+    responses((status = 200, body = ScheduleView), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "the schedule kept changing meanwhile, or no longer parses")))]
 async fn resume(
     State(svc): State<Arc<CronService>>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(SchedulePath { id }): ApiPath<SchedulePath>,
 ) -> Result<ApiJson<ScheduleView>, Problem> {
     Ok(ApiJson(view(svc.set_enabled(&id, true).await?)))
 }
 
 /// Fire now (a `manual` run), whatever the timing, pause state or overlap policy.
-#[utoipa::path(post, path = "/v1/cron/schedules/{id}/trigger", tag = "cron",
-    responses((status = 201, body = RunView), (status = 404, body = Problem)))]
+#[utoipa::path(post, path = "/v1/cron/schedules/{id}/trigger", tag = "cron", params(SchedulePath),
+    responses((status = 201, body = RunView, description = "fired"), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "too many fires at once, or the job's unique key is held"),
+        (status = 422, body = Problem, description = "the jobs block rejected the schedule's job")))]
 async fn trigger(
     State(svc): State<Arc<CronService>>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(SchedulePath { id }): ApiPath<SchedulePath>,
 ) -> Result<(StatusCode, ApiJson<RunView>), Problem> {
     let run = svc.trigger(&id).await?;
     Ok((
@@ -304,12 +318,12 @@ pub struct BackfillView {
 }
 
 /// Fire every fire time in `(from, to]` that was never claimed (`backfill` runs).
-#[utoipa::path(post, path = "/v1/cron/schedules/{id}/backfill", tag = "cron", request_body = BackfillBody,
+#[utoipa::path(post, path = "/v1/cron/schedules/{id}/backfill", tag = "cron", params(SchedulePath), request_body = BackfillBody,
     responses((status = 200, body = BackfillView), (status = 400, body = Problem),
         (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn backfill(
     State(svc): State<Arc<CronService>>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(SchedulePath { id }): ApiPath<SchedulePath>,
     ApiJson(b): ApiJson<BackfillBody>,
 ) -> Result<ApiJson<BackfillView>, Problem> {
     let done = svc.backfill(&id, &b.from, &b.to).await?;
@@ -333,12 +347,13 @@ async fn backfill(
 
 /// A schedule's runs, newest first: fire time, claim, node, job, and the job's outcome and
 /// duration from mortar-jobs. Kept for `cron.history_retention_ms`.
-#[utoipa::path(get, path = "/v1/cron/schedules/{id}/runs", tag = "cron", params(ListParams),
-    responses((status = 200, body = RunList), (status = 404, body = Problem)))]
+#[utoipa::path(get, path = "/v1/cron/schedules/{id}/runs", tag = "cron", params(SchedulePath, RunsParams),
+    responses((status = 200, body = RunList), (status = 404, body = Problem),
+        (status = 422, body = Problem, description = "`limit` out of range or `cursor` not a `next_cursor`")))]
 async fn runs(
     State(svc): State<Arc<CronService>>,
-    ApiPath(id): ApiPath<String>,
-    ApiQuery(p): ApiQuery<ListParams>,
+    ApiPath(SchedulePath { id }): ApiPath<SchedulePath>,
+    ApiQuery(p): ApiQuery<RunsParams>,
 ) -> Result<ApiJson<RunList>, Problem> {
     let limit = limit(p.limit)?;
     let before = match p.cursor.as_deref() {
@@ -361,6 +376,7 @@ async fn runs(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PreviewParams {
     /// The cron expression.
@@ -368,9 +384,22 @@ pub struct PreviewParams {
     /// IANA time zone (default UTC).
     pub timezone: Option<String>,
     /// How many fire times (1 to 1000, default 10).
+    #[param(minimum = 1, maximum = 1000)]
     pub count: Option<u32>,
     /// Fire times after this instant (RFC 3339; default now).
     pub from: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct RunsParams {
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page (a fire time in Unix milliseconds).
+    #[param(pattern = "^(-?[0-9]{1,18})?$")]
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -382,7 +411,8 @@ pub struct Preview {
 /// The next fire times of an expression in a time zone, under the DST policy. An invalid
 /// expression is a 400 naming the cron field and column.
 #[utoipa::path(get, path = "/v1/cron/preview", tag = "cron", params(PreviewParams),
-    responses((status = 200, body = Preview), (status = 400, body = Problem)))]
+    responses((status = 200, body = Preview),
+        (status = 400, body = Problem, description = "an invalid expression (naming the cron field and column), time zone, `from` or `count`")))]
 async fn preview(
     State(svc): State<Arc<CronService>>,
     ApiQuery(p): ApiQuery<PreviewParams>,

@@ -53,12 +53,34 @@ impl From<JobsError> for Problem {
     }
 }
 
+/// `{id}` in a job's path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct JobPath {
+    /// The job's id.
+    pub id: String,
+}
+
+/// `{queue}` in a queue's path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct QueuePath {
+    /// The queue's name: 1 to 128 of letters, digits, `_`, `.`, `-`, `:`.
+    #[param(pattern = r"^[A-Za-z0-9_.:-]{1,128}$")]
+    pub queue: String,
+}
+
+/// A queue or kind name: 1 to 128 of letters, digits, `_`, `.`, `-`, `:`.
+#[derive(ToSchema)]
+#[schema(pattern = r"^[A-Za-z0-9_.:-]{1,128}$")]
+pub struct Name(pub String);
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JobView {
     pub id: String,
     pub queue: String,
     pub kind: String,
-    #[schema(value_type = Object)]
+    /// The payload as enqueued: any JSON (`null` when none was sent).
     pub payload: serde_json::Value,
     pub priority: i32,
     pub state: crate::engine::State,
@@ -90,8 +112,8 @@ pub struct JobView {
     pub lease_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_expires_at: Option<String>,
+    /// What the worker completed it with: any JSON (absent when none).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
     pub result: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<ErrorView>,
@@ -152,6 +174,10 @@ fn view(j: Job, errors: Vec<AttemptError>) -> JobView {
         max_attempts: j.max_attempts,
     }
 }
+
+/// What a 409 from heartbeat, complete, fail or release means.
+const NOT_HELD: &str = "the job is not leased with that lease_id: its lease ran out (another attempt \
+    may be running) or it was never yours";
 
 /// How long an `Idempotency-Key` answers with the job it first created.
 pub const IDEMPOTENCY_WINDOW_MS: u64 = 24 * 3_600_000;
@@ -220,6 +246,7 @@ async fn enqueue(
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
     /// 1 to 10000 jobs, enqueued atomically (all or none).
+    #[schema(min_items = 1, max_items = 10000)]
     pub jobs: Vec<NewJob>,
 }
 
@@ -237,7 +264,11 @@ pub struct JobList {
 #[utoipa::path(post, path = "/v1/jobs/batch", tag = "jobs", request_body = BatchBody,
     params(("Idempotency-Key" = Option<String>, Header, description = "job i is unique on key:i for 24 h"),
         ("Prefer" = Option<String>, Header, description = "`return=minimal`: answer each job's id, state and duplicate flag only")),
-    responses((status = 201, body = JobList), (status = 200, description = "every job already existed", body = JobList),
+    responses(
+        (status = 201, body = BatchReply, description = "created (some jobs may have existed)",
+            headers(("preference-applied" = String, description = "`return=minimal` when the reply is minimal"))),
+        (status = 200, body = BatchReply, description = "every job already existed",
+            headers(("preference-applied" = String, description = "`return=minimal` when the reply is minimal"))),
         (status = 400, body = Problem)))]
 async fn enqueue_batch(
     State(svc): State<Arc<JobsService>>,
@@ -248,31 +279,41 @@ async fn enqueue_batch(
     idempotent(&headers, &mut b.jobs)?;
     let jobs = svc.enqueue(&b.jobs).await?;
     let status = status_of(&jobs);
-    if prefers_minimal(&headers) {
-        let items = jobs
-            .into_iter()
-            .map(|e| JobRef {
-                state: e.job.state(),
-                id: e.job.id,
-                duplicate: e.duplicate,
-            })
-            .collect();
-        return Ok((
-            status,
-            [("preference-applied", "return=minimal")],
-            ApiJson(JobRefList { items }),
-        )
-            .into_response());
-    }
-    let items = jobs.into_iter().map(created).collect();
-    Ok((
-        status,
-        ApiJson(JobList {
-            items,
+    let minimal = prefers_minimal(&headers);
+    let reply = if minimal {
+        BatchReply::Minimal(JobRefList {
+            items: jobs
+                .into_iter()
+                .map(|e| JobRef {
+                    state: e.job.state(),
+                    id: e.job.id,
+                    duplicate: e.duplicate,
+                })
+                .collect(),
+        })
+    } else {
+        BatchReply::Jobs(JobList {
+            items: jobs.into_iter().map(created).collect(),
             next_cursor: None,
-        }),
-    )
-        .into_response())
+        })
+    };
+    let mut res = (status, ApiJson(reply)).into_response();
+    if minimal {
+        res.headers_mut().insert(
+            "preference-applied",
+            http::HeaderValue::from_static("return=minimal"),
+        );
+    }
+    Ok(res)
+}
+
+/// A batch enqueue's answer: every job, or (`Prefer: return=minimal`) each job's id, state and
+/// duplicate flag.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum BatchReply {
+    Jobs(JobList),
+    Minimal(JobRefList),
 }
 
 /// `Prefer: return=minimal` (RFC 7240) among the request's preferences.
@@ -303,14 +344,19 @@ pub struct JobRefList {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseBody {
+    /// 1 to 100 queues to take jobs from.
+    #[schema(value_type = Vec<Name>, min_items = 1, max_items = 100)]
     pub queues: Vec<String>,
     /// Most jobs to take (1 to 1000, default 1).
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub max: u32,
     /// Wait this long for jobs when none are due (0 to 60000).
     #[serde(default)]
+    #[schema(maximum = 60000)]
     pub wait_ms: u64,
-    /// Who is working (shown on running jobs).
+    /// Who is working (shown on running jobs): 1 to 256 bytes.
+    #[schema(min_length = 1, max_length = 256)]
     pub worker: String,
 }
 
@@ -334,41 +380,49 @@ async fn lease(
 }
 
 /// A job with every failed attempt's error.
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", responses((status = 200, body = JobView), (status = 404, body = Problem)))]
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(JobPath),
+    responses((status = 200, body = JobView), (status = 404, body = Problem)))]
 async fn get_job(
     State(svc): State<Arc<JobsService>>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(JobPath { id }): ApiPath<JobPath>,
 ) -> Result<ApiJson<JobView>, Problem> {
     let (j, errors) = svc.get(&id).await?;
     Ok(ApiJson(view(j, errors)))
 }
 
 /// Cancel (discard) a job that has not started or is waiting to retry.
-#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs",
-    responses((status = 200, body = JobView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", params(JobPath),
+    responses((status = 200, body = JobView), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "the job is running or finished")))]
 async fn cancel(
     State(svc): State<Arc<JobsService>>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(JobPath { id }): ApiPath<JobPath>,
 ) -> Result<ApiJson<JobView>, Problem> {
     Ok(ApiJson(view(svc.cancel(&id).await?, Vec::new())))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
-    /// scheduled, available, running, retryable, completed, dead (the DLQ) or cancelled.
-    #[serde(default)]
-    pub state: String,
+    /// Only jobs in this state (`dead` is the DLQ).
+    pub state: Option<crate::engine::State>,
+    /// Only jobs of this queue.
     #[serde(default)]
     pub queue: String,
+    /// Only jobs of this kind.
     #[serde(default)]
     pub kind: String,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
 /// Jobs by creation order, filtered by state, queue and kind (`state=dead` is the DLQ).
-#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListParams), responses((status = 200, body = JobList)))]
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "list_jobs", params(ListParams),
+    responses((status = 200, body = JobList), (status = 422, body = Problem, description = "`limit` out of range")))]
 async fn list(
     State(svc): State<Arc<JobsService>>,
     ApiQuery(p): ApiQuery<ListParams>,
@@ -383,7 +437,7 @@ async fn list(
     let filter = Filter {
         queue: p.queue,
         kind: p.kind,
-        state: p.state,
+        state: p.state.map(|s| s.as_str().to_owned()).unwrap_or_default(),
     };
     let jobs = svc
         .list(&filter, p.cursor.as_deref().unwrap_or(""), limit)
@@ -401,16 +455,17 @@ async fn list(
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatBody {
     pub lease_id: String,
-    /// New lease length (default: the job's timeout_ms).
+    /// New lease length, 1 to 86400000 (default: the job's timeout_ms).
+    #[schema(minimum = 1, maximum = 86_400_000)]
     pub extend_ms: Option<u64>,
 }
 
 /// Extend the lease of a running job. 409 when the lease is no longer yours.
-#[utoipa::path(post, path = "/v1/jobs/{id}/heartbeat", tag = "jobs", request_body = HeartbeatBody,
-    responses((status = 200, body = JobView), (status = 409, body = Problem)))]
+#[utoipa::path(post, path = "/v1/jobs/{id}/heartbeat", tag = "jobs", params(JobPath), request_body = HeartbeatBody,
+    responses((status = 200, body = JobView), (status = 404, body = Problem), (status = 409, body = Problem, description = NOT_HELD)))]
 async fn heartbeat(
     State(svc): State<Arc<JobsService>>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(JobPath { id }): ApiPath<JobPath>,
     ApiJson(b): ApiJson<HeartbeatBody>,
 ) -> Result<ApiJson<JobView>, Problem> {
     Ok(ApiJson(view(
@@ -423,17 +478,17 @@ async fn heartbeat(
 #[serde(deny_unknown_fields)]
 pub struct CompleteBody {
     pub lease_id: String,
+    /// Any JSON, kept with the job.
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub result: Option<serde_json::Value>,
 }
 
 /// Mark a job done. 409 when the lease ran out (another attempt may be running).
-#[utoipa::path(post, path = "/v1/jobs/{id}/complete", tag = "jobs", request_body = CompleteBody,
-    responses((status = 200, body = JobView), (status = 409, body = Problem)))]
+#[utoipa::path(post, path = "/v1/jobs/{id}/complete", tag = "jobs", params(JobPath), request_body = CompleteBody,
+    responses((status = 200, body = JobView), (status = 404, body = Problem), (status = 409, body = Problem, description = NOT_HELD)))]
 async fn complete(
     State(svc): State<Arc<JobsService>>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(JobPath { id }): ApiPath<JobPath>,
     ApiJson(b): ApiJson<CompleteBody>,
 ) -> Result<ApiJson<JobView>, Problem> {
     Ok(ApiJson(view(
@@ -446,6 +501,8 @@ async fn complete(
 #[serde(deny_unknown_fields)]
 pub struct FailBody {
     pub lease_id: String,
+    /// What went wrong: at most 64 KiB.
+    #[schema(max_length = 65536)]
     pub error: String,
     /// false: dead at once (no more attempts).
     #[serde(default = "yes")]
@@ -459,11 +516,11 @@ fn yes() -> bool {
 }
 
 /// Report a failed attempt: retried with backoff, or dead after max_attempts / when not retryable.
-#[utoipa::path(post, path = "/v1/jobs/{id}/fail", tag = "jobs", request_body = FailBody,
-    responses((status = 200, body = JobView), (status = 409, body = Problem)))]
+#[utoipa::path(post, path = "/v1/jobs/{id}/fail", tag = "jobs", params(JobPath), request_body = FailBody,
+    responses((status = 200, body = JobView), (status = 404, body = Problem), (status = 409, body = Problem, description = NOT_HELD)))]
 async fn fail(
     State(svc): State<Arc<JobsService>>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(JobPath { id }): ApiPath<JobPath>,
     ApiJson(b): ApiJson<FailBody>,
 ) -> Result<ApiJson<JobView>, Problem> {
     if b.error.len() > 64 * 1024 {
@@ -480,11 +537,12 @@ async fn fail(
 }
 
 /// Run a dead, cancelled or retryable job again now (attempts start over).
-#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs",
-    responses((status = 200, body = JobView), (status = 404, body = Problem), (status = 409, body = Problem)))]
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", params(JobPath),
+    responses((status = 200, body = JobView), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "the job is not dead, cancelled or retryable")))]
 async fn retry(
     State(svc): State<Arc<JobsService>>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(JobPath { id }): ApiPath<JobPath>,
 ) -> Result<ApiJson<JobView>, Problem> {
     Ok(ApiJson(view(svc.retry(&id).await?, Vec::new())))
 }
@@ -496,11 +554,11 @@ pub struct ReleaseBody {
 }
 
 /// Give a leased job back at once, this attempt not counted (a worker shutting down).
-#[utoipa::path(post, path = "/v1/jobs/{id}/release", tag = "jobs", request_body = ReleaseBody,
-    responses((status = 200, body = JobView), (status = 409, body = Problem)))]
+#[utoipa::path(post, path = "/v1/jobs/{id}/release", tag = "jobs", operation_id = "release_job", params(JobPath), request_body = ReleaseBody,
+    responses((status = 200, body = JobView), (status = 409, body = Problem, description = NOT_HELD)))]
 async fn release(
     State(svc): State<Arc<JobsService>>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(JobPath { id }): ApiPath<JobPath>,
     ApiJson(b): ApiJson<ReleaseBody>,
 ) -> Result<ApiJson<JobView>, Problem> {
     Ok(ApiJson(view(
@@ -514,8 +572,8 @@ async fn release(
 pub struct CompleteItem {
     pub id: String,
     pub lease_id: String,
+    /// Any JSON, kept with the job.
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub result: Option<serde_json::Value>,
 }
 
@@ -523,6 +581,7 @@ pub struct CompleteItem {
 #[serde(deny_unknown_fields)]
 pub struct CompleteBatchBody {
     /// 1 to 10000 completions, in one statement.
+    #[schema(min_items = 1, max_items = 10000)]
     pub items: Vec<CompleteItem>,
 }
 
@@ -572,13 +631,15 @@ async fn complete_batch(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilterBody {
+    /// Only jobs of this queue.
     #[serde(default)]
     pub queue: String,
+    /// Only jobs of this kind.
     #[serde(default)]
     pub kind: String,
     /// Default: dead (the DLQ).
     #[serde(default)]
-    pub state: String,
+    pub state: Option<crate::engine::State>,
 }
 
 impl FilterBody {
@@ -586,11 +647,11 @@ impl FilterBody {
         Filter {
             queue: self.queue,
             kind: self.kind,
-            state: if self.state.is_empty() {
-                "dead".into()
-            } else {
-                self.state
-            },
+            state: self
+                .state
+                .unwrap_or(crate::engine::State::Dead)
+                .as_str()
+                .to_owned(),
         }
     }
 }
@@ -688,11 +749,11 @@ async fn queues(State(svc): State<Arc<JobsService>>) -> Result<ApiJson<QueueList
 }
 
 /// One queue (a queue never used shows its defaults).
-#[utoipa::path(get, path = "/v1/jobs/queues/{queue}", tag = "jobs",
-    responses((status = 200, body = QueueView), (status = 400, body = Problem)))]
+#[utoipa::path(get, path = "/v1/jobs/queues/{queue}", tag = "jobs", params(QueuePath),
+    responses((status = 200, body = QueueView)))]
 async fn get_queue(
     State(svc): State<Arc<JobsService>>,
-    ApiPath(queue): ApiPath<String>,
+    ApiPath(QueuePath { queue }): ApiPath<QueuePath>,
 ) -> Result<ApiJson<QueueView>, Problem> {
     let q = svc.queue(&queue).await?;
     Ok(ApiJson(queue_view(&svc, q)))
@@ -700,11 +761,11 @@ async fn get_queue(
 
 /// Set a queue's settings (all of them: omitted ones go back to their defaults): pause,
 /// global concurrency and rate limits, push target, retention.
-#[utoipa::path(put, path = "/v1/jobs/queues/{queue}", tag = "jobs", request_body = QueueSettings,
-    responses((status = 200, body = QueueView), (status = 400, body = Problem)))]
+#[utoipa::path(put, path = "/v1/jobs/queues/{queue}", tag = "jobs", params(QueuePath), request_body = QueueSettings,
+    responses((status = 200, body = QueueView)))]
 async fn put_queue(
     State(svc): State<Arc<JobsService>>,
-    ApiPath(queue): ApiPath<String>,
+    ApiPath(QueuePath { queue }): ApiPath<QueuePath>,
     ApiJson(s): ApiJson<QueueSettings>,
 ) -> Result<ApiJson<QueueView>, Problem> {
     let q = svc.put_queue(&queue, &s).await?;
@@ -712,22 +773,22 @@ async fn put_queue(
 }
 
 /// Stop leasing (and pushing) this queue's jobs; enqueues are still accepted.
-#[utoipa::path(post, path = "/v1/jobs/queues/{queue}/pause", tag = "jobs",
-    responses((status = 200, body = QueueView), (status = 400, body = Problem)))]
+#[utoipa::path(post, path = "/v1/jobs/queues/{queue}/pause", tag = "jobs", params(QueuePath),
+    responses((status = 200, body = QueueView)))]
 async fn pause_queue(
     State(svc): State<Arc<JobsService>>,
-    ApiPath(queue): ApiPath<String>,
+    ApiPath(QueuePath { queue }): ApiPath<QueuePath>,
 ) -> Result<ApiJson<QueueView>, Problem> {
     let q = svc.set_paused(&queue, true).await?;
     Ok(ApiJson(queue_view(&svc, q)))
 }
 
 /// Lease this queue's jobs again.
-#[utoipa::path(post, path = "/v1/jobs/queues/{queue}/resume", tag = "jobs",
-    responses((status = 200, body = QueueView), (status = 400, body = Problem)))]
+#[utoipa::path(post, path = "/v1/jobs/queues/{queue}/resume", tag = "jobs", params(QueuePath),
+    responses((status = 200, body = QueueView)))]
 async fn resume_queue(
     State(svc): State<Arc<JobsService>>,
-    ApiPath(queue): ApiPath<String>,
+    ApiPath(QueuePath { queue }): ApiPath<QueuePath>,
 ) -> Result<ApiJson<QueueView>, Problem> {
     let q = svc.set_paused(&queue, false).await?;
     Ok(ApiJson(queue_view(&svc, q)))

@@ -18,13 +18,46 @@ use crate::service::{AcquireRequest, LockService};
 use crate::store::LockInfo;
 
 pub fn router(svc: Arc<LockService>) -> OpenApiRouter {
-    OpenApiRouter::new()
+    let mut router = OpenApiRouter::new()
         .routes(routes!(acquire))
         .routes(routes!(renew))
         .routes(routes!(release))
         .routes(routes!(inspect))
-        .routes(routes!(list))
-        .with_state(svc)
+        .routes(routes!(list));
+    document_limits(router.get_openapi_mut(), svc.config());
+    router.with_state(svc)
+}
+
+/// Puts the configured limits (`lock.max_ttl_ms`, `lock.max_wait_ms`, `lock.max_permits`) in
+/// the request schemas, so the document states what this node enforces.
+fn document_limits(doc: &mut utoipa::openapi::OpenApi, cfg: &crate::config::LockConfig) {
+    use utoipa::Number;
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::Schema;
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    for (schema, field, max) in [
+        ("AcquireBody", "ttl_ms", cfg.max_ttl_ms),
+        ("AcquireBody", "wait_ms", cfg.max_wait_ms),
+        ("AcquireBody", "permits", u64::from(cfg.max_permits)),
+        ("RenewBody", "ttl_ms", cfg.max_ttl_ms),
+    ] {
+        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(schema)
+            && let Some(RefOr::T(Schema::Object(property))) = object.properties.get_mut(field)
+        {
+            property.maximum = Some(Number::UInt(max as usize));
+        }
+    }
+}
+
+/// `{name}` in a lock's path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct LockPath {
+    /// The lock's name: 1 to 256 of letters, digits, `_`, `.`, `-`, `:`, `/` (percent-encoded).
+    #[param(pattern = r"^[A-Za-z0-9_.:/-]{1,256}$")]
+    pub name: String,
 }
 
 impl From<LockError> for Problem {
@@ -71,16 +104,20 @@ impl From<LockError> for Problem {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcquireBody {
-    /// Lease length; renew before it runs out.
+    /// Lease length (1 to `lock.max_ttl_ms`); renew before it runs out.
+    #[schema(minimum = 1)]
     pub ttl_ms: u64,
-    /// Who holds it (shown to others; default `anonymous`).
+    /// Who holds it (shown to others; default `anonymous`): 1 to 256 bytes.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
     pub owner: Option<String>,
-    /// How long to wait in line if held (0: answer 409 at once).
+    /// How long to wait in line if held (0: answer 409 at once; at most `lock.max_wait_ms`).
     #[serde(default)]
     pub wait_ms: u64,
-    /// 1 for a mutex; N for a semaphore with N holders (fixed while in use).
+    /// 1 for a mutex; N for a semaphore with N holders (fixed while in use; at most
+    /// `lock.max_permits`).
     #[serde(default = "one")]
+    #[schema(minimum = 1)]
     pub permits: u32,
 }
 
@@ -130,12 +167,12 @@ impl From<&Holder> for HolderView {
 }
 
 /// Take the lock (or one permit of a semaphore); optionally wait in line.
-#[utoipa::path(post, path = "/v1/locks/{name}/acquire", tag = "locks", request_body = AcquireBody,
+#[utoipa::path(post, path = "/v1/locks/{name}/acquire", tag = "locks", params(LockPath), request_body = AcquireBody,
     responses((status = 200, body = LeaseView), (status = 409, body = Problem, description = "held (with holders) or permits mismatch"),
         (status = 400, body = Problem)))]
 async fn acquire(
     State(svc): State<Arc<LockService>>,
-    ApiPath(name): ApiPath<String>,
+    ApiPath(LockPath { name }): ApiPath<LockPath>,
     ApiJson(body): ApiJson<AcquireBody>,
 ) -> Result<ApiJson<LeaseView>, Problem> {
     let req = AcquireRequest {
@@ -152,15 +189,21 @@ async fn acquire(
 #[serde(deny_unknown_fields)]
 pub struct RenewBody {
     pub lease_id: String,
+    /// New lease length from now (1 to `lock.max_ttl_ms`).
+    #[schema(minimum = 1)]
     pub ttl_ms: u64,
 }
 
+/// What a 410 from renew or release means.
+const LEASE_LOST: &str =
+    "the lease expired, was released or never existed (the lock may have a new holder)";
+
 /// Extend a lease. 410 when it has already expired (the lock may have a new holder).
-#[utoipa::path(post, path = "/v1/locks/{name}/renew", tag = "locks", request_body = RenewBody,
-    responses((status = 200, body = LeaseView), (status = 410, body = Problem)))]
+#[utoipa::path(post, path = "/v1/locks/{name}/renew", tag = "locks", params(LockPath), request_body = RenewBody,
+    responses((status = 200, body = LeaseView), (status = 410, body = Problem, description = LEASE_LOST)))]
 async fn renew(
     State(svc): State<Arc<LockService>>,
-    ApiPath(name): ApiPath<String>,
+    ApiPath(LockPath { name }): ApiPath<LockPath>,
     ApiJson(body): ApiJson<RenewBody>,
 ) -> Result<ApiJson<LeaseView>, Problem> {
     let h = svc.renew(&name, &body.lease_id, body.ttl_ms).await?;
@@ -174,11 +217,11 @@ pub struct ReleaseBody {
 }
 
 /// Give the lock up; the next waiter gets it at once.
-#[utoipa::path(post, path = "/v1/locks/{name}/release", tag = "locks", request_body = ReleaseBody,
-    responses((status = 204), (status = 410, body = Problem)))]
+#[utoipa::path(post, path = "/v1/locks/{name}/release", tag = "locks", operation_id = "release_lock", params(LockPath), request_body = ReleaseBody,
+    responses((status = 204, description = "released"), (status = 410, body = Problem, description = LEASE_LOST)))]
 async fn release(
     State(svc): State<Arc<LockService>>,
-    ApiPath(name): ApiPath<String>,
+    ApiPath(LockPath { name }): ApiPath<LockPath>,
     ApiJson(body): ApiJson<ReleaseBody>,
 ) -> Result<StatusCode, Problem> {
     svc.release(&name, &body.lease_id).await?;
@@ -219,11 +262,11 @@ impl From<&LockInfo> for LockView {
 }
 
 /// Holders (with expiries and tokens) and waiters of a lock. 404 when nobody holds or waits.
-#[utoipa::path(get, path = "/v1/locks/{name}", tag = "locks",
+#[utoipa::path(get, path = "/v1/locks/{name}", tag = "locks", params(LockPath),
     responses((status = 200, body = LockView), (status = 404, body = Problem)))]
 async fn inspect(
     State(svc): State<Arc<LockService>>,
-    ApiPath(name): ApiPath<String>,
+    ApiPath(LockPath { name }): ApiPath<LockPath>,
 ) -> Result<ApiJson<LockView>, Problem> {
     let info = svc
         .inspect(&name)
@@ -233,13 +276,16 @@ async fn inspect(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Only names starting with this.
     #[serde(default)]
     pub prefix: String,
-    /// 1 to 1000 (default 100).
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
@@ -250,7 +296,8 @@ pub struct LockList {
 }
 
 /// Locks in use, by name.
-#[utoipa::path(get, path = "/v1/locks", tag = "locks", params(ListParams), responses((status = 200, body = LockList)))]
+#[utoipa::path(get, path = "/v1/locks", tag = "locks", operation_id = "list_locks", params(ListParams),
+    responses((status = 200, body = LockList), (status = 422, body = Problem, description = "`limit` out of range")))]
 async fn list(
     State(svc): State<Arc<LockService>>,
     ApiQuery(p): ApiQuery<ListParams>,

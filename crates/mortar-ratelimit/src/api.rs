@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use mortar_core::Problem;
 use mortar_core::extract::{ApiJson, ApiPath};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -45,15 +45,45 @@ impl From<RateLimitError> for Problem {
     }
 }
 
+/// A policy name: 1 to 128 of letters, digits, `_`, `.`, `-` (not `check` or `policies`).
+#[derive(ToSchema)]
+#[schema(pattern = r"^[A-Za-z0-9_.-]{1,128}$")]
+pub struct PolicyName(pub String);
+
+/// `{name}` in a policy's path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct PolicyPath {
+    /// The policy's name: 1 to 128 of letters, digits, `_`, `.`, `-` (not `check` or
+    /// `policies`).
+    #[param(pattern = r"^[A-Za-z0-9_.-]{1,128}$")]
+    pub name: String,
+}
+
+/// `{policy}/{key}` in a key's path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct KeyPath {
+    /// The policy's name.
+    pub policy: String,
+    /// The key, 1 to 4095 bytes (percent-encode `/`).
+    #[param(min_length = 1, max_length = 4095)]
+    pub key: String,
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckRequest {
-    /// Policy names; units are taken from all of them only if all allow.
+    /// 1 to 16 distinct policy names; units are taken from all of them only if all allow.
+    #[schema(value_type = Vec<PolicyName>, min_items = 1, max_items = 16)]
     pub policies: Vec<String>,
     /// The caller-chosen key: a user id, an API key, an IP, `user:42:endpoint:/search`…
+    /// (1 to 4095 bytes).
+    #[schema(min_length = 1, max_length = 4095)]
     pub key: String,
-    /// Units to take (default 1).
+    /// Units to take (default 1); at most the smallest capacity among the policies.
     #[serde(default = "one")]
+    #[schema(minimum = 1)]
     pub cost: u64,
 }
 
@@ -199,7 +229,8 @@ pub fn denied(o: &Outcome) -> Problem {
 #[utoipa::path(post, path = "/v1/ratelimit/check", tag = "ratelimit", request_body = CheckRequest,
     responses((status = 200, body = CheckResponse, description = "allowed"),
         (status = 429, body = Problem, description = "denied: a problem carrying every CheckResponse field, with Retry-After"),
-        (status = 400, body = Problem), (status = 404, body = Problem)))]
+        (status = 400, body = Problem, description = "bad input, a policy named twice, or a cost over a policy's capacity"),
+        (status = 404, body = Problem, description = "a policy does not exist")))]
 async fn check(
     State(svc): State<Arc<RateLimitService>>,
     ApiJson(req): ApiJson<CheckRequest>,
@@ -216,7 +247,8 @@ async fn check(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
-    /// Up to 1000 independent checks (each atomic on its own).
+    /// 1 to 1000 independent checks (each atomic on its own).
+    #[schema(min_items = 1, max_items = 1000)]
     pub checks: Vec<CheckRequest>,
 }
 
@@ -262,11 +294,11 @@ async fn check_batch(
 
 /// A key's standing under a policy, without consuming anything.
 #[utoipa::path(get, path = "/v1/ratelimit/{policy}/{key}", tag = "ratelimit",
-    params(("policy" = String, Path), ("key" = String, Path, description = "the key; may contain `/`")),
+    params(KeyPath),
     responses((status = 200, body = CheckResponse), (status = 404, body = Problem)))]
 async fn peek(
     State(svc): State<Arc<RateLimitService>>,
-    ApiPath((policy, key)): ApiPath<(String, String)>,
+    ApiPath(KeyPath { policy, key }): ApiPath<KeyPath>,
 ) -> Result<Response, Problem> {
     let outcome = svc.peek(&policy, &key).await?;
     let mut res = ApiJson(CheckResponse::from(&outcome)).into_response();
@@ -276,11 +308,11 @@ async fn peek(
 
 /// Forget a key's usage under a policy.
 #[utoipa::path(delete, path = "/v1/ratelimit/{policy}/{key}", tag = "ratelimit",
-    params(("policy" = String, Path), ("key" = String, Path)),
-    responses((status = 204), (status = 404, body = Problem)))]
+    params(KeyPath),
+    responses((status = 204, description = "forgotten"), (status = 404, body = Problem)))]
 async fn reset(
     State(svc): State<Arc<RateLimitService>>,
-    ApiPath((policy, key)): ApiPath<(String, String)>,
+    ApiPath(KeyPath { policy, key }): ApiPath<KeyPath>,
 ) -> Result<StatusCode, Problem> {
     svc.reset(&policy, &key).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -335,22 +367,23 @@ async fn list_policies(State(svc): State<Arc<RateLimitService>>) -> ApiJson<Poli
 }
 
 /// One policy.
-#[utoipa::path(get, path = "/v1/ratelimit/policies/{name}", tag = "ratelimit",
+#[utoipa::path(get, path = "/v1/ratelimit/policies/{name}", tag = "ratelimit", params(PolicyPath),
     responses((status = 200, body = PolicyView), (status = 404, body = Problem)))]
 async fn get_policy(
     State(svc): State<Arc<RateLimitService>>,
-    ApiPath(name): ApiPath<String>,
+    ApiPath(PolicyPath { name }): ApiPath<PolicyPath>,
 ) -> Result<ApiJson<PolicyView>, Problem> {
     Ok(ApiJson(PolicyView::from(&*svc.policy(&name)?)))
 }
 
 /// Create or replace a policy. 201 when created, 200 when replaced.
-#[utoipa::path(put, path = "/v1/ratelimit/policies/{name}", tag = "ratelimit", request_body = PolicySpec,
-    responses((status = 201, body = PolicyView), (status = 200, body = PolicyView),
-        (status = 400, body = Problem), (status = 409, body = Problem)))]
+#[utoipa::path(put, path = "/v1/ratelimit/policies/{name}", tag = "ratelimit", params(PolicyPath),
+    request_body = PolicySpec,
+    responses((status = 201, body = PolicyView, description = "created"), (status = 200, body = PolicyView, description = "replaced"),
+        (status = 400, body = Problem), (status = 409, body = Problem, description = "a config policy of that name exists")))]
 async fn put_policy(
     State(svc): State<Arc<RateLimitService>>,
-    ApiPath(name): ApiPath<String>,
+    ApiPath(PolicyPath { name }): ApiPath<PolicyPath>,
     ApiJson(spec): ApiJson<PolicySpec>,
 ) -> Result<(StatusCode, ApiJson<PolicyView>), Problem> {
     let (policy, created) = svc.put_policy(&name, &spec).await?;
@@ -363,11 +396,12 @@ async fn put_policy(
 }
 
 /// Delete a policy (config policies cannot be deleted here).
-#[utoipa::path(delete, path = "/v1/ratelimit/policies/{name}", tag = "ratelimit",
-    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+#[utoipa::path(delete, path = "/v1/ratelimit/policies/{name}", tag = "ratelimit", params(PolicyPath),
+    responses((status = 204, description = "deleted"), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "a config policy cannot be deleted here")))]
 async fn delete_policy(
     State(svc): State<Arc<RateLimitService>>,
-    ApiPath(name): ApiPath<String>,
+    ApiPath(PolicyPath { name }): ApiPath<PolicyPath>,
 ) -> Result<StatusCode, Problem> {
     svc.delete_policy(&name).await?;
     Ok(StatusCode::NO_CONTENT)

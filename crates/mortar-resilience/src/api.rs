@@ -7,8 +7,8 @@ use axum::extract::State as AxumState;
 use mortar_core::Problem;
 use mortar_core::clock::rfc3339;
 use mortar_core::extract::{ApiJson, ApiPath};
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -28,10 +28,42 @@ pub fn router(svc: Arc<ResilienceService>) -> OpenApiRouter {
         .with_state(svc)
 }
 
+/// A breaker's state, as the API shows it (named apart from the jobs block's `State`, which
+/// would otherwise take its place in the OpenAPI document).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+    ForcedOpen,
+    Disabled,
+}
+
+impl From<State> for BreakerState {
+    fn from(s: State) -> Self {
+        match s {
+            State::Closed => Self::Closed,
+            State::Open => Self::Open,
+            State::HalfOpen => Self::HalfOpen,
+            State::ForcedOpen => Self::ForcedOpen,
+            State::Disabled => Self::Disabled,
+        }
+    }
+}
+
+/// `{name}` in a breaker's path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct BreakerPath {
+    /// The breaker's name.
+    pub name: String,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BreakerView {
     pub name: String,
-    pub state: State,
+    pub state: BreakerState,
     /// Calls in the sliding window.
     pub calls: u64,
     pub failures: u64,
@@ -47,8 +79,8 @@ pub struct BreakerView {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TransitionView {
-    pub from: State,
-    pub to: State,
+    pub from: BreakerState,
+    pub to: BreakerState,
     pub at: String,
 }
 
@@ -57,15 +89,15 @@ impl From<&Breaker> for BreakerView {
         let s = b.snapshot();
         Self {
             name: s.name,
-            state: s.state,
+            state: s.state.into(),
             calls: s.totals.calls,
             failures: s.totals.failures,
             slow_calls: s.totals.slow,
             failure_rate: s.totals.failure_rate(),
             slow_call_rate: s.totals.slow_rate(),
             last_transition: s.last_transition.map(|t| TransitionView {
-                from: t.from,
-                to: t.to,
+                from: t.from.into(),
+                to: t.to.into(),
                 at: rfc3339(b.wall_ms(t.at_ms)),
             }),
             config: s.config,
@@ -109,51 +141,51 @@ fn find(svc: &ResilienceService, name: &str) -> Result<Arc<Breaker>, Problem> {
 }
 
 /// One breaker.
-#[utoipa::path(get, path = "/v1/resilience/breakers/{name}", tag = "resilience",
+#[utoipa::path(get, path = "/v1/resilience/breakers/{name}", tag = "resilience", params(BreakerPath),
     responses((status = 200, body = BreakerView), (status = 404, body = Problem)))]
 async fn get_breaker(
     AxumState(svc): AxumState<Arc<ResilienceService>>,
-    ApiPath(name): ApiPath<String>,
+    ApiPath(BreakerPath { name }): ApiPath<BreakerPath>,
 ) -> Result<ApiJson<BreakerView>, Problem> {
     Ok(ApiJson(BreakerView::from(&*find(&svc, &name)?)))
 }
 
 /// Open the breaker until reset or force_close (it never probes meanwhile).
-#[utoipa::path(post, path = "/v1/resilience/breakers/{name}/force_open", tag = "resilience",
+#[utoipa::path(post, path = "/v1/resilience/breakers/{name}/force_open", tag = "resilience", params(BreakerPath),
     responses((status = 200, body = BreakerView), (status = 404, body = Problem)))]
 async fn force_open(
     AxumState(svc): AxumState<Arc<ResilienceService>>,
-    ApiPath(name): ApiPath<String>,
+    ApiPath(BreakerPath { name }): ApiPath<BreakerPath>,
 ) -> Result<ApiJson<BreakerView>, Problem> {
     steer(&svc, &name, Breaker::force_open)
 }
 
 /// Close the breaker with an empty window (ends forced_open and disabled).
-#[utoipa::path(post, path = "/v1/resilience/breakers/{name}/force_close", tag = "resilience",
+#[utoipa::path(post, path = "/v1/resilience/breakers/{name}/force_close", tag = "resilience", params(BreakerPath),
     responses((status = 200, body = BreakerView), (status = 404, body = Problem)))]
 async fn force_close(
     AxumState(svc): AxumState<Arc<ResilienceService>>,
-    ApiPath(name): ApiPath<String>,
+    ApiPath(BreakerPath { name }): ApiPath<BreakerPath>,
 ) -> Result<ApiJson<BreakerView>, Problem> {
     steer(&svc, &name, Breaker::reset)
 }
 
 /// Let every call through and record nothing, until reset.
-#[utoipa::path(post, path = "/v1/resilience/breakers/{name}/disable", tag = "resilience",
+#[utoipa::path(post, path = "/v1/resilience/breakers/{name}/disable", tag = "resilience", params(BreakerPath),
     responses((status = 200, body = BreakerView), (status = 404, body = Problem)))]
 async fn disable(
     AxumState(svc): AxumState<Arc<ResilienceService>>,
-    ApiPath(name): ApiPath<String>,
+    ApiPath(BreakerPath { name }): ApiPath<BreakerPath>,
 ) -> Result<ApiJson<BreakerView>, Problem> {
     steer(&svc, &name, Breaker::disable)
 }
 
 /// Back to closed with an empty window.
-#[utoipa::path(post, path = "/v1/resilience/breakers/{name}/reset", tag = "resilience",
+#[utoipa::path(post, path = "/v1/resilience/breakers/{name}/reset", tag = "resilience", operation_id = "reset_breaker", params(BreakerPath),
     responses((status = 200, body = BreakerView), (status = 404, body = Problem)))]
 async fn reset(
     AxumState(svc): AxumState<Arc<ResilienceService>>,
-    ApiPath(name): ApiPath<String>,
+    ApiPath(BreakerPath { name }): ApiPath<BreakerPath>,
 ) -> Result<ApiJson<BreakerView>, Problem> {
     steer(&svc, &name, Breaker::reset)
 }
@@ -191,4 +223,25 @@ async fn list_bulkheads(
         items,
         next_cursor: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_states_keep_their_names() {
+        for s in [
+            State::Closed,
+            State::Open,
+            State::HalfOpen,
+            State::ForcedOpen,
+            State::Disabled,
+        ] {
+            assert_eq!(
+                serde_json::to_value(BreakerState::from(s)).unwrap(),
+                s.as_str()
+            );
+        }
+    }
 }

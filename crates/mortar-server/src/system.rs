@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use http::{StatusCode, header};
 use mortar_core::Problem;
 use mortar_core::clock::rfc3339;
-use mortar_core::extract::{ApiJson, ApiQuery};
+use mortar_core::extract::{ApiJson, ApiQuery, Binary};
 use mortar_core::storage::{Backend, BackendHealth};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -126,8 +126,7 @@ pub struct BackendStatus {
 }
 
 /// The node's mode, backends (and whether each answers), version and uptime.
-#[utoipa::path(get, path = "/v1/status", tag = "system", security(("bearer" = [])),
-    responses((status = 200, body = Status), (status = 401, body = Problem)))]
+#[utoipa::path(get, path = "/v1/status", tag = "system", responses((status = 200, body = Status)))]
 async fn status(State(node): State<Arc<Node>>) -> ApiJson<Status> {
     let health = node.storage.health().await;
     let backends = node
@@ -153,19 +152,22 @@ async fn status(State(node): State<Arc<Node>>) -> ApiJson<Status> {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileParams {
     /// How long to sample, 1 to 300 seconds (default 30).
+    #[param(minimum = 1, maximum = 300)]
     pub seconds: Option<u64>,
     /// Samples per second, 1 to 1000 (default 99).
+    #[param(minimum = 1, maximum = 1000)]
     pub frequency: Option<i32>,
 }
 
 /// A CPU profile in pprof protobuf format (`go tool pprof` reads it). Admin only; one at a time.
 #[utoipa::path(get, path = "/debug/pprof/profile", tag = "system", params(ProfileParams),
-    security(("bearer" = [])),
-    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, content_type = "application/octet-stream", body = Binary, description = "the profile"),
+        (status = 409, body = Problem, description = "another profile is being taken"),
+        (status = 422, body = Problem, description = "`seconds` or `frequency` out of range")))]
 async fn profile(ApiQuery(params): ApiQuery<ProfileParams>) -> Result<Response, Problem> {
     let seconds = params.seconds.unwrap_or(30);
     let frequency = params.frequency.unwrap_or(99);

@@ -25,10 +25,26 @@ pub fn router(keys: KeyStore) -> OpenApiRouter {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
-    /// What the key is for (shown in listings).
+    /// What the key is for (shown in listings): 1 to 200 bytes, not only spaces.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
-    /// `<block>:read` or `<block>:write`; `*` stands for every block.
+    /// At least one `<block>:read` or `<block>:write`; `*` stands for every block.
+    #[schema(value_type = Vec<ScopeName>, min_items = 1)]
     pub scopes: Vec<String>,
+}
+
+/// A scope: `<block>:read` or `<block>:write` (`block`: `*`, or 1 to 64 lowercase letters,
+/// digits, `-`, `_`).
+#[derive(ToSchema)]
+#[schema(pattern = r"^(\*|[a-z0-9_-]{1,64}):(read|write)$")]
+pub struct ScopeName(pub String);
+
+/// `{id}` in a key's path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct KeyPath {
+    /// The key's id.
+    pub id: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -56,9 +72,11 @@ pub struct KeyList {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -78,7 +96,8 @@ impl From<ApiKey> for KeyView {
 
 /// Create an API key.
 #[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = CreateKey,
-    responses((status = 201, body = CreatedKey), (status = 422, body = Problem)))]
+    responses((status = 201, body = CreatedKey),
+        (status = 422, body = Problem, description = "an empty or too long name, no scopes, or an invalid scope")))]
 async fn create_key(
     State(keys): State<Arc<KeyStore>>,
     ApiJson(body): ApiJson<CreateKey>,
@@ -96,7 +115,7 @@ async fn create_key(
 
 /// List API keys, oldest first (revoked keys included).
 #[utoipa::path(get, path = "/v1/keys", tag = "keys", params(ListParams),
-    responses((status = 200, body = KeyList)))]
+    responses((status = 200, body = KeyList), (status = 422, body = Problem, description = "`limit` out of range")))]
 async fn list_keys(
     State(keys): State<Arc<KeyStore>>,
     ApiQuery(params): ApiQuery<ListParams>,
@@ -116,11 +135,11 @@ async fn list_keys(
 }
 
 /// Show one API key.
-#[utoipa::path(get, path = "/v1/keys/{id}", tag = "keys",
+#[utoipa::path(get, path = "/v1/keys/{id}", tag = "keys", params(KeyPath),
     responses((status = 200, body = KeyView), (status = 404, body = Problem)))]
 async fn get_key(
     State(keys): State<Arc<KeyStore>>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(KeyPath { id }): ApiPath<KeyPath>,
 ) -> Result<ApiJson<KeyView>, Problem> {
     keys.get(&id)
         .await?
@@ -129,11 +148,11 @@ async fn get_key(
 }
 
 /// Revoke an API key. Takes effect on the next request that uses it, on every node.
-#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys",
+#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", params(KeyPath),
     responses((status = 200, body = KeyView), (status = 404, body = Problem)))]
 async fn revoke_key(
     State(keys): State<Arc<KeyStore>>,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(KeyPath { id }): ApiPath<KeyPath>,
 ) -> Result<ApiJson<KeyView>, Problem> {
     let key = keys.revoke(&id).await?.ok_or_else(|| not_found(&id))?;
     tracing::info!(key_id = %key.id, "api key revoked");
