@@ -363,7 +363,12 @@ impl Durable {
     /// caller's 503 (the error itself stays in the log: it can carry internals).
     pub fn failed(&self, block: &'static str, e: &sqlx::Error) -> &'static str {
         let dependency = self.name();
-        tracing::error!(error = %e, block, dependency, "durable store call failed");
+        if matches!(e, sqlx::Error::PoolClosed) {
+            // Only after `Storage::close`, at shutdown: a background task's last call.
+            tracing::debug!(block, dependency, "durable store closed (shutting down)");
+        } else {
+            tracing::error!(error = %e, block, dependency, "durable store call failed");
+        }
         dependency
     }
 }

@@ -67,7 +67,7 @@ impl utoipa::Modify for BearerAuth {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
-            mortar_core::problem::openapi::BEARER,
+            "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }
@@ -86,7 +86,16 @@ fn fail_fast(router: OpenApiRouter, gate: Option<Arc<Gate>>) -> OpenApiRouter {
                 match down {
                     Ok(()) => next.run(req).await,
                     Err(d) => {
-                        axum::response::IntoResponse::into_response(mortar_core::Problem::from(d))
+                        // Answered before the body is read: the connection cannot be reused
+                        // (its unread body would be taken for the next request), so say so.
+                        let mut res = axum::response::IntoResponse::into_response(
+                            mortar_core::Problem::from(d),
+                        );
+                        res.headers_mut().insert(
+                            axum::http::header::CONNECTION,
+                            axum::http::HeaderValue::from_static("close"),
+                        );
+                        res
                     }
                 }
             }
@@ -168,7 +177,6 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         ))
         .split_for_parts();
     mortar_core::VERSION.clone_into(&mut openapi.info.version);
-    mortar_core::problem::openapi::complete(&mut openapi);
     let json = openapi.to_pretty_json().unwrap_or_else(|_| "{}".into());
     let _ = node.openapi.set(json);
 

@@ -360,6 +360,11 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
         "{}",
         exit.1
     );
+    assert!(
+        !exit.1.contains("\"level\":\"ERROR\""),
+        "a clean shutdown logs no error:\n{}",
+        exit.1
+    );
 }
 
 #[tokio::test]

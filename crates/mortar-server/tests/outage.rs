@@ -107,6 +107,15 @@ async fn a_postgres_outage_answers_503_at_once_and_recovers() {
             );
         }
     }
+    // Answered before its body was read: the client is told not to reuse the connection.
+    let r = http
+        .post(node.url("/v1/jobs"))
+        .json(&json!({"queue": "q", "kind": "k", "payload": {"pad": "x".repeat(100_000)}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["connection"], "close");
     let ready = timed(http.get(node.url("/readyz"))).await;
     assert_eq!(ready.0, 503, "{}", ready.1);
     pg.restart().unwrap();
