@@ -67,7 +67,7 @@ impl utoipa::Modify for BearerAuth {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
-            "bearer",
+            mortar_core::problem::openapi::BEARER,
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }
@@ -177,6 +177,7 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         ))
         .split_for_parts();
     mortar_core::VERSION.clone_into(&mut openapi.info.version);
+    mortar_core::problem::openapi::complete(&mut openapi);
     let json = openapi.to_pretty_json().unwrap_or_else(|_| "{}".into());
     let _ = node.openapi.set(json);
 
