@@ -259,7 +259,7 @@ impl Storage {
                     name: "redis".into(),
                     location,
                 });
-                gate.spawn_probe(redis_probe(client.clone()));
+                probe_redis(&gate, client.clone());
                 Some(Redis {
                     conn,
                     prefix: cfg.redis_prefix.clone(),
@@ -278,7 +278,7 @@ impl Storage {
         };
         let durable_gate = gate::Gate::new(durable.name());
         if let Durable::Postgres(pool) = &durable {
-            durable_gate.spawn_probe(postgres_probe(pool));
+            probe_postgres(&durable_gate, pool);
         }
         Ok(Self {
             mode,
@@ -375,71 +375,48 @@ impl Durable {
 
 /// The durable gate's probe: `SELECT 1` on a connection of its own (never the pool's, whose
 /// acquire waits out its timeout while the server refuses connections).
-fn postgres_probe(
-    pool: &PgPool,
-) -> impl FnMut() -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + 'static {
-    use futures_util::FutureExt;
+fn probe_postgres(gate: &Arc<gate::Gate>, pool: &PgPool) {
     use sqlx::Connection;
     let opts = pool.connect_options();
-    let kept: Arc<std::sync::Mutex<Option<sqlx::PgConnection>>> = Arc::default();
-    move || {
-        let (opts, kept) = (opts.clone(), kept.clone());
-        async move {
-            // Out of the slot while in use: a probe cut off by its timeout drops it.
-            let taken = kept
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            let mut conn = match taken {
-                Some(c) => c,
-                None => sqlx::PgConnection::connect_with(&opts)
+    gate.spawn_kept_probe(
+        move || {
+            let opts = opts.clone();
+            async move {
+                sqlx::PgConnection::connect_with(&opts)
                     .await
-                    .map_err(|e| e.to_string())?,
-            };
+                    .map_err(|e| e.to_string())
+            }
+        },
+        |mut conn: sqlx::PgConnection| async move {
             sqlx::query("SELECT 1")
                 .execute(&mut conn)
                 .await
                 .map_err(|e| e.to_string())?;
-            *kept
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
-            Ok(())
-        }
-        .boxed()
-    }
+            Ok(conn)
+        },
+    );
 }
 
 /// The Redis gate's probe: `PING` on a connection of its own.
-fn redis_probe(
-    client: redis::Client,
-) -> impl FnMut() -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + 'static {
-    use futures_util::FutureExt;
-    let kept: Arc<std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>> = Arc::default();
-    move || {
-        let (client, kept) = (client.clone(), kept.clone());
-        async move {
-            let taken = kept
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            let mut conn = match taken {
-                Some(c) => c,
-                None => client
+fn probe_redis(gate: &Arc<gate::Gate>, client: redis::Client) {
+    gate.spawn_kept_probe(
+        move || {
+            let client = client.clone();
+            async move {
+                client
                     .get_multiplexed_async_connection()
                     .await
-                    .map_err(|e| e.to_string())?,
-            };
+                    .map_err(|e| e.to_string())
+            }
+        },
+        |mut conn: redis::aio::MultiplexedConnection| async move {
             redis::cmd("PING")
                 .query_async::<String>(&mut conn)
                 .await
                 .map_err(|e| e.to_string())?;
-            *kept
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
-            Ok(())
-        }
-        .boxed()
-    }
+            Ok(conn)
+        },
+    );
 }
 
 async fn open_sqlite(opts: SqliteConnectOptions, location: &str) -> Result<Durable, StorageError> {

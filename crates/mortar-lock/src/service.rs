@@ -255,6 +255,7 @@ impl LockService {
             if now < deadline && !info.waiters.iter().any(|w| w.ticket == ticket) {
                 // Out of the line while still waiting: this node's liveness lease lapsed (a
                 // stall longer than lock.node_lease_ms). Back in, at the end.
+                tracing::debug!(lock = name, "lock: waiter out of the line; queueing again");
                 let waiter = Waiter {
                     ticket: ticket.clone(),
                     owner: req.owner.clone(),

@@ -2,53 +2,10 @@
 //! blocks that need it answer at once (503 naming it, or the rate limiter's failure mode)
 //! instead of waiting out pool and command timeouts; they recover without a restart.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use mortar_testkit::{Node, NodeConfig, PrivatePostgres};
+use mortar_testkit::{Node, NodeConfig, PrivatePostgres, PrivateRedis, eventually, free_port};
 use serde_json::{Value, json};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A Redis server of this test's own, which it may stop.
-struct PrivateRedis {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl PrivateRedis {
-    fn start(port: u16) -> Self {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(10), "redis did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { port, child }
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// Sends `req` and returns (status, body, how long it took).
 async fn timed(req: reqwest::RequestBuilder) -> (u16, Value, Duration) {
@@ -57,22 +14,6 @@ async fn timed(req: reqwest::RequestBuilder) -> (u16, Value, Duration) {
     let status = r.status().as_u16();
     let body = r.json().await.unwrap_or(Value::Null);
     (status, body, t.elapsed())
-}
-
-/// Polls `probe` until it returns true (bounded).
-async fn eventually<F, Fut>(what: &str, within: Duration, mut probe: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let t = Instant::now();
-    while !probe().await {
-        assert!(
-            t.elapsed() < within,
-            "{what} did not happen within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
@@ -131,15 +72,12 @@ async fn a_redis_outage_applies_the_failure_mode_at_once_and_recovers() {
     let Some(svc) = mortar_testkit::services("ratelimit redis outage") else {
         return;
     };
-    let mut redis = PrivateRedis::start(free_port());
+    let mut redis = PrivateRedis::start();
     let db = svc.create_database().await.unwrap();
     let node = Node::start(
         NodeConfig::named("redis-outage")
             .env("MORTAR_DATABASE_URL", &db.url)
-            .env(
-                "MORTAR_REDIS_URL",
-                &format!("redis://127.0.0.1:{}", redis.port),
-            ),
+            .env("MORTAR_REDIS_URL", &redis.url()),
     )
     .await
     .unwrap();
@@ -159,7 +97,6 @@ async fn a_redis_outage_applies_the_failure_mode_at_once_and_recovers() {
     };
     let (status, body, _) = timed(check("open")).await;
     assert_eq!(status, 200, "{body}");
-    let port = redis.port;
     redis.stop();
     eventually("the gate opening", Duration::from_secs(5), || async {
         let (_, body, took) = timed(check("open")).await;
@@ -178,7 +115,7 @@ async fn a_redis_outage_applies_the_failure_mode_at_once_and_recovers() {
         assert_ne!(status, 200, "fail_closed refuses: {body}");
         assert!(took < Duration::from_millis(40), "fail-closed in {took:?}");
     }
-    let _redis = PrivateRedis::start(port);
+    redis.restart();
     eventually("recovery", Duration::from_secs(10), || async {
         let (status, body, _) = timed(check("closed")).await;
         status == 200 && body["degraded"] != true
@@ -220,7 +157,7 @@ async fn a_node_starts_while_redis_is_down_and_becomes_ready_by_itself() {
     let (status, body, _) = timed(check()).await;
     assert_eq!((status, &body["degraded"]), (200, &json!(true)), "{body}");
     assert_eq!(timed(http.get(node.url("/v1/jobs/queues"))).await.0, 200);
-    let _redis = PrivateRedis::start(port);
+    let _redis = PrivateRedis::start_on(port);
     eventually(
         "readiness without a restart",
         Duration::from_secs(10),

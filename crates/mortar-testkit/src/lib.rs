@@ -8,16 +8,19 @@
 //! * [`services`] reads `MORTAR_TEST_DATABASE_URL` / `MORTAR_TEST_REDIS_URL`. Unset, tests
 //!   print that they skipped; with `CI=true`, an unset or unreachable service fails the test.
 //!
-//! * [`PrivatePostgres`] is a throwaway PostgreSQL server for tests that stop the database.
+//! * [`PrivatePostgres`] and [`PrivateRedis`] are throwaway servers for tests that stop the
+//!   database or Redis; [`free_port`] and [`eventually`] are the helpers such tests share.
 //!
 //! When a test panics, every node's log is printed.
 
 mod node;
 mod private_pg;
+mod private_redis;
 mod services;
 
 pub use node::{Node, NodeConfig, mortar_bin};
 pub use private_pg::PrivatePostgres;
+pub use private_redis::{PrivateRedis, eventually, free_port};
 pub use services::{Services, TestDatabase, redis_url, services};
 
 use anyhow::Result;

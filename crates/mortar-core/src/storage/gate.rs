@@ -119,6 +119,35 @@ impl Gate {
         }
     }
 
+    /// [`Gate::spawn_probe`] on a connection of the probe's own, kept between probes: `open`
+    /// makes one when there is none, `ping` checks it and hands it back. A connection whose
+    /// probe failed or was cut off by the timeout is dropped, and the next probe opens another.
+    pub fn spawn_kept_probe<C, O, OF, P, PF>(self: &Arc<Self>, open: O, ping: P)
+    where
+        C: Send + 'static,
+        O: Fn() -> OF + Send + Sync + 'static,
+        OF: Future<Output = Result<C, String>> + Send + 'static,
+        P: Fn(C) -> PF + Send + Sync + 'static,
+        PF: Future<Output = Result<C, String>> + Send + 'static,
+    {
+        let kept: Arc<Mutex<Option<C>>> = Arc::default();
+        let (open, ping) = (Arc::new(open), Arc::new(ping));
+        self.spawn_probe(move || {
+            let (kept, open, ping) = (kept.clone(), open.clone(), ping.clone());
+            async move {
+                // Out of the slot while in use: a probe cut off by its timeout drops it.
+                let taken = kept.lock().unwrap_or_else(PoisonError::into_inner).take();
+                let conn = match taken {
+                    Some(c) => c,
+                    None => open().await?,
+                };
+                let conn = ping(conn).await?;
+                *kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
+                Ok(())
+            }
+        });
+    }
+
     /// Runs `probe` forever (until the gate is dropped): every [`PROBE_OPEN`] while down, every
     /// [`PROBE_CLOSED`] while up; a probe that fails or takes over 900 ms trips the gate, one
     /// that answers closes it.

@@ -187,8 +187,6 @@ impl PostgresStore {
         .bind(self.node_lease_ms as i64)
         .execute(conn)
         .await?;
-        // (Inside an enqueue's transaction this counts before the commit: a rollback then
-        // leaves the row as it was, at most one heartbeat period older than believed.)
         self.renewed_ms.fetch_max(at, Ordering::Relaxed);
         Ok(())
     }
@@ -267,27 +265,42 @@ impl LockStore for PostgresStore {
         wait_ms: u64,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
-            // The node's lease goes in with its first waiter, so the line never sees a waiter
-            // of a node it does not know yet; `heartbeat` keeps it alive from then on.
-            let mut tx = self.pool.begin().await.map_err(db_err("postgres"))?;
-            if self.renewal_due() {
-                self.renew_node(&mut tx).await.map_err(db_err("postgres"))?;
+            // One statement, as before node leases: the node's row goes in with its first
+            // waiter (and whenever the heartbeat is late), in the same statement, so the line
+            // never sees a waiter of a node it does not know yet.
+            let with_node = self.renewal_due();
+            let at = self.now_ms();
+            let sql = if with_node {
+                concat!(
+                    "WITH node AS (INSERT INTO lock_nodes (node, expires_at_ms) VALUES ($6, ",
+                    now!(),
+                    " + $7) ON CONFLICT (node) DO UPDATE SET expires_at_ms = EXCLUDED.expires_at_ms) \
+                     INSERT INTO lock_waiters (ticket, name, owner, permits, until_ms, node) VALUES ($1, $2, $3, $4, ",
+                    now!(),
+                    " + $5, $6)"
+                )
+            } else {
+                concat!(
+                    "INSERT INTO lock_waiters (ticket, name, owner, permits, until_ms, node) VALUES ($1, $2, $3, $4, ",
+                    now!(),
+                    " + $5, $6)"
+                )
+            };
+            let mut q = sqlx::query(sql)
+                .bind(&waiter.ticket)
+                .bind(name)
+                .bind(&waiter.owner)
+                .bind(permits as i32)
+                .bind(wait_ms as i64)
+                .bind(&self.node);
+            if with_node {
+                q = q.bind(self.node_lease_ms as i64);
             }
-            sqlx::query(concat!(
-                "INSERT INTO lock_waiters (ticket, name, owner, permits, until_ms, node) VALUES ($1, $2, $3, $4, ",
-                now!(),
-                " + $5, $6)"
-            ))
-            .bind(&waiter.ticket)
-            .bind(name)
-            .bind(&waiter.owner)
-            .bind(permits as i32)
-            .bind(wait_ms as i64)
-            .bind(&self.node)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("postgres"))?;
-            tx.commit().await.map_err(db_err("postgres"))
+            q.execute(&self.pool).await.map_err(db_err("postgres"))?;
+            if with_node {
+                self.renewed_ms.fetch_max(at, Ordering::Relaxed);
+            }
+            Ok(())
         }
         .boxed()
     }
