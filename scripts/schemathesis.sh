@@ -122,7 +122,6 @@ UNSTATED = {
     "PUT /v1/jobs/queues/{queue}": "QueueSettings (crates/mortar-jobs/src/service.rs)",
     "POST /v1/cron/schedules": "ScheduleSpec (crates/mortar-cron/src/service.rs)",
     "PUT /v1/cron/schedules/{id}": "ScheduleSpec (crates/mortar-cron/src/service.rs)",
-    "PUT /v1/ratelimit/policies/{name}": "PolicySpec (crates/mortar-ratelimit/src/policy.rs)",
 }
 
 # Fields whose rule no JSON Schema states: a grammar, a time zone database, the clock, another
@@ -133,6 +132,7 @@ SEMANTIC = {
     "POST /v1/cron/schedules/{id}/trigger": {"job"},  # the stored job, checked by jobs
     "POST /v1/ratelimit/check": {"cost", "policies"},  # cost <= each policy's capacity, no repeats
     "POST /v1/jobs/{id}/heartbeat": {"extend_ms"},  # default: the job's own timeout
+    "PUT /v1/ratelimit/policies/{name}": {"burst", "name"},  # token_bucket only; reserved names
 }
 
 # serde reads `2.0` as a float, not as the integer JSON Schema says it also is: a known

@@ -42,13 +42,17 @@ pub struct Policy {
 #[serde(deny_unknown_fields)]
 pub struct PolicySpec {
     /// `token_bucket`, `sliding_log`, `sliding_counter` or `fixed_window`.
+    #[schema(pattern = "^(token_bucket|sliding_log|sliding_counter|fixed_window)$")]
     pub algorithm: String,
     /// Units allowed per window (1 to 10⁹).
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub limit: i64,
-    /// Window length in milliseconds (1 ms to one year).
+    /// Window length in milliseconds (1 ms to 366 days).
+    #[schema(minimum = 1, maximum = 31_622_400_000.0)]
     pub window_ms: i64,
-    /// Token bucket only: capacity (default `limit`).
+    /// Token bucket only: capacity (default `limit`; 1 to 10⁹).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub burst: Option<i64>,
     /// `fail_open` (default) or `fail_closed`.
     #[serde(default)]

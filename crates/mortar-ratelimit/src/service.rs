@@ -270,12 +270,7 @@ impl RateLimitService {
             .registry
             .get(policy)
             .ok_or_else(|| RateLimitError::UnknownPolicy(policy.to_owned()))?;
-        if key.is_empty() || key.len() > MAX_KEY_BYTES {
-            return Err(RateLimitError::field(
-                "key",
-                format!("must be 1 to {MAX_KEY_BYTES} bytes"),
-            ));
-        }
+        check_key(key)?;
         let outcome = self.decide(&[p], key, 0).await;
         if outcome.degraded {
             return Err(RateLimitError::Unavailable(self.store.name().to_owned()));
@@ -288,6 +283,7 @@ impl RateLimitService {
         if self.registry.get(policy).is_none() {
             return Err(RateLimitError::UnknownPolicy(policy.to_owned()));
         }
+        check_key(key)?;
         self.lock_denied()
             .remove(&(policy.to_owned(), key.to_owned()));
         self.with_deadline(self.store.reset(policy, key))
@@ -589,6 +585,17 @@ fn describe_metrics() {
 /// Unused-variant guard: every algorithm has a store code path.
 const _: [Algorithm; 4] = Algorithm::ALL;
 
+/// A key is 1 to [`MAX_KEY_BYTES`] bytes, wherever it is named (check, peek, reset).
+fn check_key(key: &str) -> Result<(), RateLimitError> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(RateLimitError::field(
+            "key",
+            format!("must be 1 to {MAX_KEY_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
@@ -699,5 +706,9 @@ mod tests {
         );
         assert_eq!(store.sync.load(Ordering::SeqCst), 2);
         assert!(!svc.check(&names(&["a"]), "k", 1).await.unwrap().allowed);
+        // Keys past the limit are refused wherever they are named.
+        let long = "k".repeat(MAX_KEY_BYTES + 1);
+        assert!(svc.peek("a", &long).await.is_err());
+        assert!(svc.reset("a", &long).await.is_err());
     }
 }
