@@ -32,6 +32,11 @@ async fn a_postgres_outage_answers_503_at_once_and_recovers() {
     };
     assert_eq!(timed(queues()).await.0, 200);
     pg.stop().unwrap();
+    // Before the outage is detected a request waits for a connection, but no longer than
+    // its Mortar-Deadline (504); after, it gets the 503 at once.
+    let (status, body, took) = timed(queues().header("mortar-deadline", "300")).await;
+    assert!(matches!(status, 503 | 504), "{status} {body}");
+    assert!(took < Duration::from_millis(1500), "answered in {took:?}");
     // The probe sees the outage within about a second, with or without traffic.
     eventually("the gate opening", Duration::from_secs(5), || async {
         timed(queues()).await.0 == 503
