@@ -59,18 +59,24 @@ pub struct PageParams {
 impl PageParams {
     /// The limit asked for, or `default`; 422 (naming `limit`) unless it is 1 to `max`.
     pub fn limit(&self, default: u32, max: u32) -> Result<u32, Problem> {
-        match self.limit.unwrap_or(default) {
-            l if (1..=max).contains(&l) => Ok(l),
-            _ => Err(Problem::validation(vec![FieldError::new(
-                "limit",
-                format!("must be 1 to {max}"),
-            )])),
-        }
+        page_limit(self.limit, default, max)
     }
 
     /// The cursor, `""` for the first page.
     pub fn cursor(&self) -> &str {
         self.cursor.as_deref().unwrap_or("")
+    }
+}
+
+/// A list route's `limit` (for query structs that carry filters besides `limit` and `cursor`):
+/// `default` when absent, 422 naming `limit` unless it is 1 to `max`.
+pub fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, Problem> {
+    match limit.unwrap_or(default) {
+        l if (1..=max).contains(&l) => Ok(l),
+        _ => Err(Problem::validation(vec![FieldError::new(
+            "limit",
+            format!("must be 1 to {max}"),
+        )])),
     }
 }
 

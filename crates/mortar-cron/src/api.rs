@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use http::StatusCode;
+use mortar_core::api::Page;
 use mortar_core::clock::rfc3339;
 use mortar_core::extract::{ApiJson, ApiPath, ApiQuery};
 use mortar_core::{FieldError, Problem};
@@ -193,15 +194,7 @@ pub struct ListParams {
 }
 
 fn limit(l: Option<u32>) -> Result<u32, Problem> {
-    let l = l.unwrap_or(100);
-    if (1..=1000).contains(&l) {
-        Ok(l)
-    } else {
-        Err(Problem::validation(vec![FieldError::new(
-            "limit",
-            "must be 1 to 1000",
-        )]))
-    }
+    mortar_core::api::page_limit(l, 100, 1000)
 }
 
 /// Schedules by name, each with its next and last fire time.
@@ -212,13 +205,13 @@ async fn list(
     ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<ApiJson<ScheduleList>, Problem> {
     let limit = limit(p.limit)?;
-    let items = svc.list(p.cursor.as_deref().unwrap_or(""), limit).await?;
-    let next_cursor = (items.len() == limit as usize)
-        .then(|| items.last().map(|s| s.name.clone()))
-        .flatten();
+    let items = svc
+        .list(p.cursor.as_deref().unwrap_or(""), limit + 1)
+        .await?;
+    let page = Page::from_overfetch(items, limit, |s| s.name.clone()).map(view);
     Ok(ApiJson(ScheduleList {
-        items: items.into_iter().map(view).collect(),
-        next_cursor,
+        items: page.items,
+        next_cursor: page.next_cursor,
     }))
 }
 
@@ -365,13 +358,11 @@ async fn runs(
             )])
         })?),
     };
-    let items = svc.runs(&id, before, limit).await?;
-    let next_cursor = (items.len() == limit as usize)
-        .then(|| items.last().map(|r| r.run.fire_at_ms.to_string()))
-        .flatten();
+    let items = svc.runs(&id, before, limit + 1).await?;
+    let page = Page::from_overfetch(items, limit, |r| r.run.fire_at_ms.to_string()).map(run_view);
     Ok(ApiJson(RunList {
-        items: items.into_iter().map(run_view).collect(),
-        next_cursor,
+        items: page.items,
+        next_cursor: page.next_cursor,
     }))
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use http::StatusCode;
 use mortar_core::Problem;
+use mortar_core::api::Page;
 use mortar_core::clock::rfc3339;
 use mortar_core::extract::{ApiJson, ApiPath, ApiQuery};
 use serde::{Deserialize, Serialize};
@@ -427,27 +428,19 @@ async fn list(
     State(svc): State<Arc<JobsService>>,
     ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<ApiJson<JobList>, Problem> {
-    let limit = p.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(Problem::validation(vec![mortar_core::FieldError::new(
-            "limit",
-            "must be 1 to 1000",
-        )]));
-    }
+    let limit = mortar_core::api::page_limit(p.limit, 100, 1000)?;
     let filter = Filter {
         queue: p.queue,
         kind: p.kind,
         state: p.state.map(|s| s.as_str().to_owned()).unwrap_or_default(),
     };
     let jobs = svc
-        .list(&filter, p.cursor.as_deref().unwrap_or(""), limit)
+        .list(&filter, p.cursor.as_deref().unwrap_or(""), limit + 1)
         .await?;
-    let next_cursor = (jobs.len() == limit as usize)
-        .then(|| jobs.last().map(|j| j.id.clone()))
-        .flatten();
+    let page = Page::from_overfetch(jobs, limit, |j| j.id.clone()).map(|j| view(j, Vec::new()));
     Ok(ApiJson(JobList {
-        items: jobs.into_iter().map(|j| view(j, Vec::new())).collect(),
-        next_cursor,
+        items: page.items,
+        next_cursor: page.next_cursor,
     }))
 }
 

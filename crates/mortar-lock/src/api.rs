@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use http::StatusCode;
 use mortar_core::Problem;
+use mortar_core::api::Page;
 use mortar_core::clock::rfc3339;
 use mortar_core::extract::{ApiJson, ApiPath, ApiQuery};
 use serde::{Deserialize, Serialize};
@@ -284,7 +285,7 @@ pub struct ListParams {
     pub prefix: String,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<usize>,
+    pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
@@ -302,21 +303,17 @@ async fn list(
     State(svc): State<Arc<LockService>>,
     ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<ApiJson<LockList>, Problem> {
-    let limit = p.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(Problem::validation(vec![mortar_core::FieldError::new(
-            "limit",
-            "must be 1 to 1000",
-        )]));
-    }
+    let limit = mortar_core::api::page_limit(p.limit, 100, 1000)?;
     let locks = svc
-        .list(&p.prefix, p.cursor.as_deref().unwrap_or(""), limit)
+        .list(
+            &p.prefix,
+            p.cursor.as_deref().unwrap_or(""),
+            limit as usize + 1,
+        )
         .await?;
-    let next_cursor = (locks.len() == limit)
-        .then(|| locks.last().map(|l| l.name.clone()))
-        .flatten();
+    let page = Page::from_overfetch(locks, limit, |l| l.name.clone());
     Ok(ApiJson(LockList {
-        items: locks.iter().map(LockView::from).collect(),
-        next_cursor,
+        items: page.items.iter().map(LockView::from).collect(),
+        next_cursor: page.next_cursor,
     }))
 }

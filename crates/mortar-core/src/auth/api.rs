@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use super::{ApiKey, KeyStore};
 use crate::clock::rfc3339;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::problem::{FieldError, Problem};
+use crate::problem::Problem;
 
 /// The keys API.
 pub fn router(keys: KeyStore) -> OpenApiRouter {
@@ -77,7 +77,7 @@ pub struct KeyList {
 pub struct ListParams {
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<usize>,
+    pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
@@ -120,14 +120,8 @@ async fn list_keys(
     State(keys): State<Arc<KeyStore>>,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<ApiJson<KeyList>, Problem> {
-    let limit = params.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(Problem::validation(vec![FieldError::new(
-            "limit",
-            "must be 1 to 1000",
-        )]));
-    }
-    let page = keys.list(limit, params.cursor.as_deref()).await?;
+    let limit = crate::api::page_limit(params.limit, 100, 1000)?;
+    let page = keys.list(limit as usize, params.cursor.as_deref()).await?;
     Ok(ApiJson(KeyList {
         items: page.items.into_iter().map(Into::into).collect(),
         next_cursor: page.next_cursor,

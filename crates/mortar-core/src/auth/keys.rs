@@ -76,11 +76,7 @@ pub struct ApiKey {
 }
 
 /// A page of keys, oldest first.
-#[derive(Debug, Clone)]
-pub struct KeyPage {
-    pub items: Vec<ApiKey>,
-    pub next_cursor: Option<String>,
-}
+pub type KeyPage = crate::api::Page<ApiKey>;
 
 /// API keys in the durable store (`core_api_keys`).
 #[derive(Clone)]
@@ -189,14 +185,11 @@ impl KeyStore {
             .fetch_all(pool)
             .await
             .map_err(db_problem(&self.durable))?);
-        let mut items: Vec<ApiKey> = rows.into_iter().map(from_row).collect();
-        let next_cursor = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|k| k.id.clone())
-        } else {
-            None
-        };
-        Ok(KeyPage { items, next_cursor })
+        Ok(crate::api::Page::from_overfetch(
+            rows.into_iter().map(from_row).collect(),
+            limit as u32,
+            |k: &ApiKey| k.id.clone(),
+        ))
     }
 
     /// Revokes a key; `Ok(None)` when there is no such key. Revoking twice keeps the first time.
