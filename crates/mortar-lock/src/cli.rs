@@ -41,7 +41,8 @@ pub enum LockCommand {
         prefix: String,
     },
     /// Run a command while holding the lock; its fencing token is in MORTAR_FENCING_TOKEN.
-    /// The command is stopped (SIGTERM, then SIGKILL) if the lease is lost. Exits with its code.
+    /// The command is stopped (SIGTERM, then SIGKILL) if the lease is lost. Exits with its code;
+    /// 75 (EX_TEMPFAIL) when the lock stayed held through --wait, so the command never ran.
     Run {
         name: String,
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -55,6 +56,10 @@ pub enum LockCommand {
         command: Vec<String>,
     },
 }
+
+/// `lock run`'s exit code when the lock stayed held (sysexits' EX_TEMPFAIL: try again later),
+/// so that scripts can tell "did not run" from the command's own failure.
+pub const EXIT_BUSY: i32 = 75;
 
 /// Runs a lock command; returns its output and the process exit code.
 pub async fn run(args: &ClientArgs, cmd: &LockCommand) -> Result<(String, i32), ClientError> {
@@ -163,7 +168,19 @@ async fn run_command(
         permits: 1,
         owner: default_owner(),
     };
-    let guard = LockClient::new(args).acquire(name, &opts).await?;
+    let guard = match LockClient::new(args).acquire(name, &opts).await {
+        Ok(g) => g,
+        // Held (and --wait ran out): not the command's failure, so not its exit code.
+        Err(ClientError::Problem {
+            status: 409,
+            detail,
+            ..
+        }) => {
+            eprintln!("mortar: {detail}");
+            return Ok((String::new(), EXIT_BUSY));
+        }
+        Err(e) => return Err(e),
+    };
     let mut child = tokio::process::Command::new(&command[0])
         .args(&command[1..])
         .env("MORTAR_FENCING_TOKEN", guard.fencing_token().to_string())

@@ -35,6 +35,9 @@ async fn acquire_status_renew_release_list() {
         let v: serde_json::Value = serde_json::from_str(&acquired.1).unwrap();
         let lease = v["lease_id"].as_str().unwrap().to_owned();
         let busy = run(&["lock", "acquire", "jobs/daily", "--ttl", "30s"]);
+        let run_busy = run(&["lock", "run", "jobs/daily", "--", "true"]);
+        assert_eq!(run_busy.0, Some(75), "lock run: held → 75: {}", run_busy.2);
+        assert!(run_busy.2.contains("held by `cli-test`"), "{}", run_busy.2);
         let status = run(&["lock", "status", "jobs/daily"]);
         let list = run(&["lock", "list", "--prefix", "jobs/"]);
         let renewed = run(&["lock", "renew", "jobs/daily", &lease, "--ttl", "60s"]);
