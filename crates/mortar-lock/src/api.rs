@@ -69,10 +69,22 @@ impl From<LockError> for Problem {
                 let holders: Vec<HolderView> = info.holders.iter().map(HolderView::from).collect();
                 let first = info.holders.iter().min_by_key(|h| h.expires_at_ms);
                 let detail = match first {
-                    Some(h) => format!(
+                    Some(h) if info.holders.len() == 1 => format!(
                         "lock `{}` is held by `{}` until {}",
                         info.name,
                         h.owner,
+                        rfc3339(h.expires_at_ms)
+                    ),
+                    // A full semaphore: every holder, and when the first permit frees.
+                    Some(h) => format!(
+                        "all {} permits of `{}` are held (by {}); the first frees at {}",
+                        info.holders.len(),
+                        info.name,
+                        info.holders
+                            .iter()
+                            .map(|h| format!("`{}`", h.owner))
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         rfc3339(h.expires_at_ms)
                     ),
                     None => format!(

@@ -241,6 +241,13 @@ async fn semaphores_inspect_and_list() {
         .acquire("pool%2Fdb", json!({"ttl_ms": 60_000, "permits": 2}))
         .await;
     assert_eq!(s, 409, "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("all 2 permits of `pool/db` are held (by `a`, `b`)"),
+        "a full semaphore names every holder: {p}"
+    );
     let (s, p) = app
         .acquire("pool%2Fdb", json!({"ttl_ms": 60_000, "permits": 5}))
         .await;
