@@ -262,6 +262,11 @@ impl LockService {
                     until_ms: 0,
                 };
                 let left = (deadline - now).as_millis() as u64;
+                // Its row may still be stored (filtered out, not yet deleted): drop it first.
+                self.store
+                    .dequeue(name, &ticket)
+                    .await
+                    .map_err(unavailable)?;
                 self.store
                     .enqueue(name, waiter, req.permits, left.max(1))
                     .await

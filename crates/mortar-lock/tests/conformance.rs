@@ -379,3 +379,36 @@ async fn concurrent_acquires_never_overlap() {
     assert_eq!(all.len(), n, "every token is unique");
     let _ = SystemClock.now_ms();
 }
+
+/// A live node whose liveness lease lapsed (here: a store whose node never heartbeats, with a
+/// 300 ms lease) finds its waiter out of the line and queues it again — its row still stored,
+/// filtered out — and is served when the lock frees, instead of failing.
+#[tokio::test]
+async fn a_waiter_whose_node_lease_lapsed_queues_again_and_is_served() {
+    let Some(svc) = mortar_testkit::services("lock lapsed node lease") else {
+        return;
+    };
+    let db = svc.create_database().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let st = storage(dir.path(), Some(db.url.clone())).await;
+    let mortar_core::storage::Durable::Postgres(pool) = &st.durable else {
+        panic!("postgres")
+    };
+    let store = Arc::new(PostgresStore::with_node_lease(pool.clone(), 300));
+    let locks = mortar_lock::LockService::with_store(store, mortar_lock::LockConfig::default());
+    let req = |ttl_ms, wait_ms, owner: &str| mortar_lock::service::AcquireRequest {
+        ttl_ms,
+        owner: owner.into(),
+        wait_ms,
+        permits: 1,
+    };
+    let held = locks
+        .acquire("lapse", &req(1_500, 0, "holder"))
+        .await
+        .unwrap();
+    let waited = locks
+        .acquire("lapse", &req(10_000, 10_000, "waiter"))
+        .await
+        .expect("served once the holder's lease ran out");
+    assert!(waited.token > held.token);
+}
