@@ -192,6 +192,20 @@ async fn storage(dir: &std::path::Path, database_url: Option<String>) -> Storage
     s
 }
 
+/// A fresh PostgreSQL database with the lock migrations: its handle (dropped with the test),
+/// the storage and its pool; `None` when the test skips.
+async fn postgres(test: &str) -> Option<(mortar_testkit::TestDatabase, Storage, sqlx::PgPool)> {
+    let svc = mortar_testkit::services(test)?;
+    let db = svc.create_database().await.unwrap();
+    // The data directory is SQLite's; PostgreSQL never touches it.
+    let st = storage(&std::env::temp_dir(), Some(db.url.clone())).await;
+    let mortar_core::storage::Durable::Postgres(pool) = &st.durable else {
+        panic!("postgres")
+    };
+    let pool = pool.clone();
+    Some((db, st, pool))
+}
+
 #[tokio::test]
 async fn memory_backend() {
     let dir = tempfile::tempdir().unwrap();
@@ -224,16 +238,10 @@ async fn memory_tokens_keep_increasing_after_a_restart() {
 
 #[tokio::test]
 async fn postgres_backend() {
-    let Some(svc) = mortar_testkit::services("lock postgres conformance") else {
+    let Some((_db, st, pool)) = postgres("lock postgres conformance").await else {
         return;
     };
-    let db = svc.create_database().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let st = storage(dir.path(), Some(db.url.clone())).await;
-    let mortar_core::storage::Durable::Postgres(pool) = &st.durable else {
-        panic!("postgres")
-    };
-    let s = PostgresStore::new(pool.clone());
+    let s = PostgresStore::new(pool);
     mutual_exclusion_and_increasing_tokens(&s).await;
     semaphores_and_permit_mismatch(&s).await;
     waiters_are_served_first_come_first_served(&s).await;
@@ -385,16 +393,10 @@ async fn concurrent_acquires_never_overlap() {
 /// filtered out — and is served when the lock frees, instead of failing.
 #[tokio::test]
 async fn a_waiter_whose_node_lease_lapsed_queues_again_and_is_served() {
-    let Some(svc) = mortar_testkit::services("lock lapsed node lease") else {
+    let Some((_db, _st, pool)) = postgres("lock lapsed node lease").await else {
         return;
     };
-    let db = svc.create_database().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let st = storage(dir.path(), Some(db.url.clone())).await;
-    let mortar_core::storage::Durable::Postgres(pool) = &st.durable else {
-        panic!("postgres")
-    };
-    let store = Arc::new(PostgresStore::with_node_lease(pool.clone(), 300));
+    let store = Arc::new(PostgresStore::with_node_lease(pool, 300));
     let locks = mortar_lock::LockService::with_store(store, mortar_lock::LockConfig::default());
     let req = |ttl_ms, wait_ms, owner: &str| mortar_lock::service::AcquireRequest {
         ttl_ms,
