@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 /// Files over the budget today, and the most lines each may have until it is split.
 const OVERSIZED: &[(&str, usize)] = &[
-    ("crates/mortar-cache/src/store/mod.rs", 808),
     ("crates/mortar-cron/src/service.rs", 1100),
     ("crates/mortar-jobs/src/service.rs", 1565),
     ("crates/mortar-jobs/src/store.rs", 1976),

@@ -15,7 +15,7 @@
 //!   entry. A write that takes it past `max_memory` evicts from its own shard (and, if that shard
 //!   has nothing left to give, from others) until it is back under.
 //!
-//! ## Eviction (sampled, as Redis does)
+//! ## Eviction (sampled, as Redis does: `evict.rs`)
 //!
 //! A victim is the worst of `SAMPLES` random entries of the shard. Expired entries found in a
 //! sample are reclaimed first (counted in `expired`, not `evicted`).
@@ -34,7 +34,7 @@
 //!   among equals), but every new key is admitted, as Redis's `allkeys-lfu` does: the sketch's
 //!   halving is the decay that lets yesterday's popular keys go.
 //!
-//! ## TTLs
+//! ## TTLs (the sweep: `sweep.rs`)
 //!
 //! An entry past its expiry is invisible at once (every access compares it with the clock).
 //! Memory comes back without access: a background thread (started with the first entry that has
@@ -43,14 +43,16 @@
 //! expiry cycle), and eviction samples reclaim expired entries first. `stats.expired` counts
 //! every reclaimed expired entry (by the sweep, by eviction, or by a write that found one).
 
+mod evict;
 mod sketch;
+mod sweep;
 #[cfg(test)]
 mod tests;
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hashbrown::HashTable;
@@ -64,15 +66,10 @@ use self::sketch::Sketch;
 /// and rounding of the key-and-value allocation (≈ 16). Measured: see bench/RESULTS.md.
 pub const ENTRY_OVERHEAD: usize = 86;
 
-/// Entries sampled per eviction (Redis's `maxmemory-samples` default is 5).
-const SAMPLES: usize = 8;
 /// Most shards (fewer for small bounds, so each shard holds enough entries to sample from).
 const MAX_SHARDS: usize = 64;
 /// The smallest per-shard budget that earns another shard.
 const MIN_SHARD_BYTES: u64 = 64 * 1024;
-/// Buckets the TTL sweep looks at per shard per round.
-const SWEEP_BUCKETS: usize = 256;
-const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 /// A value and when it expires (epoch ms; `None` = never).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -562,231 +559,6 @@ impl Inner {
             self.used.fetch_sub(f - added, Ordering::Relaxed);
         }
     }
-
-    /// Whether a new key of `size` bytes gets in. TinyLFU frees room in the shard first, only by
-    /// evicting keys the sketch says are no more popular than the newcomer; the others say yes.
-    fn admit(
-        &self,
-        shard: &Shard,
-        t: &mut Table,
-        hash: u64,
-        size: u64,
-        now: &mut Now,
-        freed_total: &mut u64,
-    ) -> bool {
-        let (Policy::TinyLfu, Some(sketch)) = (self.policy, &shard.sketch) else {
-            // LRU and LFU admit every key and evict after the insert.
-            return true;
-        };
-        let candidate = sketch.frequency(hash);
-        while self.used.load(Ordering::Relaxed) + size > self.max_memory + *freed_total {
-            let Some(v) = self.victim(shard, t, None, now) else {
-                // Nothing here to evict: room comes from other shards after the insert.
-                return true;
-            };
-            if !v.expired && v.freq > candidate {
-                return false;
-            }
-            *freed_total += self.remove_at(t, v.index, v.expired);
-        }
-        true
-    }
-
-    /// Evicts (or reclaims, if expired) the worst of a sample of the shard; `None` if the shard
-    /// has nothing to give (apart from `keep`).
-    fn evict_one(
-        &self,
-        shard: &Shard,
-        t: &mut Table,
-        keep: Option<usize>,
-        now: &mut Now,
-    ) -> Option<u64> {
-        let v = self.victim(shard, t, keep, now)?;
-        Some(self.remove_at(t, v.index, v.expired))
-    }
-
-    fn remove_at(&self, t: &mut Table, index: usize, expired: bool) -> u64 {
-        let Ok(o) = t.map.get_bucket_entry(index) else {
-            return 0;
-        };
-        let (e, _) = o.remove();
-        t.volatile -= usize::from(e.expires_at_ms != 0);
-        let counter = if expired {
-            &self.stats.expired
-        } else {
-            &self.stats.evicted
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        e.size()
-    }
-
-    /// The worst of `SAMPLES` random entries (an expired one wins outright).
-    fn victim(
-        &self,
-        shard: &Shard,
-        t: &Table,
-        keep: Option<usize>,
-        now: &mut Now,
-    ) -> Option<Victim> {
-        let n = t.map.num_buckets();
-        if t.map.len() <= usize::from(keep.is_some()) {
-            return None;
-        }
-        let clock = shard.clock.load(Ordering::Relaxed);
-        let mut best: Option<Victim> = None;
-        for _ in 0..SAMPLES {
-            // The first occupied bucket from a random start (Redis samples the same way).
-            let mut i = fastrand::usize(..n);
-            let mut found = None;
-            for _ in 0..n {
-                if Some(i) != keep
-                    && let Some(e) = t.map.get_bucket(i)
-                {
-                    found = Some(e);
-                    break;
-                }
-                i = (i + 1) & (n - 1);
-            }
-            let e = found?;
-            if e.expired(now) {
-                return Some(Victim {
-                    index: i,
-                    expired: true,
-                    freq: 0,
-                    age: 0,
-                });
-            }
-            let age = clock.wrapping_sub(e.stamp.load(Ordering::Relaxed));
-            let freq = shard
-                .sketch
-                .as_ref()
-                .map_or(0, |s| s.frequency(self.hash(e.key())));
-            let worse = best.as_ref().is_none_or(|b| {
-                (freq, std::cmp::Reverse(age)) < (b.freq, std::cmp::Reverse(b.age))
-            });
-            if worse {
-                best = Some(Victim {
-                    index: i,
-                    expired: false,
-                    freq,
-                    age,
-                });
-            }
-        }
-        best
-    }
-
-    /// Evicts from shards other than `skip` until the store is back under its bound.
-    fn evict_elsewhere(&self, skip: usize) {
-        let mut now = Now::new();
-        let mut empty_in_a_row = 0;
-        let mut si = skip;
-        while self.used.load(Ordering::Relaxed) > self.max_memory
-            && empty_in_a_row < self.shards.len()
-        {
-            si = (si + 1) & self.shard_mask;
-            if si == skip {
-                continue;
-            }
-            let shard = &self.shards[si];
-            let mut t = shard.table.write();
-            if let Some(freed) = self.evict_one(shard, &mut t, None, &mut now) {
-                self.used.fetch_sub(freed, Ordering::Relaxed);
-                shrink_if_sparse(&mut t, self.rehash());
-                empty_in_a_row = 0;
-            } else {
-                empty_in_a_row += 1;
-            }
-        }
-    }
-
-    /// Starts the TTL sweep thread once (it stops when the store is dropped).
-    fn start_sweeper(&self) {
-        if self.sweeper.load(Ordering::Relaxed) || self.sweeper.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let weak = self.me.clone();
-        let spawned = std::thread::Builder::new()
-            .name("mortar-cache-ttl".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(SWEEP_EVERY);
-                    let Some(inner) = weak.upgrade() else { return };
-                    inner.sweep();
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cache: cannot start the TTL sweep thread; expired entries are reclaimed on access and eviction only");
-        }
-    }
-
-    /// Reclaims expired entries: per shard with TTL'd entries, `SWEEP_BUCKETS` buckets from
-    /// where the last pass stopped, and again while more than a quarter of the TTL'd entries
-    /// seen had expired (up to a whole table).
-    fn sweep(&self) -> u64 {
-        let mut reclaimed = 0;
-        let now = now_ms();
-        for shard in &self.shards {
-            if shard.table.read().volatile == 0 {
-                continue;
-            }
-            let mut garbage = Vec::new();
-            let freed =
-                Self::sweep_table(&mut shard.table.write(), now, &mut garbage, self.rehash());
-            // The buffers are freed here, after the lock.
-            if freed > 0 {
-                self.used.fetch_sub(freed, Ordering::Relaxed);
-                self.stats
-                    .expired
-                    .fetch_add(garbage.len() as u64, Ordering::Relaxed);
-                reclaimed += garbage.len() as u64;
-            }
-        }
-        reclaimed
-    }
-
-    fn sweep_table(
-        table: &mut Table,
-        now: u64,
-        garbage: &mut Vec<Bytes>,
-        rehash: impl Fn(&Entry) -> u64,
-    ) -> u64 {
-        let mut freed = 0;
-        let mut scanned = 0;
-        loop {
-            let buckets = table.map.num_buckets();
-            if buckets == 0 || table.volatile == 0 {
-                break;
-            }
-            let (mut seen, mut gone) = (0, 0);
-            for _ in 0..SWEEP_BUCKETS.min(buckets) {
-                let index = table.cursor & (buckets - 1);
-                table.cursor = index + 1;
-                let Some(entry) = table.map.get_bucket(index) else {
-                    continue;
-                };
-                if entry.expires_at_ms == 0 {
-                    continue;
-                }
-                seen += 1;
-                if entry.expires_at_ms <= now
-                    && let Ok(slot) = table.map.get_bucket_entry(index)
-                {
-                    let (entry, _) = slot.remove();
-                    table.volatile -= 1;
-                    freed += entry.size();
-                    gone += 1;
-                    garbage.push(entry.buf);
-                }
-            }
-            scanned += SWEEP_BUCKETS;
-            if gone * 4 <= seen || scanned >= buckets {
-                break;
-            }
-        }
-        shrink_if_sparse(table, rehash);
-        freed
-    }
 }
 
 /// A table left mostly empty gives its memory back (and keeps sampling short: a sample walks
@@ -798,11 +570,4 @@ fn shrink_if_sparse(table: &mut Table, rehash: impl Fn(&Entry) -> u64) {
         table.map.shrink_to(len * 2, rehash);
         table.cursor = 0;
     }
-}
-
-struct Victim {
-    index: usize,
-    expired: bool,
-    freq: u8,
-    age: u32,
 }
