@@ -196,13 +196,20 @@ MAX_WAIT_MS = 200
 
 @schemathesis.hook
 def before_call(context, case, kwargs):
-    # Long-polls (lease, lock waits) and profiles (`seconds`, default 30) would spend the run's
+    # Long-polls (lease, lock waits, watches) and profiles (`seconds`, default 30) would spend the run's
     # time budget waiting: keep them short. A time budget, not a correctness concern.
     label = case.operation.label
     if label in ("POST /v1/jobs/lease", "POST /v1/locks/{name}/acquire") and isinstance(case.body, dict):
         wait = case.body.get("wait_ms")
         if _number(wait) > MAX_WAIT_MS:
             case.body["wait_ms"] = MAX_WAIT_MS
+    if label == "GET /v1/jobs/events":
+        # Without `wait_ms` this is an endless SSE stream: test its long-poll form.
+        query = case.query if isinstance(case.query, dict) else {}
+        wait = query.get("wait_ms")
+        if wait is None or _number(wait) > MAX_WAIT_MS:
+            query["wait_ms"] = MAX_WAIT_MS
+            case.query = query
     if label == "GET /debug/pprof/profile":
         query = case.query if isinstance(case.query, dict) else {}
         seconds = query.get("seconds")

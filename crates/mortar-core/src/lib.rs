@@ -39,7 +39,9 @@ pub mod metrics;
 pub mod problem;
 pub mod shutdown;
 pub mod storage;
+pub mod stream;
 pub mod telemetry;
+pub mod watch;
 
 pub use problem::{FieldError, Problem};
 

@@ -123,6 +123,9 @@ pub struct Storage {
     /// Open while the durable store is known to be down (PostgreSQL; a SQLite file's never
     /// opens): blocks that need it answer 503 at once ([`gate`]).
     pub durable_gate: Arc<gate::Gate>,
+    /// The node's watched topics and typed event bus, connected to the other nodes in
+    /// cluster mode ([`crate::watch`]).
+    pub hub: Arc<crate::watch::Hub>,
     backends: Vec<Backend>,
 }
 
@@ -280,12 +283,30 @@ impl Storage {
         if let Durable::Postgres(pool) = &durable {
             probe_postgres(&durable_gate, pool);
         }
+        let stopping = crate::shutdown::Stopping::default();
+        let hub = crate::watch::Hub::new(crate::watch::KEEP, stopping.clone());
+        match (&redis, &durable) {
+            (Some(r), _) => {
+                if let Some(opener) = &r.opener {
+                    hub.connect(crate::watch::remote::Wire::Redis {
+                        client: opener.client.clone(),
+                        conn: r.conn.clone(),
+                        channel: format!("{}watch", r.prefix),
+                    });
+                }
+            }
+            (None, Durable::Postgres(pool)) => hub.connect(crate::watch::remote::Wire::Postgres(
+                notify::Channel::new(pool.clone(), "mortar_watch", "watch"),
+            )),
+            (None, Durable::Sqlite(_)) => {}
+        }
         Ok(Self {
             mode,
             durable,
             redis,
-            stopping: crate::shutdown::Stopping::default(),
+            stopping,
             durable_gate,
+            hub,
             backends,
         })
     }

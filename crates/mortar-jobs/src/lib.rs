@@ -59,6 +59,7 @@ pub mod cli;
 pub mod client;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod push;
 pub mod service;
 pub mod store;

@@ -197,6 +197,8 @@ pub struct JobsService {
     clock: Arc<dyn Clock>,
     /// The node's shutdown: a waiting lease returns what it has (nothing) at once.
     stopping: mortar_core::shutdown::Stopping,
+    /// The node's event bus: job state changes ([`crate::events`]).
+    hub: Arc<mortar_core::watch::Hub>,
     /// Woken by every enqueue on this node and, on PostgreSQL, by NOTIFY from any node.
     wake: Notify,
     /// How many times `wake` has fired, or `maintain` has run: anything that may have made
@@ -592,6 +594,7 @@ impl JobsService {
             cfg: cfg.clone(),
             clock,
             stopping: storage.stopping.clone(),
+            hub: storage.hub.clone(),
             wake: Notify::new(),
             wakes: AtomicU64::new(0),
             drained: Mutex::new(None),
@@ -616,6 +619,11 @@ impl JobsService {
 
     fn db(&self) -> impl Fn(sqlx::Error) -> JobsError + use<> {
         db(self.store.durable())
+    }
+
+    /// The node's event bus, where job state changes are published.
+    pub fn hub(&self) -> &Arc<mortar_core::watch::Hub> {
+        &self.hub
     }
 
     /// Long-poll leases waiting on this node for jobs right now.
@@ -729,6 +737,9 @@ impl JobsService {
                 self.note_due(j.run_at_ms);
             }
         }
+        // A job handed to a waiting lease went in running: it is published as started there.
+        let created = out.iter().filter(|(_, dup)| !dup).map(|(j, _)| j);
+        self.publish(now, created.map(|j| (j, crate::events::enqueued_state(&j.state))));
         per_kind(
             &out,
             |(j, _)| (&j.queue, &j.kind),
@@ -899,12 +910,30 @@ impl JobsService {
         taken
     }
 
+    /// Publishes jobs' new states on the node's bus (nothing is built when nobody watches).
+    fn publish<'a>(&self, now: u64, jobs: impl IntoIterator<Item = (&'a Job, &'a str)>) {
+        crate::events::publish(
+            &self.hub,
+            now,
+            jobs.into_iter().map(|(j, state)| {
+                (
+                    j.id.as_str(),
+                    j.queue.as_str(),
+                    j.kind.as_str(),
+                    state,
+                    Some(j.attempt),
+                )
+            }),
+        );
+    }
+
     /// Counts leased jobs as started.
     fn started(&self, jobs: &[Job]) {
         if let Some(until) = jobs.iter().filter_map(|j| j.lease_until_ms).min() {
             self.note_due(until);
         }
         let now = self.clock.now_ms();
+        self.publish(now, jobs.iter().map(|j| (j, "running")));
         per_kind(
             jobs,
             |j| (&j.queue, &j.kind),
@@ -957,7 +986,21 @@ impl JobsService {
         self.wakes.fetch_add(1, Ordering::SeqCst);
         let result = async {
             self.checked_at.store(now, Ordering::SeqCst);
-            for d in self.store.rescue(now).await.map_err(self.db())? {
+            let dead = self.store.rescue(now).await.map_err(self.db())?;
+            crate::events::publish(
+                &self.hub,
+                now,
+                dead.iter().map(|d| {
+                    (
+                        d.id.as_str(),
+                        d.queue.as_str(),
+                        d.kind.as_str(),
+                        "dead",
+                        None,
+                    )
+                }),
+            );
+            for d in dead {
                 metrics::counter!(DEAD, "queue" => d.queue, "kind" => d.kind).increment(1);
             }
             self.store.promote(now).await.map_err(self.db())?;
@@ -1026,6 +1069,19 @@ impl JobsService {
         }
         let now = self.clock.now_ms();
         let done = self.store.complete(&items, now).await.map_err(self.db())?;
+        crate::events::publish(
+            &self.hub,
+            now,
+            done.iter().map(|c| {
+                (
+                    c.id.as_str(),
+                    c.queue.as_str(),
+                    c.kind.as_str(),
+                    "completed",
+                    None,
+                )
+            }),
+        );
         per_kind(
             &done,
             |c| (&c.queue, &c.kind),
@@ -1089,6 +1145,7 @@ impl JobsService {
         if let Some(at) = next {
             self.note_due(at as i64);
         }
+        self.publish(now, [(&updated, updated.state.as_str())]);
         let (q, k) = (updated.queue.clone(), updated.kind.clone());
         metrics::counter!(FAILED, "queue" => q.clone(), "kind" => k.clone()).increment(1);
         if next.is_none() {
@@ -1099,12 +1156,14 @@ impl JobsService {
 
     /// Gives a leased job back at once, this attempt not counted (a worker shutting down).
     pub async fn release(&self, id: &str, lease_id: &str) -> Result<Job, JobsError> {
+        let now = self.clock.now_ms();
         let job = self
             .store
-            .release(id, lease_id, self.clock.now_ms())
+            .release(id, lease_id, now)
             .await
             .map_err(self.db())?
             .ok_or_else(|| not_held(id))?;
+        self.publish(now, [(&job, job.state.as_str())]);
         self.announce();
         Ok(job)
     }
@@ -1136,11 +1195,13 @@ impl JobsService {
     }
 
     pub async fn retry(&self, id: &str) -> Result<Job, JobsError> {
+        let now = self.clock.now_ms();
         let mut jobs = self
             .store
-            .retry(Some(id), &Filter::default(), self.clock.now_ms())
+            .retry(Some(id), &Filter::default(), now)
             .await
             .map_err(self.db())?;
+        self.publish(now, jobs.iter().map(|j| (j, j.state.as_str())));
         match jobs.pop() {
             Some(j) => {
                 self.announce();
@@ -1155,12 +1216,10 @@ impl JobsService {
     /// Retries every dead, cancelled or retryable job matching the filter; returns how many.
     pub async fn retry_where(&self, f: &Filter) -> Result<usize, JobsError> {
         Self::check_filter(f)?;
-        let n = self
-            .store
-            .retry(None, f, self.clock.now_ms())
-            .await
-            .map_err(self.db())?
-            .len();
+        let now = self.clock.now_ms();
+        let jobs = self.store.retry(None, f, now).await.map_err(self.db())?;
+        self.publish(now, jobs.iter().map(|j| (j, j.state.as_str())));
+        let n = jobs.len();
         self.announce();
         Ok(n)
     }
@@ -1172,13 +1231,12 @@ impl JobsService {
     }
 
     pub async fn cancel(&self, id: &str) -> Result<Job, JobsError> {
-        match self
-            .store
-            .cancel(id, self.clock.now_ms())
-            .await
-            .map_err(self.db())?
-        {
-            Some(j) => Ok(j),
+        let now = self.clock.now_ms();
+        match self.store.cancel(id, now).await.map_err(self.db())? {
+            Some(j) => {
+                self.publish(now, [(&j, j.state.as_str())]);
+                Ok(j)
+            }
             None => Err(self
                 .conflict(
                     id,
@@ -1556,3 +1614,4 @@ mod tests {
         );
     }
 }
+

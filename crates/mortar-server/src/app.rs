@@ -106,6 +106,10 @@ fn fail_fast(router: OpenApiRouter, gate: Option<Arc<Gate>>) -> OpenApiRouter {
 /// Connects to the configured backends, migrates, and builds the application.
 pub async fn build(config: &Config) -> anyhow::Result<App> {
     let storage = Storage::connect(&config.storage()).await?;
+    // Streams' keep-alives stay well inside the idle timeout that closes quiet connections.
+    storage.hub.set_keepalive(std::time::Duration::from_millis(
+        (config.http.idle_timeout_ms / 3).min(15_000),
+    ));
     for migrations in [
         core_migrations(),
         mortar_ratelimit::service::migrations(),

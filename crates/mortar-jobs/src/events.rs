@@ -1,0 +1,126 @@
+//! Job state changes on the node's event bus ([`mortar_core::watch`]): what
+//! `GET /v1/jobs/events` streams and what other blocks (the console) subscribe to.
+//!
+//! Every change a node's service makes is published: enqueued (`job.available` /
+//! `job.scheduled`), started (`job.running`), completed, failed (`job.retryable` / `job.dead`),
+//! a lease that ran out on its last attempt (`job.dead`), released, retried, cancelled. Jobs
+//! inserted by SQL (`mortar_jobs_enqueue`, [`crate::service::enqueue_in_tx`]) appear when they
+//! start. Nothing is built while nobody watches, on any node.
+
+use mortar_core::watch::{Event, Hub};
+use serde::{Deserialize, Serialize};
+
+/// One job's new state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobEvent {
+    pub id: String,
+    pub queue: String,
+    pub kind: String,
+    /// The state the job is now in.
+    pub state: String,
+    /// The attempt it is on (1 for the first), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i32>,
+    /// When the change happened (Unix milliseconds).
+    pub at_ms: u64,
+}
+
+impl Event for JobEvent {
+    const TOPIC: &'static str = "jobs";
+
+    fn event(&self) -> &'static str {
+        match self.state.as_str() {
+            "scheduled" => "job.scheduled",
+            "available" => "job.available",
+            "running" => "job.running",
+            "retryable" => "job.retryable",
+            "completed" => "job.completed",
+            "dead" => "job.dead",
+            "cancelled" => "job.cancelled",
+            _ => "job.changed",
+        }
+    }
+
+    fn subject(&self) -> &str {
+        &self.queue
+    }
+}
+
+/// Publishes one event per job (`(id, queue, kind, state, attempt)`), building nothing when
+/// nobody watches.
+pub(crate) fn publish<'a>(
+    hub: &Hub,
+    at_ms: u64,
+    jobs: impl IntoIterator<Item = (&'a str, &'a str, &'a str, &'a str, Option<i32>)>,
+) {
+    if !hub.wants(JobEvent::TOPIC) {
+        return;
+    }
+    for (id, queue, kind, state, attempt) in jobs {
+        hub.emit(&JobEvent {
+            id: id.to_owned(),
+            queue: queue.to_owned(),
+            kind: kind.to_owned(),
+            state: state.to_owned(),
+            attempt,
+            at_ms,
+        });
+    }
+}
+
+/// The state an enqueue publishes for a job now in `state`: a job handed to a waiting lease
+/// went in running, and is published as started by that lease.
+pub(crate) fn enqueued_state(state: &str) -> &str {
+    match state {
+        "running" => "available",
+        s => s,
+    }
+}
+
+/// `GET /v1/jobs/events`: the filters beside [`mortar_core::stream::WatchParams`].
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventFilter {
+    /// Only this queue's jobs.
+    pub queue: Option<String>,
+}
+
+/// Job state changes as they happen: SSE (`text/event-stream`; `event:` is `job.<state>`,
+/// `id:` the cursor to resume from with `Last-Event-ID`), a long-poll with `wait_ms`, or a
+/// WebSocket (one JSON message per change) when the request upgrades. An event named `reset`
+/// says changes may have been missed (the cursor is too old or from another node): re-read
+/// with `GET /v1/jobs`.
+#[utoipa::path(get, path = "/v1/jobs/events", tag = "jobs",
+    params(mortar_core::stream::WatchParams, EventFilter),
+    responses(
+        (status = 200, description = "SSE stream of job changes (`data:` is a JobEvent), or with `wait_ms` the changes that came",
+            content(
+                (String = "text/event-stream"),
+                (mortar_core::stream::Polled = "application/json"),
+            )),
+        (status = 101, description = "switched to a WebSocket: one JSON `Delivered` per change"),
+        (status = 400, body = mortar_core::Problem, description = "a malformed cursor or `Last-Event-ID`"),
+        (status = 422, body = mortar_core::Problem, description = "`wait_ms` or `limit` out of range"),
+    ))]
+pub(crate) async fn watch(
+    axum::extract::State(svc): axum::extract::State<std::sync::Arc<crate::JobsService>>,
+    headers: axum::http::HeaderMap,
+    mortar_core::extract::ApiQuery(p): mortar_core::extract::ApiQuery<
+        mortar_core::stream::WatchParams,
+    >,
+    mortar_core::extract::ApiQuery(f): mortar_core::extract::ApiQuery<EventFilter>,
+    upgrade: mortar_core::stream::Upgrade,
+) -> Result<axum::response::Response, mortar_core::Problem> {
+    let keep =
+        move |c: &mortar_core::watch::Change| f.queue.as_ref().is_none_or(|q| *q == c.subject);
+    mortar_core::stream::respond(
+        svc.hub(),
+        JobEvent::TOPIC,
+        false,
+        &headers,
+        &p,
+        upgrade,
+        keep,
+    )
+    .await
+}
