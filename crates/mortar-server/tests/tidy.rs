@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 /// Files over the budget today, and the most lines each may have until it is split.
 const OVERSIZED: &[(&str, usize)] = &[
     ("crates/mortar-cron/src/service.rs", 1100),
-    ("crates/mortar-jobs/src/service.rs", 1617),
 ];
 
 /// Engines that still derive serde for their wire types (to move into `api.rs`).
