@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+/// GET/SET load on the cache's RESP port (throughput, latency percentiles).
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// RESP address of the cache.

@@ -25,6 +25,7 @@
 //! * SCAN walks a snapshot ordered by a stable key hash: O(keys) per call.
 
 pub mod api;
+pub mod block;
 pub mod bench;
 pub mod busy_poll;
 pub mod cli;

@@ -27,6 +27,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod block;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -28,6 +28,7 @@ pub fn router(svc: Arc<CronService>) -> OpenApiRouter {
         .routes(routes!(backfill))
         .routes(routes!(runs))
         .routes(routes!(preview))
+        .routes(routes!(crate::events::watch))
         .with_state(svc)
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use mortar_core::client::{Client, ClientArgs, ClientError, encode_segment};
 use serde_json::{Value, json};
 
+/// N schedules firing together: fire lag percentiles and CPU between fires.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Schedules to create.

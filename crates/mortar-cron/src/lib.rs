@@ -35,10 +35,12 @@
 //! * Nodes' clocks must agree to within `cron.misfire_threshold_ms` (NTP).
 
 pub mod api;
+pub mod block;
 pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod service;
 pub mod store;
 

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::client::JobsClient;
 use crate::worker::Worker;
 
+/// No-op jobs end to end (batch enqueue + a Rust worker), or with --rate enqueue → start latency.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Handlers running at once in the (one) worker.

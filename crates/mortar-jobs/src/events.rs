@@ -90,7 +90,7 @@ pub struct EventFilter {
 /// WebSocket (one JSON message per change) when the request upgrades. An event named `reset`
 /// says changes may have been missed (the cursor is too old or from another node): re-read
 /// with `GET /v1/jobs`.
-#[utoipa::path(get, path = "/v1/jobs/events", tag = "jobs",
+#[utoipa::path(get, path = "/v1/jobs/events", tag = "jobs", operation_id = "watch_jobs",
     params(mortar_core::stream::WatchParams, EventFilter),
     responses(
         (status = 200, description = "SSE stream of job changes (`data:` is a JobEvent), or with `wait_ms` the changes that came",

@@ -54,6 +54,7 @@
 //! `mortar jobs …` CLI in [`cli`]; `mortar bench jobs` in [`bench`].
 
 pub mod api;
+pub mod block;
 pub mod bench;
 pub mod cli;
 pub mod client;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use mortar_core::client::ClientArgs;
 use serde_json::{Value, json};
 
+/// Acquire + release pairs (or, with --contended, hand-off latency); --target drives a peer.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     #[arg(long, short = 'c', default_value_t = 32)]

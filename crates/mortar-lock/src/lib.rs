@@ -50,6 +50,7 @@
 //! `Retry-After` at once.
 
 pub mod api;
+pub mod block;
 pub mod bench;
 pub mod cli;
 pub mod client;

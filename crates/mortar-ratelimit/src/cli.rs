@@ -52,7 +52,7 @@ pub enum PolicyCommand {
     },
 }
 
-/// `mortar bench ratelimit`: checks against a running server.
+/// `POST /v1/ratelimit/check` with a temporary always-allowing policy (or --policy).
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Concurrent connections.

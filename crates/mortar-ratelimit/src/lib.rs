@@ -41,6 +41,7 @@
 //! [`api::router`], [`layer::RateLimitLayer`], [`store::RateLimitStore`] (backends).
 
 pub mod api;
+pub mod block;
 pub mod cli;
 pub mod config;
 pub mod engine;

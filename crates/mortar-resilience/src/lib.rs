@@ -25,6 +25,7 @@
 //! the node that receives the request.
 
 pub mod api;
+pub mod block;
 pub mod breaker;
 pub mod bulkhead;
 pub mod cli;

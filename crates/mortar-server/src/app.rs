@@ -5,17 +5,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::Router;
-use mortar_cache::CacheService;
 use mortar_core::auth::{Auth, KeyStore};
+use mortar_core::block::{BoxFuture, Ctx, Listener};
 use mortar_core::clock::{Clock, SystemClock};
 use mortar_core::idempotency::Idempotency;
 use mortar_core::storage::gate::Gate;
 use mortar_core::storage::{Storage, core_migrations};
-use mortar_cron::CronService;
-use mortar_jobs::JobsService;
-use mortar_lock::LockService;
-use mortar_ratelimit::RateLimitService;
-use mortar_resilience::ResilienceService;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -31,17 +26,23 @@ pub struct Node {
     pub openapi: OnceLock<String>,
 }
 
-/// A built application: the router to serve and the node behind it.
-#[derive(Debug)]
+/// A built application: the router to serve, the node behind it, its blocks' services, the
+/// listeners they open besides the HTTP API and what they do at shutdown.
 pub struct App {
     pub router: Router,
     pub node: Arc<Node>,
-    pub ratelimit: Arc<RateLimitService>,
-    pub resilience: Arc<ResilienceService>,
-    pub locks: Arc<LockService>,
-    pub cache: Arc<CacheService>,
-    pub jobs: Arc<JobsService>,
-    pub cron: Arc<CronService>,
+    pub blocks: crate::blocks::Services,
+    pub listeners: Vec<Listener>,
+    pub stops: Vec<Box<dyn FnOnce() -> BoxFuture + Send>>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("node", &self.node)
+            .field("blocks", &self.blocks)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The document's description: what holds for every operation.
@@ -110,13 +111,8 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
     storage.hub.set_keepalive(std::time::Duration::from_millis(
         (config.http.idle_timeout_ms / 3).min(15_000),
     ));
-    for migrations in [
-        core_migrations(),
-        mortar_ratelimit::service::migrations(),
-        mortar_lock::service::migrations(),
-        mortar_jobs::service::migrations(),
-        mortar_cron::service::migrations(),
-    ] {
+    storage.migrate(&core_migrations()).await?;
+    for migrations in crate::blocks::migrations() {
         storage.migrate(&migrations).await?;
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -128,26 +124,14 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         clock.clone(),
         config.http.idempotency_ttl_ms,
     );
-    let ratelimit = RateLimitService::start(&storage, &config.ratelimit, clock.clone()).await?;
-    let resilience = ResilienceService::new(&config.resilience)?;
-    let locks = LockService::start(&storage, &config.lock, clock.clone())?;
-    let cache = match (&storage.redis, &config.redis_url) {
-        (Some(redis), Some(url)) => CacheService::clustered(
-            &config.cache,
-            config.auth.admin_token.clone(),
-            redis.clone(),
-            url,
-        ),
-        _ => CacheService::new(&config.cache, config.auth.admin_token.clone()),
-    };
-    cache.attach_origins(|name| resilience.breaker(name));
-    let jobs = JobsService::start(&storage, &config.jobs, clock.clone());
-    jobs.attach_push({
-        let resilience = resilience.clone();
-        move |name| resilience.breaker(name)
-    });
-    let cron = CronService::new(&storage, jobs.clone(), &config.cron, clock.clone());
-    cron.spawn();
+    let mut ctx = Ctx::new(
+        &storage,
+        clock.clone(),
+        config.auth.admin_token.as_deref(),
+        config.redis_url.as_deref(),
+    );
+    let (blocks, serving) = crate::blocks::start(&mut ctx, config).await?;
+    drop(ctx);
     let node = Arc::new(Node {
         storage,
         started: Instant::now(),
@@ -155,31 +139,20 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
         openapi: OnceLock::new(),
     });
 
-    let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let mut router = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(system::router(node.clone()))
-        .merge(mortar_core::auth::api::router(keys))
-        .merge(mortar_ratelimit::api::router(ratelimit.clone()))
-        .merge(mortar_resilience::api::router(resilience.clone()))
-        .merge(fail_fast(
-            mortar_lock::api::router(locks.clone()),
-            match locks.backend() {
-                "redis" => node.storage.redis.as_ref().map(|r| r.gate.clone()),
-                _ => Some(node.storage.durable_gate.clone()),
-            },
-        ))
-        .merge(mortar_cache::api::router(cache.clone()))
-        .merge(fail_fast(
-            idempotency.on(
-                mortar_jobs::api::router(jobs.clone()),
-                mortar_jobs::IDEMPOTENT,
-            ),
-            Some(node.storage.durable_gate.clone()),
-        ))
-        .merge(fail_fast(
-            mortar_cron::api::router(cron.clone()),
-            Some(node.storage.durable_gate.clone()),
-        ))
-        .split_for_parts();
+        .merge(mortar_core::auth::api::router(keys));
+    let (mut listeners, mut stops) = (Vec::new(), Vec::new());
+    for s in serving {
+        let routes = match s.idempotent {
+            [] => s.router,
+            routes => idempotency.on(s.router, routes),
+        };
+        router = router.merge(fail_fast(routes, s.needs));
+        listeners.extend(s.listeners);
+        stops.extend(s.stop);
+    }
+    let (router, mut openapi) = router.split_for_parts();
     mortar_core::VERSION.clone_into(&mut openapi.info.version);
     mortar_core::problem::openapi::complete(&mut openapi);
     let json = openapi.to_pretty_json().unwrap_or_else(|_| "{}".into());
@@ -189,11 +162,8 @@ pub async fn build(config: &Config) -> anyhow::Result<App> {
     Ok(App {
         router,
         node,
-        ratelimit,
-        resilience,
-        locks,
-        cache,
-        jobs,
-        cron,
+        blocks,
+        listeners,
+        stops,
     })
 }

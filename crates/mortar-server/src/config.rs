@@ -3,60 +3,15 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use mortar_cache::CacheConfig;
-use mortar_core::config::{AuthConfig, ConfigError, HttpConfig, KeyDoc, LogConfig, LogFormat};
+use mortar_core::config::{ConfigError, KeyDoc, LogFormat};
 use mortar_core::storage::StorageConfig;
-use mortar_cron::CronConfig;
-use mortar_jobs::JobsConfig;
-use mortar_lock::LockConfig;
-use mortar_ratelimit::RateLimitConfig;
-use mortar_resilience::ResilienceConfig;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-/// Everything `mortar serve` reads. Every key is optional.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    pub listen: SocketAddr,
-    pub data_dir: PathBuf,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub database_url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub redis_url: Option<String>,
-    pub redis_prefix: String,
-    pub http: HttpConfig,
-    pub auth: AuthConfig,
-    pub log: LogConfig,
-    pub ratelimit: RateLimitConfig,
-    pub resilience: ResilienceConfig,
-    pub lock: LockConfig,
-    pub cache: CacheConfig,
-    pub jobs: JobsConfig,
-    pub cron: CronConfig,
-}
+/// The full configuration: the kernel's keys plus one section per block (generated from the
+/// list in `blocks.rs`).
+pub use crate::blocks::Config;
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8700)),
-            data_dir: PathBuf::from("mortar-data"),
-            database_url: None,
-            redis_url: None,
-            redis_prefix: "mortar:".into(),
-            http: HttpConfig::default(),
-            auth: AuthConfig::default(),
-            log: LogConfig::default(),
-            ratelimit: RateLimitConfig::default(),
-            resilience: ResilienceConfig::default(),
-            lock: LockConfig::default(),
-            cache: CacheConfig::default(),
-            jobs: JobsConfig::default(),
-            cron: CronConfig::default(),
-        }
-    }
-}
-
-const TOP_DOCS: &[KeyDoc] = &[
+pub(crate) const TOP_DOCS: &[KeyDoc] = &[
     KeyDoc::new(
         "listen",
         "address the HTTP API listens on (env MORTAR_LISTEN, flag --listen)",
@@ -78,32 +33,11 @@ const TOP_DOCS: &[KeyDoc] = &[
 ];
 
 impl Config {
-    /// Every documented key, in print order.
-    pub fn docs() -> Vec<KeyDoc> {
-        [
-            TOP_DOCS,
-            HttpConfig::DOCS,
-            AuthConfig::DOCS,
-            LogConfig::DOCS,
-            RateLimitConfig::DOCS,
-            ResilienceConfig::DOCS,
-            LockConfig::DOCS,
-            CacheConfig::DOCS,
-            JobsConfig::DOCS,
-            CronConfig::DOCS,
-        ]
-        .concat()
-    }
-
     /// Checks rules the types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.validate()?;
         self.auth.validate()?;
-        self.ratelimit.validate()?;
-        self.resilience.validate()?;
-        self.lock.validate()?;
-        self.cache.validate()?;
-        self.cron.validate()?;
+        self.validate_blocks()?;
         if self.redis_prefix.is_empty() || self.redis_prefix.len() > 64 {
             return Err(ConfigError(
                 "key `redis_prefix`: must be 1 to 64 characters".into(),
@@ -116,9 +50,7 @@ impl Config {
     /// (beyond loopback only with an admin token or `--insecure`) applies to each of them.
     pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
         let mut out = vec![("listen", self.listen)];
-        if let Ok(Some(resp)) = self.cache.resp_addr() {
-            out.push(("cache.resp_listen", resp));
-        }
+        out.extend(self.block_listeners());
         out
     }
 
@@ -174,7 +106,8 @@ pub struct LogOverride {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mortar_core::config::{Sources, leaf_keys, load, render_documented};
+    use mortar_cache::CacheConfig;
+    use mortar_core::config::{AuthConfig, Sources, leaf_keys, load, render_documented};
 
     fn full() -> Config {
         Config {

@@ -2,7 +2,10 @@
 //! place that knows every block), the system routes and the CLI commands. `main.rs` only
 //! parses arguments and dispatches here, so tests can build the exact app the binary serves.
 
+#[macro_use]
+mod registry;
 pub mod app;
+pub mod blocks;
 pub mod cli;
 pub mod config;
 pub mod system;
@@ -13,7 +16,7 @@ use anyhow::Context as _;
 pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let otlp = mortar_core::telemetry::init(&config.log)?;
     mortar_core::metrics::install();
-    let app = app::build(&config).await?;
+    let mut app = app::build(&config).await?;
     let listeners = mortar_core::http::Listeners::bind(config.listen, config.http.event_loops())
         .with_context(|| {
             format!(
@@ -22,26 +25,19 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
             )
         })?;
     let addr = listeners.local_addr();
-    let (stop_resp, resp_stopped) = tokio::sync::watch::channel(false);
-    let resp = match config.cache.resp_addr()? {
-        Some(resp_addr) => {
-            let loops = config.cache.resp_event_loops(mortar_core::config::cpus());
-            let l = mortar_core::http::Listeners::bind(resp_addr, loops).with_context(|| {
-                format!(
-                    "cannot listen on {resp_addr} (key `cache.resp_listen`, flag --resp-listen, \
-                         env MORTAR_CACHE__RESP_LISTEN; \"off\" turns it off)"
-                )
-            })?;
-            tracing::info!(addr = %l.local_addr(), "cache RESP listening");
-            Some(tokio::spawn(mortar_cache::server::serve(
-                l,
-                app.cache.clone(),
-                config.cache.resp_busy_poll(),
-                resp_stopped,
-            )))
-        }
-        None => None,
-    };
+    // The blocks' own listeners (the cache's RESP port), bound before anything is served.
+    let (stop_extra, extra_stopped) = tokio::sync::watch::channel(false);
+    let mut extra = Vec::new();
+    for l in std::mem::take(&mut app.listeners) {
+        let bound = mortar_core::http::Listeners::bind(l.addr, l.loops).with_context(|| {
+            format!(
+                "cannot listen on {} ({}; \"off\" turns it off)",
+                l.addr,
+                mortar_core::block::key_sources(l.key, l.flag)
+            )
+        })?;
+        extra.push(tokio::spawn((l.serve)(bound, extra_stopped.clone())));
+    }
     let backends: Vec<String> = app
         .node
         .storage
@@ -65,12 +61,13 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         stopping.begin();
     };
     mortar_core::http::serve(listeners, app.router, &config.http, signalled).await?;
-    let _ = stop_resp.send(true);
-    if let Some(resp) = resp {
-        let _ = resp.await;
+    let _ = stop_extra.send(true);
+    for task in extra {
+        let _ = task.await;
     }
-    app.cron.stop();
-    app.cache.flush_origins().await;
+    for stop in app.stops {
+        stop().await;
+    }
     tracing::info!("draining done; flushing storage");
     app.node.storage.close().await;
     mortar_core::telemetry::shutdown();

@@ -4,12 +4,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
+use mortar_core::block::Output;
 use mortar_core::client::ClientArgs;
 use mortar_core::config::{LogFormat, Sources, env_provider, load, render_documented};
-use mortar_lock::cli::LockCommand;
-use mortar_ratelimit::cli::RateLimitCommand;
-use mortar_resilience::cli::ResilienceCommand;
+use mortar_server::blocks::{BenchCommand, BlockCommand};
 use mortar_server::cli::{self, KeysCommand};
 use mortar_server::config::{CacheOverride, Config, LogOverride, Overrides};
 
@@ -52,63 +51,8 @@ enum Command {
         #[command(subcommand)]
         block: BenchCommand,
     },
-    /// Rate limiter: policies, checks, peeks, resets.
-    Ratelimit {
-        #[command(flatten)]
-        client: ClientArgs,
-        #[command(subcommand)]
-        command: RateLimitCommand,
-    },
-    /// The cache over HTTP: get, set, del, stats (any Redis client works on the RESP port too).
-    Cache {
-        #[command(flatten)]
-        client: ClientArgs,
-        #[command(subcommand)]
-        command: mortar_cache::cli::CacheCommand,
-    },
-    /// Distributed locks and semaphores: acquire, renew, release, status, list, run.
-    Lock {
-        #[command(flatten)]
-        client: ClientArgs,
-        #[command(subcommand)]
-        command: LockCommand,
-    },
-    /// Durable jobs: enqueue, get, list, retry, cancel, dlq, queues, pause, resume, and
-    /// `work --exec CMD` (a worker running a shell command per job).
-    Jobs {
-        #[command(flatten)]
-        client: ClientArgs,
-        #[command(subcommand)]
-        command: mortar_jobs::cli::JobsCommand,
-    },
-    /// Distributed cron: add, list, show, pause, resume, trigger, backfill, runs, preview, delete.
-    Cron {
-        #[command(flatten)]
-        client: ClientArgs,
-        #[command(subcommand)]
-        command: mortar_cron::cli::CronCommand,
-    },
-    /// Circuit breakers and bulkheads: list, show, force open/close, disable, reset.
-    Resilience {
-        #[command(flatten)]
-        client: ClientArgs,
-        #[command(subcommand)]
-        command: ResilienceCommand,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// `POST /v1/ratelimit/check` with a temporary always-allowing policy (or --policy).
-    Ratelimit(mortar_ratelimit::cli::BenchArgs),
-    /// Acquire + release pairs (or, with --contended, hand-off latency); --target drives a peer.
-    Lock(mortar_lock::bench::BenchArgs),
-    /// GET/SET load on the cache's RESP port (throughput, latency percentiles).
-    Cache(mortar_cache::bench::BenchArgs),
-    /// No-op jobs end to end (batch enqueue + a Rust worker), or with --rate enqueue → start latency.
-    Jobs(mortar_jobs::bench::BenchArgs),
-    /// N schedules firing together: fire lag percentiles and CPU between fires.
-    Cron(mortar_cron::bench::BenchArgs),
+    #[command(flatten)]
+    Block(BlockCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -149,12 +93,9 @@ enum LogFormatArg {
 }
 
 /// Prints a benchmark's report, or its error (exit 1).
-fn report(r: Result<String, impl std::fmt::Display>) -> ExitCode {
+fn report(r: Result<Output, String>) -> ExitCode {
     match r {
-        Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
-        }
+        Ok(out) => emit(&out),
         Err(e) => {
             eprintln!("mortar: {e}");
             ExitCode::FAILURE
@@ -162,8 +103,17 @@ fn report(r: Result<String, impl std::fmt::Display>) -> ExitCode {
     }
 }
 
+/// `mortar`'s arguments; `mortar bench` hides the blocks that have no driver.
+fn parse() -> Cli {
+    let mut command = Cli::command();
+    for name in BenchCommand::without_driver() {
+        command = command.mut_subcommand("bench", |b| b.mut_subcommand(name, |c| c.hide(true)));
+    }
+    Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     let runtime = match builder.build() {
@@ -175,78 +125,29 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
-        Command::Status { client } => print(runtime.block_on(cli::status(&client))),
-        Command::Keys { client, command } => print(runtime.block_on(cli::keys(&client, &command))),
-        Command::Bench {
-            client,
-            block: BenchCommand::Ratelimit(b),
-        } => print(runtime.block_on(mortar_ratelimit::cli::bench(&client, &b))),
-        Command::Bench {
-            client,
-            block: BenchCommand::Cache(b),
-        } => report(runtime.block_on(mortar_cache::bench::run(&b, client.token.as_deref()))),
-        Command::Bench {
-            client,
-            block: BenchCommand::Lock(b),
-        } => report(runtime.block_on(mortar_lock::bench::run(&client, &b))),
-        Command::Bench {
-            client,
-            block: BenchCommand::Jobs(b),
-        } => report(runtime.block_on(mortar_jobs::bench::run(&client, &b))),
-        Command::Jobs { client, command } => {
-            print(runtime.block_on(mortar_jobs::cli::run(&client, &command)))
+        Command::Status { client } => {
+            print(runtime.block_on(cli::status(&client)).map(Output::from))
         }
-        Command::Bench {
-            client,
-            block: BenchCommand::Cron(b),
-        } => print(runtime.block_on(mortar_cron::bench::run(&client, &b))),
-        Command::Cache { client, command } => {
-            match runtime.block_on(mortar_cache::cli::run(&client, &command)) {
-                Ok(out) => {
-                    use std::io::Write as _;
-                    let _ = std::io::stdout().write_all(&out);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => print(Err(e)),
-            }
-        }
-        Command::Lock { client, command } => {
-            match runtime.block_on(mortar_lock::cli::run(&client, &command)) {
-                Ok((out, code)) => {
-                    print!("{out}");
-                    ExitCode::from(u8::try_from(code).unwrap_or(1))
-                }
-                Err(e) => print(Err(e)),
-            }
-        }
-        Command::Cron { client, command } => {
-            print(runtime.block_on(mortar_cron::cli::run(&client, &command)))
-        }
-        Command::Resilience { client, command } => {
-            print(runtime.block_on(mortar_resilience::cli::run(&client, &command)))
-        }
-        Command::Ratelimit { client, command } => {
-            match runtime.block_on(mortar_ratelimit::cli::run(&client, &command)) {
-                Ok((out, denied)) => {
-                    print!("{out}");
-                    if denied {
-                        ExitCode::from(3)
-                    } else {
-                        ExitCode::SUCCESS
-                    }
-                }
-                Err(e) => print(Err(e)),
-            }
-        }
+        Command::Keys { client, command } => print(
+            runtime
+                .block_on(cli::keys(&client, &command))
+                .map(Output::from),
+        ),
+        Command::Bench { client, block } => report(runtime.block_on(block.run(&client))),
+        Command::Block(command) => print(runtime.block_on(command.run())),
     }
 }
 
-fn print(result: Result<String, mortar_core::client::ClientError>) -> ExitCode {
+/// Writes a command's output as it is (a cache value is bytes, not text) and exits with its code.
+fn emit(out: &Output) -> ExitCode {
+    use std::io::Write as _;
+    let _ = std::io::stdout().write_all(&out.stdout);
+    ExitCode::from(out.code)
+}
+
+fn print(result: Result<Output, mortar_core::client::ClientError>) -> ExitCode {
     match result {
-        Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
-        }
+        Ok(out) => emit(&out),
         Err(e) => {
             eprintln!("mortar: {e}");
             ExitCode::from(e.exit_code() as u8)

@@ -380,3 +380,39 @@ async fn across_nodes_over_redis_pubsub() {
     let db = s.create_database().await.unwrap();
     across_two_nodes(&db.url, Some(&s.redis_url)).await;
 }
+
+#[tokio::test]
+async fn cron_fires_stream_filtered_by_schedule() {
+    let node = serve(|_| {}).await;
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for name in ["a", "b"] {
+        let created: Value = http
+            .post(format!("{}/v1/cron/schedules", node.base))
+            .json(&json!({"name": name, "expr": "0 3 * * *", "job": {"queue": "q", "kind": name}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let url = format!("{}/v1/cron/events?schedule={}", node.base, ids[1]);
+    let mut sse = SseReader::open(&url, None).await;
+    for id in &ids {
+        let res = http
+            .post(format!("{}/v1/cron/schedules/{id}/trigger", node.base))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "{:?}", res.text().await);
+    }
+    let ev = sse.event().await;
+    assert_eq!(ev.event, "cron.fired");
+    let data: Value = serde_json::from_str(&ev.data).unwrap();
+    assert_eq!(data["schedule_id"], json!(ids[1]), "{data}");
+    assert_eq!(data["kind"], "manual");
+    assert!(data["job_id"].is_string());
+}

@@ -207,7 +207,8 @@ impl CronService {
 
     fn settle_enqueued(&self, runs: Vec<Run>, ids: impl Iterator<Item = String>) -> Vec<Run> {
         let at = self.clock.now_ms();
-        runs.into_iter()
+        let settled: Vec<Run> = runs
+            .into_iter()
             .zip(ids)
             .map(|(mut r, id)| {
                 r.status = "enqueued".into();
@@ -220,7 +221,9 @@ impl CronService {
                 }
                 r
             })
-            .collect()
+            .collect();
+        crate::events::publish(&self.hub, &settled);
+        settled
     }
 
     /// Sweeps runs whose node died before enqueueing them, releases buffered runs whose

@@ -46,6 +46,8 @@ pub struct CronService {
     wake: Notify,
     housekeeping: std::sync::Mutex<Housekeeping>,
     stopping: std::sync::atomic::AtomicBool,
+    /// The node's event bus: fires ([`crate::events`]).
+    hub: Arc<mortar_core::watch::Hub>,
 }
 
 #[derive(Debug, Default)]
@@ -121,7 +123,13 @@ impl CronService {
             wake: Notify::new(),
             housekeeping: std::sync::Mutex::new(Housekeeping::default()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            hub: storage.hub.clone(),
         })
+    }
+
+    /// The node's event bus, where fires are published.
+    pub fn hub(&self) -> &Arc<mortar_core::watch::Hub> {
+        &self.hub
     }
 
     /// This node's name in run history.
