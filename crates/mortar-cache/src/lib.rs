@@ -25,8 +25,8 @@
 //! * SCAN walks a snapshot ordered by a stable key hash: O(keys) per call.
 
 pub mod api;
-pub mod block;
 pub mod bench;
+pub mod block;
 pub mod busy_poll;
 pub mod cli;
 pub mod cluster;

@@ -491,7 +491,11 @@ impl Watcher {
             self.seen = cursor;
             return Some(Item::Reset { cursor });
         }
-        let ring = self.feed.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        let ring = self
+            .feed
+            .ring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if self.next < ring.front {
             // Fell behind by more than the ring keeps.
             self.next = ring.next_seq();

@@ -35,8 +35,8 @@
 //! * Nodes' clocks must agree to within `cron.misfire_threshold_ms` (NTP).
 
 pub mod api;
-pub mod block;
 pub mod bench;
+pub mod block;
 pub mod cli;
 pub mod engine;
 pub mod error;

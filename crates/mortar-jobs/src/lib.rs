@@ -54,8 +54,8 @@
 //! `mortar jobs …` CLI in [`cli`]; `mortar bench jobs` in [`bench`].
 
 pub mod api;
-pub mod block;
 pub mod bench;
+pub mod block;
 pub mod cli;
 pub mod client;
 pub mod engine;

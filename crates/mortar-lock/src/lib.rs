@@ -50,8 +50,8 @@
 //! `Retry-After` at once.
 
 pub mod api;
-pub mod block;
 pub mod bench;
+pub mod block;
 pub mod cli;
 pub mod client;
 pub mod config;

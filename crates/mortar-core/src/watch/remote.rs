@@ -176,7 +176,10 @@ impl Hub {
         }
         if !msg.i.is_empty() {
             let now = Instant::now();
-            let mut interest = remote.interest.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut interest = remote
+                .interest
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             for t in msg.i {
                 interest.insert(t, now);
             }
