@@ -304,3 +304,47 @@ pub async fn respond(
         (None, None) => sse(hub, watcher, keep),
     })
 }
+
+/// Declares a block's watch route — `GET <path>` as SSE, long-poll or WebSocket (see
+/// [`respond`]) over the topic `topic`, filtered by the optional query field `field` of
+/// `filter` (matched against each change's subject) — with its OpenAPI operation. The block's
+/// service must have `fn hub(&self) -> &Arc<Hub>`.
+#[macro_export]
+macro_rules! watch_route {
+    (
+        $(#[doc = $doc:tt])*
+        fn $name:ident, path = $path:tt, tag = $tag:tt, service = $svc:ty, topic = $topic:expr,
+        filter = $filter:ty, field = $field:ident, item = $item:tt $(,)?
+    ) => {
+        $(#[doc = $doc])*
+        ///
+        /// SSE by default (`text/event-stream`, `id:` the cursor to resume from with
+        /// `Last-Event-ID`); a long-poll with `wait_ms`; a WebSocket (one JSON `Delivered` per
+        /// change) when the request upgrades. An event named `reset` says changes may have been
+        /// missed (the cursor is too old or from another node): re-read the state.
+        #[utoipa::path(get, path = $path, tag = $tag,
+            params($crate::stream::WatchParams, $filter),
+            responses(
+                (status = 200, description = $item,
+                    content(
+                        (String = "text/event-stream"),
+                        ($crate::stream::Polled = "application/json"),
+                    )),
+                (status = 101, description = "switched to a WebSocket"),
+                (status = 400, body = $crate::Problem, description = "a malformed cursor or `Last-Event-ID`"),
+                (status = 422, body = $crate::Problem, description = "`wait_ms` or `limit` out of range"),
+            ))]
+        pub(crate) async fn $name(
+            axum::extract::State(svc): axum::extract::State<std::sync::Arc<$svc>>,
+            headers: axum::http::HeaderMap,
+            $crate::extract::ApiQuery(p): $crate::extract::ApiQuery<$crate::stream::WatchParams>,
+            $crate::extract::ApiQuery(f): $crate::extract::ApiQuery<$filter>,
+            upgrade: $crate::stream::Upgrade,
+        ) -> Result<axum::response::Response, $crate::Problem> {
+            let keep = move |c: &$crate::watch::Change| {
+                f.$field.as_ref().is_none_or(|s| *s == c.subject)
+            };
+            $crate::stream::respond(svc.hub(), $topic, false, &headers, &p, upgrade, keep).await
+        }
+    };
+}

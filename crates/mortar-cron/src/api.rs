@@ -28,7 +28,7 @@ pub fn router(svc: Arc<CronService>) -> OpenApiRouter {
         .routes(routes!(backfill))
         .routes(routes!(runs))
         .routes(routes!(preview))
-        .routes(routes!(crate::events::watch))
+        .routes(routes!(crate::events::watch_cron))
         .with_state(svc)
 }
 

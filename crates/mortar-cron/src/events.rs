@@ -60,41 +60,9 @@ pub struct EventFilter {
     pub schedule: Option<String>,
 }
 
-/// Fires as they happen: SSE (`text/event-stream`; `event: cron.fired`, `id:` the cursor to
-/// resume from with `Last-Event-ID`), a long-poll with `wait_ms`, or a WebSocket when the
-/// request upgrades. An event named `reset` says fires may have been missed: read
-/// `GET /v1/cron/schedules/{id}/runs`.
-#[utoipa::path(get, path = "/v1/cron/events", tag = "cron", operation_id = "watch_cron",
-    params(mortar_core::stream::WatchParams, EventFilter),
-    responses(
-        (status = 200, description = "SSE stream of fires (`data:` is a CronFired), or with `wait_ms` the fires that came",
-            content(
-                (String = "text/event-stream"),
-                (mortar_core::stream::Polled = "application/json"),
-            )),
-        (status = 101, description = "switched to a WebSocket: one JSON `Delivered` per fire"),
-        (status = 400, body = mortar_core::Problem, description = "a malformed cursor or `Last-Event-ID`"),
-        (status = 422, body = mortar_core::Problem, description = "`wait_ms` or `limit` out of range"),
-    ))]
-pub(crate) async fn watch(
-    axum::extract::State(svc): axum::extract::State<std::sync::Arc<crate::CronService>>,
-    headers: axum::http::HeaderMap,
-    mortar_core::extract::ApiQuery(p): mortar_core::extract::ApiQuery<
-        mortar_core::stream::WatchParams,
-    >,
-    mortar_core::extract::ApiQuery(f): mortar_core::extract::ApiQuery<EventFilter>,
-    upgrade: mortar_core::stream::Upgrade,
-) -> Result<axum::response::Response, mortar_core::Problem> {
-    let keep =
-        move |c: &mortar_core::watch::Change| f.schedule.as_ref().is_none_or(|s| *s == c.subject);
-    mortar_core::stream::respond(
-        svc.hub(),
-        CronFired::TOPIC,
-        false,
-        &headers,
-        &p,
-        upgrade,
-        keep,
-    )
-    .await
+mortar_core::watch_route! {
+    /// Cron fires as they happen (each published once, by the node that enqueued its job), filtered by schedule id.
+    fn watch_cron, path = "/v1/cron/events", tag = "cron", service = crate::CronService,
+    topic = CronFired::TOPIC, filter = EventFilter, field = schedule,
+    item = "fires: SSE events named `cron.fired` whose `data:` is a CronFired, or with `wait_ms` the fires that came",
 }

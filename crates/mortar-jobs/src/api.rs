@@ -38,7 +38,7 @@ pub fn router(svc: Arc<JobsService>) -> OpenApiRouter {
         .routes(routes!(get_queue, put_queue))
         .routes(routes!(pause_queue))
         .routes(routes!(resume_queue))
-        .routes(routes!(crate::events::watch))
+        .routes(routes!(crate::events::watch_jobs))
         .with_state(svc)
 }
 

@@ -85,42 +85,9 @@ pub struct EventFilter {
     pub queue: Option<String>,
 }
 
-/// Job state changes as they happen: SSE (`text/event-stream`; `event:` is `job.<state>`,
-/// `id:` the cursor to resume from with `Last-Event-ID`), a long-poll with `wait_ms`, or a
-/// WebSocket (one JSON message per change) when the request upgrades. An event named `reset`
-/// says changes may have been missed (the cursor is too old or from another node): re-read
-/// with `GET /v1/jobs`.
-#[utoipa::path(get, path = "/v1/jobs/events", tag = "jobs", operation_id = "watch_jobs",
-    params(mortar_core::stream::WatchParams, EventFilter),
-    responses(
-        (status = 200, description = "SSE stream of job changes (`data:` is a JobEvent), or with `wait_ms` the changes that came",
-            content(
-                (String = "text/event-stream"),
-                (mortar_core::stream::Polled = "application/json"),
-            )),
-        (status = 101, description = "switched to a WebSocket: one JSON `Delivered` per change"),
-        (status = 400, body = mortar_core::Problem, description = "a malformed cursor or `Last-Event-ID`"),
-        (status = 422, body = mortar_core::Problem, description = "`wait_ms` or `limit` out of range"),
-    ))]
-pub(crate) async fn watch(
-    axum::extract::State(svc): axum::extract::State<std::sync::Arc<crate::JobsService>>,
-    headers: axum::http::HeaderMap,
-    mortar_core::extract::ApiQuery(p): mortar_core::extract::ApiQuery<
-        mortar_core::stream::WatchParams,
-    >,
-    mortar_core::extract::ApiQuery(f): mortar_core::extract::ApiQuery<EventFilter>,
-    upgrade: mortar_core::stream::Upgrade,
-) -> Result<axum::response::Response, mortar_core::Problem> {
-    let keep =
-        move |c: &mortar_core::watch::Change| f.queue.as_ref().is_none_or(|q| *q == c.subject);
-    mortar_core::stream::respond(
-        svc.hub(),
-        JobEvent::TOPIC,
-        false,
-        &headers,
-        &p,
-        upgrade,
-        keep,
-    )
-    .await
+mortar_core::watch_route! {
+    /// Job state changes as they happen, filtered by queue.
+    fn watch_jobs, path = "/v1/jobs/events", tag = "jobs", service = crate::JobsService,
+    topic = JobEvent::TOPIC, filter = EventFilter, field = queue,
+    item = "job changes: SSE events named `job.<state>` whose `data:` is a JobEvent, or with `wait_ms` the changes that came",
 }
