@@ -3,7 +3,22 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Time since the Unix epoch from the system clock (zero if the clock reads before it).
+///
+/// The one place that reads the wall clock (clippy's `disallowed-methods` keeps
+/// `SystemTime::now` out of everything else). Services take a [`Clock`] so tests can drive
+/// time; this is for the few places with no `Clock` at hand (ids, bench timing, a node's epoch).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the wall clock is read here and nowhere else"
+)]
+pub fn unix_time() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
 
 /// A source of wall-clock time in milliseconds since the Unix epoch.
 pub trait Clock: Send + Sync + 'static {
@@ -23,9 +38,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+        unix_time().as_millis() as u64
     }
 
     fn is_system(&self) -> bool {

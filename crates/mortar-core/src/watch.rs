@@ -240,9 +240,7 @@ impl Ring {
 impl Hub {
     /// A hub keeping `keep` changes per topic, with the node's shutdown signal.
     pub fn new(keep: usize, stopping: Stopping) -> Arc<Self> {
-        let epoch = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_millis() as u64);
+        let epoch = (crate::clock::unix_time().as_millis() as u64).max(1);
         Arc::new(Self {
             epoch,
             keep: keep.max(1),

@@ -3,7 +3,7 @@
 //! and the server's CPU time between fires from `/metrics` (`process_cpu_seconds_total`).
 //! The schedules are deleted afterwards (their jobs stay, in queue `bench-cron`).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use mortar_core::client::{Client, ClientArgs, ClientError, encode_segment};
 use serde_json::{Value, json};
@@ -26,9 +26,7 @@ pub struct BenchArgs {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    mortar_core::clock::unix_time().as_millis() as u64
 }
 
 async fn cpu_seconds(args: &ClientArgs) -> Option<f64> {

@@ -3,7 +3,7 @@
 //! exactly once: no duplicates, none missing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use mortar_core::clock::rfc3339;
 use mortar_testkit::Cluster;
@@ -14,10 +14,7 @@ const SCHEDULES: usize = 20;
 const WINDOW_S: u64 = 60;
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+    mortar_core::clock::unix_time().as_millis() as u64
 }
 
 async fn sleep_until(ms: u64) {

@@ -106,9 +106,7 @@ pub async fn run(args: &ClientArgs, b: &BenchArgs) -> Result<String, String> {
 }
 
 fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
+    mortar_core::clock::unix_time().as_micros() as u64
 }
 
 pub async fn measure(args: &ClientArgs, b: &BenchArgs) -> Result<BenchOutcome, String> {

@@ -305,7 +305,5 @@ struct Items<T> {
 
 /// Milliseconds since the Unix epoch, from the system clock.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    mortar_core::clock::unix_time().as_millis() as u64
 }

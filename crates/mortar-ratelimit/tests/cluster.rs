@@ -52,10 +52,7 @@ impl Allowed {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+    mortar_core::clock::unix_time().as_millis() as u64
 }
 
 /// 200 clients spread over every node hammer one key for `run`; returns the allowed checks.

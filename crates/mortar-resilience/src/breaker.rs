@@ -512,9 +512,7 @@ impl Breaker {
 
     /// Converts a monotonic timestamp of this breaker to wall-clock epoch milliseconds.
     pub fn wall_ms(&self, at_ms: u64) -> u64 {
-        let now_wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_wall = mortar_core::clock::unix_time().as_millis() as u64;
         now_wall.saturating_sub(self.now_ms().saturating_sub(at_ms))
     }
 

@@ -49,9 +49,7 @@ pub(super) fn execute(
         "CONFIG" => config(store, a),
         "TIME" => match a {
             [] => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
+                let now = mortar_core::clock::unix_time();
                 Reply::Array(vec![
                     Reply::Bulk(Bytes::from(now.as_secs().to_string())),
                     Reply::Bulk(Bytes::from(now.subsec_micros().to_string())),

@@ -52,7 +52,6 @@ mod tests;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hashbrown::HashTable;
@@ -118,9 +117,7 @@ pub struct Stats {
 
 /// Wall-clock epoch milliseconds (TTLs are absolute so EXPIREAT and PXAT mean what they say).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    mortar_core::clock::unix_time().as_millis() as u64
 }
 
 /// One stored key and value.

@@ -212,9 +212,7 @@ enum Then<S, F> {
 /// A ULID for a request, lower case. Unlike [`crate::ids::new_id`] it takes no lock (request ids
 /// need not be strictly increasing), which keeps a global mutex off the hot path.
 fn new_request_id() -> HeaderValue {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let ms = crate::clock::unix_time().as_millis() as u64;
     let mut buf = [0u8; ulid::ULID_LEN];
     let text = ulid::Ulid::from_parts(ms, fastrand::u128(..)).array_to_str(&mut buf);
     text.make_ascii_lowercase();

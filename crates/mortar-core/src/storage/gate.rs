@@ -93,10 +93,7 @@ impl Gate {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_millis() as u64)
-            .max(1);
+        let now = (crate::clock::unix_time().as_millis() as u64).max(1);
         if self
             .down_since_ms
             .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)

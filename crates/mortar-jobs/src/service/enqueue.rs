@@ -18,9 +18,7 @@ pub async fn enqueue_in_tx(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     job: &NewJob,
 ) -> Result<Enqueued, JobsError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now = mortar_core::clock::unix_time().as_millis() as u64;
     let row = prepare(job, "", JobsConfig::default().max_payload_bytes, now)
         .map_err(JobsError::Invalid)?;
     let conn: &mut sqlx::PgConnection = tx;
