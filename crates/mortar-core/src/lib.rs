@@ -42,6 +42,7 @@ pub mod shutdown;
 pub mod storage;
 pub mod stream;
 pub mod telemetry;
+pub mod waiters;
 pub mod watch;
 
 pub use problem::{FieldError, Problem};

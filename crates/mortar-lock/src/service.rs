@@ -1,12 +1,12 @@
 //! `LockService`: validation, waiting in line (long-poll), hand-off wake-ups, metrics.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use mortar_core::FieldError;
 use mortar_core::clock::Clock;
 use mortar_core::storage::{Durable, Storage};
+use mortar_core::waiters::Waiters;
 use tokio::sync::Notify;
 
 use crate::config::{Backend, LockConfig};
@@ -50,7 +50,9 @@ pub struct LockService {
     /// that can use it: the first `permits` of this node's line for that name (the line is
     /// first come, first served, so this node's earliest waiters are the only ones here a
     /// freed permit can go to). Waiters also re-check every `poll_ms` and at the next expiry.
-    lines: Mutex<HashMap<String, LocalLine>>,
+    /// This node's waiters of each name, in arrival order: the permits they ask for, and how
+    /// to wake them.
+    lines: Waiters<String, (usize, Arc<Notify>)>,
     /// Other nodes' waiters (PostgreSQL backend): woken over NOTIFY.
     peers: OnceLock<crate::peers::Peers>,
     /// The node's shutdown: waiters leave their line and answer 503 at once.
@@ -62,34 +64,6 @@ impl std::fmt::Debug for LockService {
         f.debug_struct("LockService")
             .field("store", &self.store.name())
             .finish_non_exhaustive()
-    }
-}
-
-/// This node's waiters of one name, in arrival order.
-#[derive(Debug, Default)]
-struct LocalLine {
-    next: u64,
-    permits: usize,
-    waiting: std::collections::BTreeMap<u64, Arc<Notify>>,
-}
-
-/// A waiter's place in its node's line; leaves it when dropped.
-struct LocalPlace<'a> {
-    svc: &'a LockService,
-    name: &'a str,
-    seq: u64,
-    notify: Arc<Notify>,
-}
-
-impl Drop for LocalPlace<'_> {
-    fn drop(&mut self) {
-        let mut lines = self.svc.lock_lines();
-        if let Some(line) = lines.get_mut(self.name) {
-            line.waiting.remove(&self.seq);
-            if line.waiting.is_empty() {
-                lines.remove(self.name);
-            }
-        }
     }
 }
 
@@ -175,7 +149,7 @@ impl LockService {
         Arc::new(Self {
             store,
             cfg,
-            lines: Mutex::default(),
+            lines: Waiters::default(),
             peers: OnceLock::new(),
             stopping,
         })
@@ -229,7 +203,10 @@ impl LockService {
             ticket: ticket.clone(),
             armed: true,
         };
-        let place = self.join_local_line(name, req.permits);
+        let notify = Arc::new(Notify::new());
+        let place = self
+            .lines
+            .join(name.to_owned(), (req.permits as usize, notify.clone()));
         loop {
             // A wake-up between the check below and the nap is kept (`notify_one` stores it).
             let args = AcquireArgs {
@@ -297,7 +274,7 @@ impl LockService {
                 .min(Duration::from_millis(self.cfg.poll_ms))
                 .min(deadline - now);
             tokio::select! {
-                _ = tokio::time::timeout(nap, place.notify.notified()) => {}
+                _ = tokio::time::timeout(nap, notify.notified()) => {}
                 () = self.stopping.wait() => {}
             }
         }
@@ -372,26 +349,6 @@ impl LockService {
         h
     }
 
-    fn lock_lines(&self) -> std::sync::MutexGuard<'_, HashMap<String, LocalLine>> {
-        self.lines.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn join_local_line<'a>(&'a self, name: &'a str, permits: u32) -> LocalPlace<'a> {
-        let mut lines = self.lock_lines();
-        let line = lines.entry(name.to_owned()).or_default();
-        let seq = line.next;
-        line.next += 1;
-        line.permits = permits as usize;
-        let notify = Arc::new(Notify::new());
-        line.waiting.insert(seq, notify.clone());
-        LocalPlace {
-            svc: self,
-            name,
-            seq,
-            notify,
-        }
-    }
-
     /// Wakes `name`'s waiters here and on the other nodes.
     fn wake(&self, name: &str) {
         self.wake_local(name);
@@ -402,11 +359,13 @@ impl LockService {
 
     /// Wakes the waiters on this node that a freed permit of `name` can go to.
     pub(crate) fn wake_local(&self, name: &str) {
-        if let Some(line) = self.lock_lines().get(name) {
-            for n in line.waiting.values().take(line.permits.max(1)) {
+        self.lines.first(name, |line| {
+            let mut line = line.peekable();
+            let permits = line.peek().map_or(1, |(p, _)| *p);
+            for (_, n) in line.take(permits.max(1)) {
                 n.notify_one();
             }
-        }
+        });
     }
 
     fn validate(&self, name: &str, req: &AcquireRequest) -> Result<(), LockError> {

@@ -42,7 +42,7 @@ impl Resource {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_fifty_clients_each_never_overlap() {
-    const WANTED: u64 = 40;
+    const WANTED: u64 = 20;
     let Some(cluster) = Cluster::start_with(3, &[("MORTAR_LOCK__POLL_MS", "250")])
         .await
         .unwrap()
@@ -53,9 +53,10 @@ async fn three_nodes_fifty_clients_each_never_overlap() {
     let inside = Arc::new(AtomicU32::new(0));
     let max_inside = Arc::new(AtomicU32::new(0));
     let grants = Arc::new(AtomicU64::new(0));
-    // Run until 40 grants, with a generous cap: the properties checked below do not depend on
-    // speed, and 150 clients queueing on one PostgreSQL lock row hand it over about once a
-    // second on a 2-core machine (about 33 s for 40 grants, measured alone).
+    // Run until 20 grants, with a generous cap: the properties checked below do not depend on
+    // speed, and 150 clients queueing on one name in PostgreSQL hand it over about once a
+    // second on a 2-core machine (about 33 s for 40 grants measured alone, several times that
+    // beside other tests): every acquire loads the whole line under the name's advisory lock.
     let deadline = Instant::now() + Duration::from_secs(100);
     let mut tasks = Vec::new();
     for n in 0..3 {

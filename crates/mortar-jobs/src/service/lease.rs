@@ -18,7 +18,6 @@ use crate::store::{Job, JobStore, LeaseAsk};
 
 /// A waiting lease and where its jobs go.
 pub(super) struct Waiting {
-    pub(super) id: u64,
     pub(super) ask: LeaseAsk,
     pub(super) reply: oneshot::Sender<Vec<Job>>,
 }
@@ -29,36 +28,6 @@ pub(super) struct Drained {
     queues: Vec<String>,
     wakes: u64,
     at_ms: u64,
-}
-
-/// Takes a waiting lease off the list when its long-poll ends or is dropped.
-struct WaitingGuard<'a> {
-    svc: &'a JobsService,
-    id: u64,
-}
-
-impl WaitingGuard<'_> {
-    /// Whether the lease was still waiting (false: an enqueue took it and answers it).
-    fn withdraw(&self) -> bool {
-        let mut waiting = self
-            .svc
-            .waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match waiting.iter().position(|w| w.id == self.id) {
-            Some(i) => {
-                waiting.remove(i);
-                true
-            }
-            None => false,
-        }
-    }
-}
-
-impl Drop for WaitingGuard<'_> {
-    fn drop(&mut self) {
-        self.withdraw();
-    }
 }
 
 impl JobsService {
@@ -162,19 +131,15 @@ impl JobsService {
         woken: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
     ) -> Vec<Job> {
         let (reply, mut handed) = oneshot::channel();
-        let id = self.waiting_ids.fetch_add(1, Ordering::Relaxed);
-        self.waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Waiting { id, ask, reply });
-        let guard = WaitingGuard { svc: self, id };
+        // Leaves the list when this long-poll ends or is dropped.
+        let place = self.waiting.join((), Waiting { ask, reply });
         tokio::select! {
             biased;
             jobs = &mut handed => return jobs.unwrap_or_default(),
             _ = tokio::time::timeout(nap, woken) => {}
             () = self.stopping.wait() => {}
         }
-        if guard.withdraw() {
+        if place.leave().is_some() {
             Vec::new()
         } else {
             // An enqueue took this lease and is committing: its answer comes shortly.
@@ -189,16 +154,13 @@ impl JobsService {
         for r in rows.iter().filter(|r| r.state == "available") {
             *ready.entry(r.queue.as_str()).or_default() += 1;
         }
-        let mut taken = Vec::new();
         if ready.is_empty() {
-            return taken;
+            return Vec::new();
         }
-        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut i = 0;
-        while i < waiting.len() && ready.values().any(|&n| n > 0) {
-            let mut room = u64::from(waiting[i].ask.max);
+        self.waiting.take(&(), |w| {
+            let mut room = u64::from(w.ask.max);
             let mut serves = false;
-            for q in &waiting[i].ask.queues {
+            for q in &w.ask.queues {
                 if let Some(n) = ready.get_mut(q.as_str()).filter(|n| **n > 0) {
                     let take = room.min(*n);
                     *n -= take;
@@ -206,13 +168,8 @@ impl JobsService {
                     serves = true;
                 }
             }
-            if serves {
-                taken.push(waiting.remove(i));
-            } else {
-                i += 1;
-            }
-        }
-        taken
+            serves
+        })
     }
 
     /// Counts leased jobs as started.

@@ -17,7 +17,7 @@ mod tests;
 mod validate;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use mortar_core::clock::Clock;
 use mortar_core::storage::notify::Channel;
@@ -61,8 +61,7 @@ pub struct JobsService {
     maintaining: AtomicBool,
     /// Long-poll leases on this node waiting for jobs, oldest first. An enqueue takes those
     /// its new jobs can serve and leases for them in its own transaction.
-    waiting: Mutex<Vec<Waiting>>,
-    waiting_ids: AtomicU64,
+    waiting: mortar_core::waiters::Waiters<(), Waiting>,
     /// PostgreSQL: asks the announcer task to NOTIFY the other nodes (capacity 1, so the
     /// announcements made while one is being sent make one more).
     announce_tx: Option<tokio::sync::mpsc::Sender<()>>,
@@ -106,8 +105,7 @@ impl JobsService {
             next_due: AtomicI64::new(0),
             checked_at: AtomicU64::new(0),
             maintaining: AtomicBool::new(false),
-            waiting: Mutex::new(Vec::new()),
-            waiting_ids: AtomicU64::new(0),
+            waiting: mortar_core::waiters::Waiters::default(),
             announce_tx,
         });
         if let (Some(rx), mortar_core::storage::Durable::Postgres(pool)) =
@@ -132,10 +130,7 @@ impl JobsService {
 
     /// Long-poll leases waiting on this node for jobs right now.
     pub fn waiting_leases(&self) -> usize {
-        self.waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.waiting.len()
     }
 
     pub fn config(&self) -> &JobsConfig {

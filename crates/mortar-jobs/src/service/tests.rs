@@ -48,15 +48,18 @@ async fn jobs_handed_to_a_lease_that_is_gone_go_back_at_once() {
     // A lease taken off the waiting list by an enqueue whose long-poll ended meanwhile.
     let (reply, handed) = oneshot::channel();
     drop(handed);
-    svc.waiting.lock().unwrap().push(Waiting {
-        id: 7,
-        ask: LeaseAsk {
-            queues: vec!["q".into()],
-            max: 1,
-            worker: "gone".into(),
+    // Its place is never dropped: the enqueue finds it on the list.
+    std::mem::forget(svc.waiting.join(
+        (),
+        Waiting {
+            ask: LeaseAsk {
+                queues: vec!["q".into()],
+                max: 1,
+                worker: "gone".into(),
+            },
+            reply,
         },
-        reply,
-    });
+    ));
     let job: NewJob =
         serde_json::from_value(serde_json::json!({"queue": "q", "kind": "k"})).unwrap();
     let id = svc.enqueue(&[job]).await.unwrap().remove(0).job.id;
