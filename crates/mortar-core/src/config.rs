@@ -340,7 +340,8 @@ impl LogConfig {
         ),
         KeyDoc::new(
             "log.level",
-            "tracing filter, e.g. \"info\" or \"mortar=debug,info\" (RUST_LOG overrides it)",
+            "tracing filter, e.g. \"info\" or \"mortar=debug,info\" (RUST_LOG overrides it). At info, every\n\
+             request but /healthz, /readyz and /metrics gets an access line; \"info,mortar::access=off\" drops them",
         ),
     ];
 }

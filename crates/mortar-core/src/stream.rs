@@ -257,6 +257,7 @@ pub type Upgrade =
 pub struct WatchParams {
     /// Resume after this cursor (an `id` the stream gave); `Last-Event-ID` takes precedence.
     /// Omitted: from now.
+    #[param(pattern = r"^[0-9]{1,20}(-[0-9]{1,20})?$")]
     pub cursor: Option<String>,
     /// Long-poll instead of streaming: wait up to this long (0 to 60000 ms) for the first
     /// change, answer JSON `{items, cursor}`.

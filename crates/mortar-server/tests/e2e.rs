@@ -779,3 +779,33 @@ async fn readiness_names_a_backend_that_died() {
         200
     );
 }
+
+#[tokio::test]
+async fn every_request_but_probes_gets_an_access_line() {
+    let node = Node::start(NodeConfig::named("access")).await.unwrap();
+    let http = reqwest::Client::new();
+    for path in ["/healthz", "/metrics", "/v1/status", "/nope"] {
+        http.get(node.url(path)).send().await.unwrap();
+    }
+    node.wait_for_log("\"path\":\"/nope\"", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let served: Vec<Value> = node
+        .logs()
+        .lines()
+        .filter_map(|l| {
+            let json = l.split_once("] ").map_or(l, |(_, rest)| rest);
+            serde_json::from_str::<Value>(json).ok()
+        })
+        .filter(|v| v["fields"]["message"] == "request served")
+        .collect();
+    let paths: Vec<&str> = served
+        .iter()
+        .filter_map(|v| v["fields"]["path"].as_str())
+        .collect();
+    assert_eq!(paths, ["/v1/status", "/nope"], "{served:#?}");
+    let status = served[0]["fields"]["status"].as_u64();
+    assert_eq!(status, Some(200));
+    assert_eq!(served[1]["fields"]["status"].as_u64(), Some(404));
+    assert_eq!(served[0]["span"]["route"], "/v1/status", "{:#?}", served[0]);
+}

@@ -13,18 +13,72 @@ use anyhow::{Context, Result, anyhow, bail};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The `mortar` binary: `$MORTAR_BIN`, else `target/<profile>/mortar` next to the test binary
-/// (cargo and nextest build it for workspace test runs).
+/// (`cargo nextest run --workspace` and `scripts/test` build it; `cargo test -p <block>` does
+/// not). Panics with the command to run when it is missing, and warns (once) when a source file
+/// of a crate it is built from changed after it was built — a stale binary fails tests in ways
+/// that have nothing to do with the change under test.
 pub fn mortar_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("MORTAR_BIN") {
-        return PathBuf::from(p);
+    static CHECKED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            let bin = match std::env::var("MORTAR_BIN") {
+                Ok(p) => PathBuf::from(p),
+                Err(_) => {
+                    let exe = std::env::current_exe().expect("current test executable");
+                    // target/<profile>/deps/<test>-<hash> → target/<profile>/mortar
+                    exe.parent()
+                        .and_then(|deps| deps.parent())
+                        .expect("target/<profile>")
+                        .join("mortar")
+                }
+            };
+            let built = std::fs::metadata(&bin)
+                .and_then(|m| m.modified())
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "the `mortar` binary is missing at {}: build it first with \
+                         `cargo build -p mortar-server --bin mortar` (or run the tests with \
+                         `cargo nextest run --workspace` / scripts/test, which build it)",
+                        bin.display()
+                    )
+                });
+            if let Some(newer) = newer_source(built) {
+                eprintln!(
+                    "WARNING: {} is older than {}: rebuild it (`cargo build -p mortar-server \
+                     --bin mortar`) or these tests run yesterday's server",
+                    bin.display(),
+                    newer.display()
+                );
+            }
+            bin
+        })
+        .clone()
+}
+
+/// A source file of the crates the binary is built from that changed after `built`.
+fn newer_source(built: std::time::SystemTime) -> Option<PathBuf> {
+    let crates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&crates)
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("src"))
+        .filter(|p| !p.starts_with(crates.join("mortar-testkit")))
+        .collect();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m > built)
+            {
+                return Some(path);
+            }
+        }
     }
-    let exe = std::env::current_exe().expect("current test executable");
-    // target/<profile>/deps/<test>-<hash> → target/<profile>/mortar
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    profile_dir.join("mortar")
+    None
 }
 
 /// How to start a node.

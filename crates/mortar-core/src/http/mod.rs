@@ -71,6 +71,13 @@ fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
     Problem::internal().into_response()
 }
 
+/// The access log's target: one INFO line per request served (`log.level =
+/// "info,mortar::access=off"` turns it off); 5xx answers are WARN lines of the request span.
+pub const ACCESS: &str = "mortar::access";
+
+/// Routes polled by machines, left out of the access log.
+const QUIET: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
 /// Observation (request id, trace context, span, metrics, deadline, the problem safety net)
 /// and authentication, as one service.
 #[derive(Clone)]
@@ -112,6 +119,10 @@ where
         let start = Instant::now();
         let route = req.extensions().get::<MatchedPath>().cloned();
         let method = req.method().clone();
+        // The access line's path, only when it will be written.
+        let access_path = (tracing::enabled!(target: ACCESS, tracing::Level::INFO)
+            && !route.as_ref().is_some_and(|r| QUIET.contains(&r.as_str())))
+        .then(|| req.uri().path().to_owned());
         let request_id = req
             .headers()
             .get(&REQUEST_ID)
@@ -191,8 +202,8 @@ where
             );
             if status.is_server_error() {
                 tracing::warn!(parent: &span, status = status.as_u16(), elapsed_us = elapsed.as_micros() as u64, "request failed");
-            } else {
-                tracing::debug!(parent: &span, status = status.as_u16(), elapsed_us = elapsed.as_micros() as u64, "request served");
+            } else if let Some(path) = access_path {
+                tracing::info!(target: ACCESS, parent: &span, path, status = status.as_u16(), elapsed_us = elapsed.as_micros() as u64, "request served");
             }
             Ok(res)
         })
