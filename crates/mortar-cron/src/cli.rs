@@ -77,6 +77,10 @@ pub enum CronCommand {
         limit: u32,
     },
     /// The next fire times of an expression.
+    ///
+    /// When both day fields are restricted a time matches if either does (`0 9 13 * FRI`: every
+    /// 13th and every Friday). `L`/`W` in day-of-month or `L`/`#` in day-of-week beside a
+    /// restricted other day field is refused (implementations disagree on its meaning).
     Preview {
         expr: String,
         #[arg(long, default_value = "UTC")]

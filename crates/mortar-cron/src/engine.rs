@@ -155,6 +155,7 @@ impl CronExpr {
                 }
                 return Err(whole(clean(&e)));
             }
+            day_fields(&fields, names)?;
         }
         let cron = parser().parse(trimmed).map_err(|e| whole(clean(&e)))?;
         let interval = cron.determine_job_type() == JobType::IntervalWildcard;
@@ -172,6 +173,41 @@ impl CronExpr {
 
     pub fn as_str(&self) -> &str {
         &self.source
+    }
+}
+
+/// The day-field rule. When both day-of-month and day-of-week are restricted, a time matches
+/// when *either* does (Vixie cron's rule: `0 9 13 * FRI` fires on every 13th and on every
+/// Friday). `L` or `W` in day-of-month, or `L` or `#` in day-of-week, beside a restricted other
+/// day field is refused: implementations disagree on what it means (Quartz refuses it, Vixie
+/// cron and croniter read it differently), so no reading of it would be safe to guess.
+fn day_fields(fields: &[(&str, usize)], names: &[&'static str]) -> Result<(), ExprError> {
+    let at = |name: &str| names.iter().position(|n| *n == name);
+    let (Some(dom), Some(dow)) = (at("day_of_month"), at("day_of_week")) else {
+        return Ok(());
+    };
+    let restricted = |f: &str| f != "*" && f != "?";
+    let (dom_f, dow_f) = (fields[dom].0, fields[dow].0);
+    let dom_special = dom_f.contains(['L', 'l', 'W', 'w']);
+    let dow_special = dow_f.contains('#') || dow_f.ends_with(['L', 'l']);
+    let culprit = if dom_special && restricted(dow_f) {
+        Some((dom, dom_f, "day-of-week", dow_f))
+    } else if dow_special && restricted(dom_f) {
+        Some((dow, dow_f, "day-of-month", dom_f))
+    } else {
+        None
+    };
+    match culprit {
+        None => Ok(()),
+        Some((i, special, other, other_f)) => Err(ExprError {
+            field: Some(names[i]),
+            column: fields[i].1,
+            message: format!(
+                "`{special}` beside a restricted {other} (`{other_f}`): cron implementations \
+                 disagree on what that means, so it is refused; put `*` in the {other} field, \
+                 or use two schedules"
+            ),
+        }),
     }
 }
 
@@ -388,6 +424,52 @@ mod tests {
             .into_iter()
             .map(iso)
             .collect()
+    }
+
+    #[test]
+    fn both_day_fields_restricted_fire_when_either_matches() {
+        // Friday 2026-03-06, the 13th (a Friday), Friday the 20th: every 13th and every Friday.
+        assert_eq!(
+            fires("0 9 13 * FRI", "UTC", "2026-03-01T00:00:00Z", 4),
+            [
+                "2026-03-06T09:00:00Z",
+                "2026-03-13T09:00:00Z",
+                "2026-03-20T09:00:00Z",
+                "2026-03-27T09:00:00Z"
+            ]
+        );
+        assert_eq!(
+            fires("0 9 2 * MON", "UTC", "2026-03-01T00:00:00Z", 3),
+            [
+                "2026-03-02T09:00:00Z",
+                "2026-03-09T09:00:00Z",
+                "2026-03-16T09:00:00Z"
+            ]
+        );
+    }
+
+    #[test]
+    fn l_w_and_hash_beside_a_restricted_other_day_field_are_refused() {
+        for (expr, field) in [
+            ("0 6 15W * MON-FRI", "day_of_month"),
+            ("0 6 L * 1", "day_of_month"),
+            ("0 0 6 1-7 * FRI#2", "day_of_week"),
+            ("0 6 1 * 5L", "day_of_week"),
+        ] {
+            let e = CronExpr::parse(expr).unwrap_err();
+            assert_eq!(e.field, Some(field), "{expr}: {e:?}");
+            assert!(e.message.contains("refused"), "{expr}: {}", e.message);
+        }
+        // Alone, each keeps its meaning.
+        for ok in [
+            "0 6 15W * *",
+            "0 6 L * ?",
+            "0 6 * * FRI#2",
+            "0 6 * * 5L",
+            "0 0 * * WED",
+        ] {
+            CronExpr::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+        }
     }
 
     #[test]
