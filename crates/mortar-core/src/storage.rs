@@ -7,6 +7,7 @@
 
 pub mod gate;
 pub mod notify;
+pub mod sql;
 pub mod sqlite_writer;
 
 use std::path::PathBuf;

@@ -13,7 +13,7 @@
 //! of statements on either backend, not one per run.
 //!
 //! On SQLite every write goes through the process's one writer thread for the file
-//! ([`SqliteWriter`]): a whole operation (a tick's select, plan, advance and claim) runs on it
+//! ([`mortar_core::storage::sqlite_writer`]): a whole operation (a tick's select, plan, advance and claim) runs on it
 //! synchronously, one thread hand-off instead of one per statement and per row as through sqlx,
 //! and cron never contends with the other blocks' writers for SQLite's write lock. Reads go
 //! through the sqlx pool.
@@ -24,13 +24,14 @@ mod sql;
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 
+use mortar_core::params;
 use mortar_core::storage::Durable;
-use mortar_core::storage::sqlite_writer::SqliteWriter;
+use mortar_core::storage::sql::{Db, FromSqlite, Writes, json, sqlite_rows};
 use mortar_core::with_pool;
 use sqlx::{FromRow, PgExecutor};
 
 use batch::{Inserted, Planned, claim_rows, claimed_run};
-use sql::{POSTGRES, Param, SQLITE, SettleRow, Sql, bind, json, params};
+use sql::{POSTGRES, SQLITE, SettleRow, Sql};
 
 /// A schedule as stored.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
@@ -91,9 +92,8 @@ pub struct Claimed {
 
 #[derive(Debug, Clone)]
 pub struct CronStore {
-    durable: Durable,
-    /// SQLite: the file's writer thread, which every write here goes through.
-    writer: Option<SqliteWriter>,
+    /// The pools, and SQLite's writer thread, which every write here goes through.
+    db: Db,
 }
 
 const COLUMNS: &str = "id, name, expr, timezone, job, overlap, misfire, catchup_window_ms, jitter_ms, start_at_ms, end_at_ms, \
@@ -104,15 +104,13 @@ const RUN_COLUMNS: &str =
 impl CronStore {
     /// The durable store this one runs on.
     pub fn durable(&self) -> &Durable {
-        &self.durable
+        self.db.durable()
     }
 
     pub fn new(durable: Durable) -> Self {
-        let writer = match &durable {
-            Durable::Sqlite(pool) => Some(SqliteWriter::for_pool(pool)),
-            Durable::Postgres(_) => None,
-        };
-        Self { durable, writer }
+        Self {
+            db: Db::new(durable),
+        }
     }
 
     /// Inserts a schedule; `false` when the name is taken.
@@ -136,7 +134,7 @@ impl CronStore {
             s.created_at_ms,
             s.updated_at_ms,
         ];
-        let done = self.execute(vec![(&self.sql().insert, params)]).await?;
+        let done = self.db.exec_all(vec![(&self.sql().insert, params)]).await?;
         Ok(done == [1])
     }
 
@@ -159,21 +157,24 @@ impl CronStore {
             s.updated_at_ms,
             s.version,
         ];
-        let done = self.execute(vec![(&self.sql().replace, params)]).await?;
+        let done = self
+            .db
+            .exec_all(vec![(&self.sql().replace, params)])
+            .await?;
         Ok(done == [1])
     }
 
     /// A schedule by id or by name.
     pub async fn get(&self, id_or_name: &str) -> Result<Option<Schedule>, sqlx::Error> {
         let sql = format!("SELECT {COLUMNS} FROM cron_schedules WHERE id = $1 OR name = $1");
-        with_pool!(&self.durable, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id_or_name).fetch_optional(pool).await)
+        with_pool!(self.db.durable(), pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id_or_name).fetch_optional(pool).await)
     }
 
     /// Schedules by name, after `after`.
     pub async fn list(&self, after: &str, limit: u32) -> Result<Vec<Schedule>, sqlx::Error> {
         let sql =
             format!("SELECT {COLUMNS} FROM cron_schedules WHERE name > $1 ORDER BY name LIMIT $2");
-        with_pool!(&self.durable, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        with_pool!(self.db.durable(), pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(after).bind(i64::from(limit)).fetch_all(pool).await)
     }
 
@@ -181,7 +182,8 @@ impl CronStore {
     pub async fn delete(&self, id: &str) -> Result<bool, sqlx::Error> {
         let sql = self.sql();
         let done = self
-            .execute(vec![
+            .db
+            .exec_all(vec![
                 (&sql.delete, params![id]),
                 (&sql.delete_runs, params![id]),
             ])
@@ -191,7 +193,7 @@ impl CronStore {
 
     /// The earliest next fire time of any enabled schedule.
     pub async fn earliest_due(&self) -> Result<Option<i64>, sqlx::Error> {
-        with_pool!(&self.durable, pool => sqlx::query_scalar(
+        with_pool!(self.db.durable(), pool => sqlx::query_scalar(
             "SELECT MIN(next_fire_at_ms) FROM cron_schedules WHERE enabled AND next_fire_at_ms IS NOT NULL")
             .fetch_one(pool).await)
     }
@@ -213,14 +215,12 @@ impl CronStore {
     {
         let now = now_ms as i64;
         let limit = i64::from(limit);
-        match &self.durable {
-            Durable::Sqlite(_) => {
+        match self.db.writes() {
+            Writes::Sqlite(w) => {
                 let node = node.to_owned();
                 let op = move |c: &rusqlite::Connection| {
-                    let due = c
-                        .prepare_cached(&SQLITE.select_due)?
-                        .query_map((now, limit), schedule_row)?
-                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    let due: Vec<Schedule> =
+                        sqlite_rows(c, &SQLITE.select_due, &params![now, limit])?;
                     // The writer thread serves every block: a panicking plan fails this tick,
                     // not the thread.
                     let planned =
@@ -231,10 +231,9 @@ impl CronStore {
                                 )
                             })?;
                     let advanced = match planned.advances() {
-                        Some(rows) => c
-                            .prepare_cached(&SQLITE.advance)?
-                            .query_map([rows], |r| r.get(0))?
-                            .collect::<rusqlite::Result<_>>()?,
+                        Some(rows) => sqlite_rows::<String>(c, &SQLITE.advance, &params![rows])?
+                            .into_iter()
+                            .collect(),
                         None => HashSet::new(),
                     };
                     let inserted = match planned.claims(&advanced) {
@@ -243,9 +242,9 @@ impl CronStore {
                     };
                     Ok(planned.claimed(now, &node, &advanced, inserted))
                 };
-                self.writer()?.write(op).await
+                w.write(op).await
             }
-            Durable::Postgres(pool) => {
+            Writes::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 let due: Vec<Schedule> = sqlx::query_as(POSTGRES.select_due.as_str())
                     .bind(now)
@@ -286,14 +285,12 @@ impl CronStore {
             return Ok(Vec::new());
         };
         let now = now_ms as i64;
-        let mut inserted = match &self.durable {
-            Durable::Sqlite(_) => {
+        let mut inserted = match self.db.writes() {
+            Writes::Sqlite(w) => {
                 let node = node.to_owned();
-                self.writer()?
-                    .write(move |c| sqlite_claim(c, &rows, now, &node))
-                    .await?
+                w.write(move |c| sqlite_claim(c, &rows, now, &node)).await?
             }
-            Durable::Postgres(pool) => pg_claim(pool, rows, now, node).await?,
+            Writes::Postgres(pool) => pg_claim(pool, rows, now, node).await?,
         };
         Ok(fires
             .iter()
@@ -312,7 +309,8 @@ impl CronStore {
         // Key order: concurrent settles of the same runs (sweepers on several nodes) lock
         // them in one order instead of deadlocking.
         rows.sort_unstable_by_key(|r| (r.schedule_id, r.fire_at_ms));
-        self.execute(vec![(&self.sql().settle, params![json(&rows)])])
+        self.db
+            .exec_all(vec![(&self.sql().settle, params![json(&rows)])])
             .await?;
         Ok(())
     }
@@ -328,13 +326,13 @@ impl CronStore {
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM cron_runs WHERE status = $1 AND claimed_at_ms < $2 ORDER BY claimed_at_ms LIMIT $3"
         );
-        with_pool!(&self.durable, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        with_pool!(self.db.durable(), pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(status).bind(claimed_before as i64).bind(i64::from(limit)).fetch_all(pool).await)
     }
 
     /// The job of the schedule's latest run that has one (for overlap policies).
     pub async fn latest_job(&self, schedule_id: &str) -> Result<Option<String>, sqlx::Error> {
-        with_pool!(&self.durable, pool => sqlx::query_scalar(
+        with_pool!(self.db.durable(), pool => sqlx::query_scalar(
             "SELECT job_id FROM cron_runs WHERE schedule_id = $1 AND job_id IS NOT NULL ORDER BY fire_at_ms DESC LIMIT 1")
             .bind(schedule_id).fetch_optional(pool).await)
     }
@@ -344,7 +342,7 @@ impl CronStore {
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM cron_runs WHERE schedule_id = $1 AND status = 'buffered' ORDER BY fire_at_ms LIMIT 1"
         );
-        with_pool!(&self.durable, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        with_pool!(self.db.durable(), pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(schedule_id).fetch_optional(pool).await)
     }
 
@@ -358,71 +356,24 @@ impl CronStore {
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM cron_runs WHERE schedule_id = $1 AND fire_at_ms < $2 ORDER BY fire_at_ms DESC LIMIT $3"
         );
-        with_pool!(&self.durable, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        with_pool!(self.db.durable(), pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(schedule_id).bind(before).bind(i64::from(limit)).fetch_all(pool).await)
     }
 
     /// Forgets finished runs claimed before `before`; returns how many.
     pub async fn prune(&self, before: u64) -> Result<u64, sqlx::Error> {
         let done = self
-            .execute(vec![(&self.sql().prune, params![before as i64])])
+            .db
+            .exec_all(vec![(&self.sql().prune, params![before as i64])])
             .await?;
         Ok(done[0])
     }
 
     /// The write statements in this store's dialect.
     fn sql(&self) -> &'static Sql {
-        match self.durable {
-            Durable::Sqlite(_) => &SQLITE,
-            Durable::Postgres(_) => &POSTGRES,
-        }
-    }
-
-    fn writer(&self) -> Result<&SqliteWriter, sqlx::Error> {
-        self.writer
-            .as_ref()
-            .ok_or_else(|| sqlx::Error::Protocol("no SQLite writer in cluster mode".into()))
-    }
-
-    /// Runs `statements` (from [`Self::sql`]) in one transaction; returns the rows each
-    /// changed.
-    async fn execute(
-        &self,
-        statements: Vec<(&'static String, Vec<Param>)>,
-    ) -> Result<Vec<u64>, sqlx::Error> {
-        match &self.durable {
-            Durable::Sqlite(_) => {
-                let op = move |c: &rusqlite::Connection| {
-                    statements
-                        .iter()
-                        .map(|(sql, params)| {
-                            let n = c
-                                .prepare_cached(sql)?
-                                .execute(rusqlite::params_from_iter(params))?;
-                            Ok(n as u64)
-                        })
-                        .collect()
-                };
-                self.writer()?.write(op).await
-            }
-            Durable::Postgres(pool) => {
-                if let [(sql, params)] = statements.as_slice() {
-                    let done = bind(sqlx::query(sql.as_str()), params)
-                        .execute(pool)
-                        .await?;
-                    return Ok(vec![done.rows_affected()]);
-                }
-                let mut tx = pool.begin().await?;
-                let mut out = Vec::with_capacity(statements.len());
-                for (sql, params) in &statements {
-                    let done = bind(sqlx::query(sql.as_str()), params)
-                        .execute(&mut *tx)
-                        .await?;
-                    out.push(done.rows_affected());
-                }
-                tx.commit().await?;
-                Ok(out)
-            }
+        match self.db.writes() {
+            Writes::Sqlite(_) => &SQLITE,
+            Writes::Postgres(_) => &POSTGRES,
         }
     }
 }
@@ -433,9 +384,8 @@ fn sqlite_claim(
     now: i64,
     node: &str,
 ) -> rusqlite::Result<Inserted> {
-    c.prepare_cached(&SQLITE.claim)?
-        .query_map((rows, now, node), |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect()
+    let keys: Vec<(String, i64)> = sqlite_rows(c, &SQLITE.claim, &params![rows, now, node])?;
+    Ok(keys.into_iter().collect())
 }
 
 async fn pg_claim(
@@ -453,25 +403,27 @@ async fn pg_claim(
     Ok(keys.into_iter().collect())
 }
 
-/// A schedule from a rusqlite row of [`COLUMNS`].
-fn schedule_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Schedule> {
-    Ok(Schedule {
-        id: r.get("id")?,
-        name: r.get("name")?,
-        expr: r.get("expr")?,
-        timezone: r.get("timezone")?,
-        job: r.get("job")?,
-        overlap: r.get("overlap")?,
-        misfire: r.get("misfire")?,
-        catchup_window_ms: r.get("catchup_window_ms")?,
-        jitter_ms: r.get("jitter_ms")?,
-        start_at_ms: r.get("start_at_ms")?,
-        end_at_ms: r.get("end_at_ms")?,
-        enabled: r.get("enabled")?,
-        version: r.get("version")?,
-        next_fire_at_ms: r.get("next_fire_at_ms")?,
-        last_fire_at_ms: r.get("last_fire_at_ms")?,
-        created_at_ms: r.get("created_at_ms")?,
-        updated_at_ms: r.get("updated_at_ms")?,
-    })
+impl FromSqlite for Schedule {
+    /// A rusqlite row of [`COLUMNS`].
+    fn from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Schedule {
+            id: r.get("id")?,
+            name: r.get("name")?,
+            expr: r.get("expr")?,
+            timezone: r.get("timezone")?,
+            job: r.get("job")?,
+            overlap: r.get("overlap")?,
+            misfire: r.get("misfire")?,
+            catchup_window_ms: r.get("catchup_window_ms")?,
+            jitter_ms: r.get("jitter_ms")?,
+            start_at_ms: r.get("start_at_ms")?,
+            end_at_ms: r.get("end_at_ms")?,
+            enabled: r.get("enabled")?,
+            version: r.get("version")?,
+            next_fire_at_ms: r.get("next_fire_at_ms")?,
+            last_fire_at_ms: r.get("last_fire_at_ms")?,
+            created_at_ms: r.get("created_at_ms")?,
+            updated_at_ms: r.get("updated_at_ms")?,
+        })
+    }
 }

@@ -15,9 +15,9 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::engine::UniqueWhile;
 use crate::error::JobsError;
 use crate::service::{Enqueued, JobsService, NewJob, QueueInfo, QueueSettings};
+use crate::state::UniqueWhile;
 use crate::store::{AttemptError, Completion, Filter, Job};
 
 pub fn router(svc: Arc<JobsService>) -> OpenApiRouter {
@@ -85,7 +85,7 @@ pub struct JobView {
     /// The payload as enqueued: any JSON (`null` when none was sent).
     pub payload: serde_json::Value,
     pub priority: i32,
-    pub state: crate::engine::State,
+    pub state: crate::state::State,
     /// true when this job already existed (same unique key or Idempotency-Key) and nothing
     /// was created.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -154,11 +154,9 @@ fn view(j: Job, errors: Vec<AttemptError>) -> JobView {
         finished_at: j.finished_at_ms.map(|t| rfc3339(t as u64)),
         lease_expires_at: j
             .lease_until_ms
-            .filter(|_| state == crate::engine::State::Running)
+            .filter(|_| state == crate::state::State::Running)
             .map(|t| rfc3339(t as u64)),
-        lease_id: j
-            .lease_id
-            .filter(|_| state == crate::engine::State::Running),
+        lease_id: j.lease_id.filter(|_| state == crate::state::State::Running),
         result: j.result.and_then(|r| serde_json::from_str(&r).ok()),
         errors: errors
             .into_iter()
@@ -332,7 +330,7 @@ fn prefers_minimal(headers: &http::HeaderMap) -> bool {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct JobRef {
     pub id: String,
-    pub state: crate::engine::State,
+    pub state: crate::state::State,
     /// true when this job already existed and nothing was created.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
@@ -408,7 +406,7 @@ async fn cancel(
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Only jobs in this state (`dead` is the DLQ).
-    pub state: Option<crate::engine::State>,
+    pub state: Option<crate::state::State>,
     /// Only jobs of this queue.
     #[serde(default)]
     pub queue: String,
@@ -633,7 +631,7 @@ pub struct FilterBody {
     pub kind: String,
     /// Default: dead (the DLQ).
     #[serde(default)]
-    pub state: Option<crate::engine::State>,
+    pub state: Option<crate::state::State>,
 }
 
 impl FilterBody {
@@ -643,7 +641,7 @@ impl FilterBody {
             kind: self.kind,
             state: self
                 .state
-                .unwrap_or(crate::engine::State::Dead)
+                .unwrap_or(crate::state::State::Dead)
                 .as_str()
                 .to_owned(),
         }
@@ -715,7 +713,7 @@ fn queue_view(svc: &JobsService, q: QueueInfo) -> QueueView {
         target_url: q.settings.target_url,
         has_secret: q.has_secret,
         retention_ms: q.settings.retention_ms.unwrap_or(svc.config().retention_ms),
-        depth: crate::engine::State::ALL
+        depth: crate::state::State::ALL
             .into_iter()
             .map(|s| {
                 let n = q

@@ -63,6 +63,7 @@ pub mod error;
 pub mod events;
 pub mod push;
 pub mod service;
+pub mod state;
 pub mod store;
 pub mod worker;
 

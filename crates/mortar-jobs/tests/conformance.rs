@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use mortar_core::clock::{Clock, ManualClock};
 use mortar_core::storage::{Storage, StorageConfig};
-use mortar_jobs::engine::State;
-use mortar_jobs::engine::UniqueWhile;
 use mortar_jobs::error::JobsError;
 use mortar_jobs::service::{QueueRate, QueueSettings};
+use mortar_jobs::state::State;
+use mortar_jobs::state::UniqueWhile;
 use mortar_jobs::store::{Completion, Filter};
 use mortar_jobs::{JobsConfig, JobsService, NewJob};
 

@@ -246,7 +246,7 @@ async fn idempotency_queues_batches_and_bad_input_over_http() {
     assert_eq!(refs.len(), 3);
     assert!(
         refs.iter()
-            .all(|r| !r.duplicate && r.state == mortar_jobs::engine::State::Available)
+            .all(|r| !r.duplicate && r.state == mortar_jobs::state::State::Available)
     );
     let (s, u) = send(Method::POST, "/v1/jobs", None, json!({"queue": "pay", "kind": "x", "unique_key": "nightly", "unique_while": "queued", "tags": ["a"]})).await;
     assert_eq!(

@@ -50,12 +50,7 @@ impl LockInfo {
     }
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{backend}: {message}")]
-pub struct StoreError {
-    pub backend: &'static str,
-    pub message: String,
-}
+pub use mortar_core::storage::sql::StoreError;
 
 /// Where leases, waiters and fencing counters live.
 ///
@@ -118,8 +113,5 @@ pub trait LockStore: Send + Sync + 'static {
 }
 
 pub(crate) fn db_err(backend: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
-    move |e| StoreError {
-        backend,
-        message: e.to_string(),
-    }
+    StoreError::of(backend)
 }

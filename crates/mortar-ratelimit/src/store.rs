@@ -15,13 +15,7 @@ pub struct Check<'a> {
     pub key: &'a str,
 }
 
-/// A backend failed or did not answer in time.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{backend}: {message}")]
-pub struct StoreError {
-    pub backend: &'static str,
-    pub message: String,
-}
+pub use mortar_core::storage::sql::StoreError;
 
 /// Where rate-limit state lives.
 ///

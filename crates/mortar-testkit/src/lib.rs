@@ -10,9 +10,13 @@
 //!
 //! * [`PrivatePostgres`] and [`PrivateRedis`] are throwaway servers for tests that stop the
 //!   database or Redis; [`free_port`] and [`eventually`] are the helpers such tests share.
+//! * [`fixture`]: in-process fixtures — a node's storage with migrations applied
+//!   ([`fixture::embedded`], [`fixture::storage_at`]) and one request through a router
+//!   ([`fixture::oneshot`]).
 //!
 //! When a test panics, every node's log is printed.
 
+pub mod fixture;
 mod node;
 mod private_pg;
 mod private_redis;

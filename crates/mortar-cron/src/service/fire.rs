@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mortar_core::clock::rfc3339;
 use mortar_jobs::NewJob;
-use mortar_jobs::engine::UniqueWhile;
+use mortar_jobs::state::UniqueWhile;
 
 use super::{
     CronService, ENQUEUE_FAILED, FIRE_LAG, FIRES, MISFIRES, OVERLAPS_SKIPPED, jobs_err, timing_of,

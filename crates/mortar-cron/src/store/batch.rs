@@ -3,7 +3,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::sql::{AdvanceRow, ClaimRow, json};
+use mortar_core::storage::sql::json;
+
+use super::sql::{AdvanceRow, ClaimRow};
 use super::{Claimed, Decision, Run, Schedule};
 
 /// A tick's due schedules, each with what `decide` planned for it.

@@ -1,44 +1,17 @@
-//! The store's write statements, each written once for both dialects, and the parameters and
-//! JSON row sets they take.
+//! The store's write statements, each written once for both dialects, and the JSON row sets
+//! they take.
 //!
 //! Only a few things differ between SQLite and PostgreSQL here: how a JSON array parameter is
-//! read as a table ([`Dialect::rows`]), the row lock of the due-schedule select, a hint to
-//! SQLite's planner, and the parameter markers (`$N` for sqlx, `?N` for rusqlite, see
-//! [`positional`]).
+//! read as a table ([`Dialect::json_rows`]), the row lock of the due-schedule select, and a hint
+//! to SQLite's planner. Parameters, markers and execution are the core SQL layer's
+//! ([`mortar_core::storage::sql`]).
 
 use std::sync::LazyLock;
 
-use mortar_core::storage::sqlite_writer::positional;
+use mortar_core::storage::sql::Dialect;
 use serde::Serialize;
 
 use super::{COLUMNS, Run};
-
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Dialect {
-    Sqlite,
-    Postgres,
-}
-
-impl Dialect {
-    /// Parameter `$1`, a JSON array of objects, as a table `v` with these columns (name,
-    /// PostgreSQL type). SQLite reads each member with `->>`, whose result has the JSON value's
-    /// type (text, integer or NULL).
-    fn rows(self, columns: &[(&str, &str)]) -> String {
-        match self {
-            Dialect::Sqlite => {
-                let cols: Vec<String> = columns
-                    .iter()
-                    .map(|(c, _)| format!("value->>'{c}' AS {c}"))
-                    .collect();
-                format!("(SELECT {} FROM json_each($1)) AS v", cols.join(", "))
-            }
-            Dialect::Postgres => {
-                let cols: Vec<String> = columns.iter().map(|(c, t)| format!("{c} {t}")).collect();
-                format!("jsonb_to_recordset($1::jsonb) AS v({})", cols.join(", "))
-            }
-        }
-    }
-}
 
 /// Every write statement of the store (and the select that locks due schedules), in one
 /// dialect.
@@ -70,59 +43,69 @@ impl Sql {
         // `unindexed`: SQLite (no statistics) would otherwise walk `cron_runs_status` over every
         // unfinished run and scan the JSON rows for each, instead of looking each JSON row up
         // by key; a unary `+` takes the column out of index use.
-        let (lock, unindexed, markers): (&str, &str, fn(&str) -> String) = match dialect {
-            Dialect::Sqlite => ("", "+", positional),
-            Dialect::Postgres => (" FOR UPDATE SKIP LOCKED", "", str::to_owned),
+        let lock = dialect.skip_locked();
+        let unindexed = match dialect {
+            Dialect::Sqlite => "+",
+            Dialect::Postgres => "",
         };
-        let advance_rows = dialect.rows(&[
-            ("schedule_id", "TEXT"),
-            ("version", "BIGINT"),
-            ("next_fire_at_ms", "BIGINT"),
-            ("last_fire_at_ms", "BIGINT"),
-        ]);
-        let claim_rows = dialect.rows(&[
-            ("schedule_id", "TEXT"),
-            ("fire_at_ms", "BIGINT"),
-            ("kind", "TEXT"),
-        ]);
-        let settle_rows = dialect.rows(&[
-            ("schedule_id", "TEXT"),
-            ("fire_at_ms", "BIGINT"),
-            ("status", "TEXT"),
-            ("job_id", "TEXT"),
-            ("enqueued_at_ms", "BIGINT"),
-        ]);
+        let advance_rows = dialect.json_rows(
+            1,
+            &[
+                ("schedule_id", "TEXT"),
+                ("version", "BIGINT"),
+                ("next_fire_at_ms", "BIGINT"),
+                ("last_fire_at_ms", "BIGINT"),
+            ],
+        );
+        let claim_rows = dialect.json_rows(
+            1,
+            &[
+                ("schedule_id", "TEXT"),
+                ("fire_at_ms", "BIGINT"),
+                ("kind", "TEXT"),
+            ],
+        );
+        let settle_rows = dialect.json_rows(
+            1,
+            &[
+                ("schedule_id", "TEXT"),
+                ("fire_at_ms", "BIGINT"),
+                ("status", "TEXT"),
+                ("job_id", "TEXT"),
+                ("enqueued_at_ms", "BIGINT"),
+            ],
+        );
         Self {
-            insert: markers(&format!(
+            insert: (format!(
                 "INSERT INTO cron_schedules ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17) \
                  ON CONFLICT (name) DO NOTHING"
             )),
-            replace: markers(
+            replace: (
                 "UPDATE cron_schedules SET expr = $2, timezone = $3, job = $4, overlap = $5, misfire = $6, \
                  catchup_window_ms = $7, jitter_ms = $8, start_at_ms = $9, end_at_ms = $10, enabled = $11, \
-                 next_fire_at_ms = $12, updated_at_ms = $13, version = version + 1 WHERE id = $1 AND version = $14",
-            ),
-            delete: markers("DELETE FROM cron_schedules WHERE id = $1"),
-            delete_runs: markers("DELETE FROM cron_runs WHERE schedule_id = $1"),
-            prune: markers(
-                "DELETE FROM cron_runs WHERE claimed_at_ms < $1 AND status IN ('enqueued', 'skipped')",
-            ),
-            select_due: markers(&format!(
+                 next_fire_at_ms = $12, updated_at_ms = $13, version = version + 1 WHERE id = $1 AND version = $14"
+            ).into(),
+            delete: "DELETE FROM cron_schedules WHERE id = $1".into(),
+            delete_runs: "DELETE FROM cron_runs WHERE schedule_id = $1".into(),
+            prune: (
+                "DELETE FROM cron_runs WHERE claimed_at_ms < $1 AND status IN ('enqueued', 'skipped')"
+            ).into(),
+            select_due: (format!(
                 "SELECT {COLUMNS} FROM cron_schedules WHERE enabled AND next_fire_at_ms IS NOT NULL AND next_fire_at_ms <= $1 \
                  ORDER BY next_fire_at_ms LIMIT $2{lock}"
             )),
-            advance: markers(&format!(
+            advance: (format!(
                 "UPDATE cron_schedules AS s SET next_fire_at_ms = v.next_fire_at_ms, \
                  last_fire_at_ms = COALESCE(v.last_fire_at_ms, s.last_fire_at_ms) \
                  FROM {advance_rows} WHERE s.id = v.schedule_id AND s.version = v.version RETURNING id"
             )),
             // `WHERE true`: SQLite's parser needs it before an upsert's ON CONFLICT.
-            claim: markers(&format!(
+            claim: (format!(
                 "INSERT INTO cron_runs (schedule_id, fire_at_ms, kind, status, claimed_at_ms, node) \
                  SELECT v.schedule_id, v.fire_at_ms, v.kind, 'claimed', $2, $3 FROM {claim_rows} WHERE true \
                  ON CONFLICT (schedule_id, fire_at_ms) DO NOTHING RETURNING schedule_id, fire_at_ms"
             )),
-            settle: markers(&format!(
+            settle: (format!(
                 "UPDATE cron_runs AS r SET status = v.status, job_id = v.job_id, enqueued_at_ms = v.enqueued_at_ms \
                  FROM {settle_rows} \
                  WHERE r.schedule_id = v.schedule_id AND r.fire_at_ms = v.fire_at_ms AND {unindexed}r.status IN ('claimed', 'buffered')"
@@ -130,71 +113,6 @@ impl Sql {
         }
     }
 }
-
-/// A statement parameter, bound alike through sqlx (PostgreSQL) and rusqlite (SQLite).
-#[derive(Debug, Clone)]
-pub(super) enum Param {
-    Text(String),
-    Int(Option<i64>),
-    Bool(bool),
-}
-
-impl From<&str> for Param {
-    fn from(v: &str) -> Self {
-        Param::Text(v.to_owned())
-    }
-}
-
-impl From<String> for Param {
-    fn from(v: String) -> Self {
-        Param::Text(v)
-    }
-}
-
-impl From<i64> for Param {
-    fn from(v: i64) -> Self {
-        Param::Int(Some(v))
-    }
-}
-
-impl From<Option<i64>> for Param {
-    fn from(v: Option<i64>) -> Self {
-        Param::Int(v)
-    }
-}
-
-impl From<bool> for Param {
-    fn from(v: bool) -> Self {
-        Param::Bool(v)
-    }
-}
-
-impl rusqlite::ToSql for Param {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        match self {
-            Param::Text(v) => v.to_sql(),
-            Param::Int(v) => v.to_sql(),
-            Param::Bool(v) => v.to_sql(),
-        }
-    }
-}
-
-pub(super) type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
-
-/// `q` with `params` bound in order.
-pub(super) fn bind<'q>(q: PgQuery<'q>, params: &[Param]) -> PgQuery<'q> {
-    params.iter().fold(q, |q, p| match p {
-        Param::Text(v) => q.bind(v.as_str()),
-        Param::Int(v) => q.bind(*v),
-        Param::Bool(v) => q.bind(*v),
-    })
-}
-
-/// `[Param]` from values that convert.
-macro_rules! params {
-    ($($v:expr),* $(,)?) => { vec![$($crate::store::sql::Param::from($v)),*] };
-}
-pub(super) use params;
 
 /// One row of [`Sql::advance`].
 #[derive(Debug, Serialize)]
@@ -235,13 +153,10 @@ impl<'a> From<&'a Run> for SettleRow<'a> {
     }
 }
 
-/// `rows` as the JSON array parameter of a statement.
-pub(super) fn json<T: Serialize>(rows: &[T]) -> String {
-    serde_json::to_string(rows).expect("rows of strings and integers always serialize")
-}
-
 #[cfg(test)]
 mod tests {
+    use mortar_core::storage::sqlite_writer::positional;
+
     use super::*;
 
     /// How SQLite runs `sql`: one line per loop, outermost first.
@@ -265,11 +180,11 @@ mod tests {
         .unwrap();
         for (sql, target) in [
             (
-                &SQLITE.advance,
+                &positional(&SQLITE.advance),
                 "SEARCH s USING INDEX sqlite_autoindex_cron_schedules_1 (id=?)",
             ),
             (
-                &SQLITE.settle,
+                &positional(&SQLITE.settle),
                 "SEARCH r USING INDEX sqlite_autoindex_cron_runs_1 (schedule_id=? AND fire_at_ms=?)",
             ),
         ] {
@@ -277,7 +192,7 @@ mod tests {
             assert!(plan[0].starts_with("SCAN json_each"), "{sql}: {plan:?}");
             assert_eq!(plan[1..], [target.to_owned()], "{sql}");
         }
-        let plan = plan(&c, &SQLITE.claim);
+        let plan = plan(&c, &positional(&SQLITE.claim));
         assert!(
             plan.len() == 1 && plan[0].starts_with("SCAN json_each"),
             "{plan:?}"

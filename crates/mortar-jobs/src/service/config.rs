@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::UniqueWhile;
+use crate::state::UniqueWhile;
 use crate::store::{Job, QueueCounts, QueueRow};
 
 /// The block's migrations.

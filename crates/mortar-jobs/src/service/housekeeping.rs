@@ -107,7 +107,7 @@ impl JobsService {
             .await
             .map_err(self.db())?
         {
-            for s in crate::engine::State::ALL {
+            for s in crate::state::State::ALL {
                 let n = c
                     .by_state
                     .iter()

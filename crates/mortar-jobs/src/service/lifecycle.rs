@@ -114,7 +114,7 @@ impl JobsService {
         retry_in_ms: Option<u64>,
     ) -> Result<Job, JobsError> {
         let (job, _) = self.get(id).await?;
-        if job.lease_id.as_deref() != Some(lease_id) || job.state() != crate::engine::State::Running
+        if job.lease_id.as_deref() != Some(lease_id) || job.state() != crate::state::State::Running
         {
             return Err(not_held(id));
         }
@@ -175,7 +175,7 @@ impl JobsService {
     }
 
     fn check_filter(f: &Filter) -> Result<(), JobsError> {
-        if !f.state.is_empty() && crate::engine::State::parse(&f.state).is_none() {
+        if !f.state.is_empty() && crate::state::State::parse(&f.state).is_none() {
             return Err(JobsError::Invalid(vec![FieldError::new(
                 "state",
                 "one of scheduled, available, running, retryable, completed, dead, cancelled",

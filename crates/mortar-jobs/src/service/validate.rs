@@ -5,8 +5,8 @@ use mortar_core::FieldError;
 use mortar_core::api::NAME;
 
 use super::{JobsService, NewJob, QueueSettings};
-use crate::engine::UniqueWhile;
 use crate::error::JobsError;
+use crate::state::UniqueWhile;
 use crate::store::Job;
 
 pub(super) fn valid_name(s: &str) -> bool {

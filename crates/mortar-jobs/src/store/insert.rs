@@ -7,8 +7,9 @@ use sqlx::PgPool;
 
 use super::group::GROUP_MAX_JOBS;
 use super::lease::{handoff_pg, handoff_sqlite};
-use super::rows::FromSqlite;
-use super::{COLUMNS, Job, JobStore, LeaseAsk, Writes};
+use mortar_core::storage::sql::{FromSqlite, Writes};
+
+use super::{COLUMNS, Job, JobStore, LeaseAsk};
 
 const INSERT: &str = "INSERT INTO jobs_jobs (id, queue, kind, payload, priority, run_at_ms, state, attempt, max_attempts, \
     backoff_base_ms, backoff_max_ms, timeout_ms, unique_key, created_at_ms, tags, unique_while, unique_hold, unique_until_ms) \
@@ -291,7 +292,7 @@ impl JobStore {
         asks: Vec<LeaseAsk>,
     ) -> Result<(Vec<(Job, bool)>, Vec<Vec<Job>>), sqlx::Error> {
         let now = now_ms as i64;
-        match self.writes() {
+        match self.db.writes() {
             Writes::Sqlite(w) => {
                 w.write(move |c| {
                     let out = insert_sqlite(c, jobs, now)?;

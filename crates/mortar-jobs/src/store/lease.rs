@@ -4,9 +4,10 @@
 
 use mortar_core::storage::sqlite_writer::positional;
 
-use super::dialect::{Bind, POSTGRES, SQLITE, json_strings, queue_param};
-use super::rows::sqlite_rows;
-use super::{Job, JobStore, LeaseAsk, Leased, QUEUE_COLUMNS, QueueRow, Writes};
+use mortar_core::storage::sql::{Dialect, Param, Writes, json, sqlite_rows};
+
+use super::dialect::{free_lease_sql, lease_sql, queue_param, queue_rows_sql};
+use super::{Job, JobStore, LeaseAsk, Leased, QUEUE_COLUMNS, QueueRow};
 
 /// The queues a lease reads: limited ones (under their row lock), and free ones (one
 /// statement for all). Paused queues are in neither.
@@ -71,8 +72,8 @@ fn lease_sqlite(
     let now = now_ms as i64;
     let rows: Vec<QueueRow> = sqlite_rows(
         c,
-        &SQLITE.queue_rows_sql(),
-        &[Bind::S(json_strings(queues))],
+        &queue_rows_sql(Dialect::Sqlite),
+        &[Param::from(json(queues))],
     )?;
     let (limited, free) = split_queues(queues, &rows);
     let unlimited = limited.is_empty();
@@ -95,13 +96,13 @@ fn lease_sqlite(
         }
         let got: Vec<Job> = sqlite_rows(
             c,
-            &SQLITE.lease_sql(1),
+            &lease_sql(Dialect::Sqlite, 1),
             &[
-                Bind::I(now),
-                Bind::S(lease_id.clone()),
-                Bind::S(worker.into()),
-                Bind::S(row.queue.clone()),
-                Bind::I(allowed),
+                Param::from(now),
+                Param::from(lease_id.clone()),
+                Param::from(worker),
+                Param::from(row.queue.clone()),
+                Param::from(allowed),
             ],
         )?;
         if let Some(tokens) = bucket {
@@ -117,13 +118,13 @@ fn lease_sqlite(
     if want > 0 && !free.is_empty() {
         jobs.extend(sqlite_rows::<Job>(
             c,
-            &SQLITE.lease_sql(free.len()),
+            &lease_sql(Dialect::Sqlite, free.len()),
             &[
-                Bind::I(now),
-                Bind::S(lease_id),
-                Bind::S(worker.into()),
-                Bind::S(queue_param(&free)),
-                Bind::I(i64::from(want)),
+                Param::from(now),
+                Param::from(lease_id),
+                Param::from(worker),
+                Param::from(queue_param(&free)),
+                Param::from(i64::from(want)),
             ],
         )?);
     }
@@ -211,10 +212,12 @@ async fn lease_pg(
     let rows = match settings {
         Some(rows) => rows,
         None => {
-            read = sqlx::query_as::<_, QueueRow>(sqlx::AssertSqlSafe(POSTGRES.queue_rows_sql()))
-                .bind(json_strings(queues))
-                .fetch_all(&mut *conn)
-                .await?;
+            read = sqlx::query_as::<_, QueueRow>(sqlx::AssertSqlSafe(queue_rows_sql(
+                Dialect::Postgres,
+            )))
+            .bind(json(queues))
+            .fetch_all(&mut *conn)
+            .await?;
             &read
         }
     };
@@ -231,15 +234,17 @@ async fn lease_pg(
     }
     let want = max - jobs.len() as u32;
     if want > 0 && !free.is_empty() {
-        let got: Vec<Job> =
-            sqlx::query_as(sqlx::AssertSqlSafe(POSTGRES.free_lease_sql(free.len())))
-                .bind(now_ms as i64)
-                .bind(&lease_id)
-                .bind(worker)
-                .bind(queue_param(&free))
-                .bind(i64::from(want))
-                .fetch_all(&mut *conn)
-                .await?;
+        let got: Vec<Job> = sqlx::query_as(sqlx::AssertSqlSafe(free_lease_sql(
+            Dialect::Postgres,
+            free.len(),
+        )))
+        .bind(now_ms as i64)
+        .bind(&lease_id)
+        .bind(worker)
+        .bind(queue_param(&free))
+        .bind(i64::from(want))
+        .fetch_all(&mut *conn)
+        .await?;
         jobs.extend(got);
     }
     by_lease_order(&mut jobs);
@@ -282,7 +287,7 @@ async fn lease_limited_pg(
     if allowed <= 0 {
         return Ok(Vec::new());
     }
-    let jobs: Vec<Job> = sqlx::query_as(sqlx::AssertSqlSafe(POSTGRES.lease_sql(1)))
+    let jobs: Vec<Job> = sqlx::query_as(sqlx::AssertSqlSafe(lease_sql(Dialect::Postgres, 1)))
         .bind(now)
         .bind(lease_id)
         .bind(worker)
@@ -313,7 +318,7 @@ impl JobStore {
         worker: &str,
         now_ms: u64,
     ) -> Result<Leased, sqlx::Error> {
-        let pool = match self.writes() {
+        let pool = match self.db.writes() {
             Writes::Sqlite(w) => {
                 let (queues, worker) = (queues.to_vec(), worker.to_owned());
                 return w

@@ -5,9 +5,10 @@ use mortar_core::storage::sqlite_writer::positional;
 use mortar_core::with_pool;
 use rusqlite::OptionalExtension;
 
-use super::dialect::{Bind, RELEASE_HOLD_ON_FINISH};
-use super::rows::FromSqlite;
-use super::{COLUMNS, Completed, Completion, Job, JobStore, Writes};
+use mortar_core::storage::sql::{FromSqlite, Param, Writes};
+
+use super::dialect::RELEASE_HOLD_ON_FINISH;
+use super::{COLUMNS, Completed, Completion, Job, JobStore};
 
 const COMPLETE_ONE: &str = "UPDATE jobs_jobs SET state = 'completed', result = $3, finished_at_ms = $4, lease_id = NULL, \
     lease_until_ms = NULL, unique_hold = CASE WHEN unique_while = 'for_ms' THEN unique_hold ELSE NULL END \
@@ -61,7 +62,7 @@ impl JobStore {
     /// The earliest time something becomes leasable without a write: a scheduled or retryable
     /// job's `run_at`, a running job's lease end.
     pub async fn next_due(&self) -> Result<Option<i64>, sqlx::Error> {
-        let (waiting, leased): (Option<i64>, Option<i64>) = with_pool!(&self.durable, pool => sqlx::query_as(
+        let (waiting, leased): (Option<i64>, Option<i64>) = with_pool!(self.db.durable(), pool => sqlx::query_as(
             "SELECT (SELECT min(run_at_ms) FROM jobs_jobs WHERE state IN ('scheduled', 'retryable')), \
                     (SELECT min(lease_until_ms) FROM jobs_jobs WHERE state = 'running')")
             .fetch_one(pool).await?);
@@ -73,9 +74,9 @@ impl JobStore {
 
     /// Makes due scheduled and retryable jobs `available`.
     pub async fn promote(&self, now_ms: u64) -> Result<u64, sqlx::Error> {
-        self.write_exec(
+        self.db.exec(
             "UPDATE jobs_jobs SET state = 'available' WHERE state IN ('scheduled', 'retryable') AND run_at_ms <= $1".into(),
-            vec![Bind::I(now_ms as i64)],
+            vec![Param::from(now_ms as i64)],
         )
         .await
     }
@@ -85,7 +86,7 @@ impl JobStore {
     /// that was its last attempt. Returns the jobs that died.
     pub async fn rescue(&self, now_ms: u64) -> Result<Vec<Completed>, sqlx::Error> {
         let now = now_ms as i64;
-        match self.writes() {
+        match self.db.writes() {
             Writes::Sqlite(w) => {
                 w.write(move |c| {
                     let rescued: Vec<Rescued> = c
@@ -144,10 +145,10 @@ impl JobStore {
         self.update_one(
             sql,
             vec![
-                Bind::S(id.into()),
-                Bind::S(lease_id.into()),
-                Bind::I((now_ms + lease_ms) as i64),
-                Bind::I(now_ms as i64),
+                Param::from(id),
+                Param::from(lease_id),
+                Param::from((now_ms + lease_ms) as i64),
+                Param::from(now_ms as i64),
             ],
         )
         .await
@@ -161,7 +162,7 @@ impl JobStore {
         now_ms: u64,
     ) -> Result<Vec<Completed>, sqlx::Error> {
         let now = now_ms as i64;
-        match self.writes() {
+        match self.db.writes() {
             Writes::Sqlite(w) => {
                 // On the writer thread, one primary-key UPDATE per item beats any join SQLite's
                 // planner makes with a JSON table.
@@ -225,26 +226,27 @@ impl JobStore {
             .update_one(
                 sql,
                 vec![
-                    Bind::S(job.id.clone()),
-                    Bind::S(lease_id.into()),
-                    Bind::S(state.into()),
-                    Bind::I(run_at),
-                    Bind::OI(finished),
-                    Bind::I(now_ms as i64),
+                    Param::from(job.id.clone()),
+                    Param::from(lease_id),
+                    Param::from(state),
+                    Param::from(run_at),
+                    Param::from(finished),
+                    Param::from(now_ms as i64),
                 ],
             )
             .await?;
         if updated.is_some() {
-            self.write_exec(
-                RECORD_ERROR.into(),
-                vec![
-                    Bind::S(job.id.clone()),
-                    Bind::I(i64::from(job.attempt)),
-                    Bind::S(error.into()),
-                    Bind::I(now_ms as i64),
-                ],
-            )
-            .await?;
+            self.db
+                .exec(
+                    RECORD_ERROR.into(),
+                    vec![
+                        Param::from(job.id.clone()),
+                        Param::from(i64::from(job.attempt)),
+                        Param::from(error),
+                        Param::from(now_ms as i64),
+                    ],
+                )
+                .await?;
         }
         Ok(updated)
     }
@@ -264,9 +266,9 @@ impl JobStore {
         self.update_one(
             sql,
             vec![
-                Bind::S(id.into()),
-                Bind::S(lease_id.into()),
-                Bind::I(now_ms as i64),
+                Param::from(id),
+                Param::from(lease_id),
+                Param::from(now_ms as i64),
             ],
         )
         .await

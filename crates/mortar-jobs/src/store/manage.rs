@@ -4,17 +4,19 @@
 use mortar_core::storage::sqlite_writer::positional;
 use mortar_core::with_pool;
 
-use super::dialect::{Bind, RELEASE_HOLD_ON_FINISH, json_strings, pg_args};
-use super::{AttemptError, COLUMNS, Filter, Job, JobStore, QueueCounts, Writes};
+use mortar_core::storage::sql::{Param, Writes, json, pg_args};
+
+use super::dialect::RELEASE_HOLD_ON_FINISH;
+use super::{AttemptError, COLUMNS, Filter, Job, JobStore, QueueCounts};
 
 impl JobStore {
     pub async fn get(&self, id: &str) -> Result<Option<Job>, sqlx::Error> {
         let sql = format!("SELECT {COLUMNS} FROM jobs_jobs WHERE id = $1");
-        with_pool!(&self.durable, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await)
+        with_pool!(self.db.durable(), pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await)
     }
 
     pub async fn errors(&self, id: &str) -> Result<Vec<AttemptError>, sqlx::Error> {
-        with_pool!(&self.durable, pool => sqlx::query_as("SELECT attempt, error, at_ms FROM jobs_errors WHERE job_id = $1 ORDER BY attempt")
+        with_pool!(self.db.durable(), pool => sqlx::query_as("SELECT attempt, error, at_ms FROM jobs_errors WHERE job_id = $1 ORDER BY attempt")
             .bind(id).fetch_all(pool).await)
     }
 
@@ -24,7 +26,7 @@ impl JobStore {
             "SELECT {COLUMNS} FROM jobs_jobs WHERE ($1 = '' OR state = $1) AND ($2 = '' OR queue = $2) AND ($3 = '' OR kind = $3) \
              AND id > $4 ORDER BY id LIMIT $5"
         );
-        with_pool!(&self.durable, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        with_pool!(self.db.durable(), pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(&f.state).bind(&f.queue).bind(&f.kind).bind(after).bind(i64::from(limit)).fetch_all(pool).await)
     }
 
@@ -42,14 +44,14 @@ impl JobStore {
              AND ($4 = '' OR kind = $4) AND ($5 = '' OR state = $5) RETURNING {COLUMNS}"
         );
         let binds = vec![
-            Bind::I(now_ms as i64),
-            Bind::S(id.unwrap_or("").into()),
-            Bind::S(f.queue.clone()),
-            Bind::S(f.kind.clone()),
-            Bind::S(f.state.clone()),
+            Param::from(now_ms as i64),
+            Param::from(id.unwrap_or("")),
+            Param::from(f.queue.clone()),
+            Param::from(f.kind.clone()),
+            Param::from(f.state.clone()),
         ];
-        let pool = match self.writes() {
-            Writes::Sqlite(_) => return self.write_rows(sql, binds).await,
+        let pool = match self.db.writes() {
+            Writes::Sqlite(_) => return self.db.rows(sql, binds).await,
             Writes::Postgres(pool) => pool,
         };
         let mut tx = pool.begin().await?;
@@ -71,7 +73,7 @@ impl JobStore {
             "UPDATE jobs_jobs SET state = 'cancelled', finished_at_ms = $2, {RELEASE_HOLD_ON_FINISH} \
              WHERE id = $1 AND state IN ('scheduled', 'available', 'retryable') RETURNING {COLUMNS}"
         );
-        self.update_one(sql, vec![Bind::S(id.into()), Bind::I(now_ms as i64)])
+        self.update_one(sql, vec![Param::from(id), Param::from(now_ms as i64)])
             .await
     }
 
@@ -80,27 +82,27 @@ impl JobStore {
         let pick = format!(
             "SELECT id FROM jobs_jobs WHERE state IN ('dead', 'cancelled', 'completed') AND finished_at_ms IS NOT NULL \
              AND ($1 = '' OR queue = $1) AND ($2 = '' OR kind = $2) AND ($3 = '' OR state = $3){}",
-            self.dialect().skip_locked
+            self.db.dialect().skip_locked()
         );
         self.delete_where(
             &pick,
             vec![
-                Bind::S(f.queue.clone()),
-                Bind::S(f.kind.clone()),
-                Bind::S(f.state.clone()),
+                Param::from(f.queue.clone()),
+                Param::from(f.kind.clone()),
+                Param::from(f.state.clone()),
             ],
         )
         .await
     }
 
     /// Deletes the jobs `pick` selects (and their errors) in one transaction.
-    async fn delete_where(&self, pick: &str, binds: Vec<Bind>) -> Result<u64, sqlx::Error> {
+    async fn delete_where(&self, pick: &str, binds: Vec<Param>) -> Result<u64, sqlx::Error> {
         let jobs = format!("DELETE FROM jobs_jobs WHERE id IN ({pick}) RETURNING id");
         let errors = format!(
             "DELETE FROM jobs_errors WHERE job_id IN ({})",
-            self.dialect().strings(1)
+            self.db.dialect().json_strings(1)
         );
-        match self.writes() {
+        match self.db.writes() {
             Writes::Sqlite(w) => {
                 w.write(move |c| {
                     let ids: Vec<String> = c
@@ -109,7 +111,7 @@ impl JobStore {
                         .collect::<rusqlite::Result<_>>()?;
                     if !ids.is_empty() {
                         c.prepare_cached(&positional(&errors))?
-                            .execute([json_strings(&ids)])?;
+                            .execute([json(&ids)])?;
                     }
                     Ok(ids.len() as u64)
                 })
@@ -123,7 +125,7 @@ impl JobStore {
                         .await?;
                 if !ids.is_empty() {
                     sqlx::query(sqlx::AssertSqlSafe(errors))
-                        .bind(json_strings(&ids))
+                        .bind(json(&ids))
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -151,15 +153,15 @@ impl JobStore {
         let pick = format!(
             "SELECT id FROM jobs_jobs WHERE state IN ({states}) AND finished_at_ms < $3 \
              AND (($1 <> '' AND queue = $1) OR ($1 = '' AND queue NOT IN ({}))) LIMIT {limit}{}",
-            self.dialect().strings(2),
-            self.dialect().skip_locked
+            self.db.dialect().json_strings(2),
+            self.db.dialect().skip_locked()
         );
         self.delete_where(
             &pick,
             vec![
-                Bind::S(queue.into()),
-                Bind::S(json_strings(except)),
-                Bind::I(before_ms as i64),
+                Param::from(queue),
+                Param::from(json(except)),
+                Param::from(before_ms as i64),
             ],
         )
         .await
@@ -175,7 +177,7 @@ impl JobStore {
             Vec<(String, i64)>,
         );
         let now = now_ms as i64;
-        let (by_state, oldest, recent): Rows = with_pool!(&self.durable, pool => (
+        let (by_state, oldest, recent): Rows = with_pool!(self.db.durable(), pool => (
             sqlx::query_as(BY_STATE).fetch_all(pool).await?,
             sqlx::query_as("SELECT queue, min(run_at_ms) FROM jobs_jobs WHERE state IN ('available', 'scheduled', 'retryable') \
                 AND run_at_ms <= $1 GROUP BY queue").bind(now).fetch_all(pool).await?,

@@ -32,14 +32,13 @@ mod settings;
 mod tests;
 
 use mortar_core::storage::Durable;
-use mortar_core::storage::sqlite_writer::SqliteWriter;
+use mortar_core::storage::sql::Db;
 use sqlx::{FromRow, PgPool};
 use std::sync::Arc;
 
-use self::dialect::{Dialect, POSTGRES, SQLITE};
 use self::group::InsertGroup;
 use self::settings::SettingsCache;
-use crate::engine::{State, UniqueWhile};
+use crate::state::{State, UniqueWhile};
 
 pub(crate) use self::insert::insert_pg;
 
@@ -146,9 +145,8 @@ pub struct Filter {
 
 #[derive(Debug, Clone)]
 pub struct JobStore {
-    durable: Durable,
-    /// SQLite's writer thread (embedded mode).
-    writer: Option<SqliteWriter>,
+    /// The pools, and SQLite's writer thread (embedded mode).
+    db: Db,
     /// PostgreSQL connections that commit without waiting for the WAL flush, for the writes
     /// a crash may undo without losing anything acknowledged: a worker's lease (undone, the
     /// job is simply available again: at-least-once). A later durable commit on any
@@ -185,16 +183,10 @@ pub struct Leased {
     pub unlimited: bool,
 }
 
-/// Where a write goes.
-enum Writes<'a> {
-    Sqlite(&'a SqliteWriter),
-    Postgres(&'a PgPool),
-}
-
 impl JobStore {
     pub fn new(durable: Durable) -> Self {
-        let (writer, relaxed) = match &durable {
-            Durable::Sqlite(pool) => (Some(SqliteWriter::for_pool(pool)), None),
+        let relaxed = match &durable {
+            Durable::Sqlite(_) => None,
             Durable::Postgres(pool) => {
                 let opts = (*pool.connect_options())
                     .clone()
@@ -203,12 +195,11 @@ impl JobStore {
                     .max_connections(8)
                     .acquire_timeout(pool.options().get_acquire_timeout())
                     .connect_lazy_with(opts);
-                (None, Some(relaxed))
+                Some(relaxed)
             }
         };
         Self {
-            durable,
-            writer,
+            db: Db::new(durable),
             relaxed,
             group: Arc::default(),
             settings: Arc::default(),
@@ -216,22 +207,7 @@ impl JobStore {
     }
 
     pub fn durable(&self) -> &Durable {
-        &self.durable
-    }
-
-    fn writes(&self) -> Writes<'_> {
-        match (&self.durable, &self.writer) {
-            (Durable::Sqlite(_), Some(w)) => Writes::Sqlite(w),
-            (Durable::Postgres(pool), _) => Writes::Postgres(pool),
-            (Durable::Sqlite(_), None) => unreachable!("JobStore::new gives SQLite its writer"),
-        }
-    }
-
-    fn dialect(&self) -> Dialect {
-        match self.durable {
-            Durable::Sqlite(_) => SQLITE,
-            Durable::Postgres(_) => POSTGRES,
-        }
+        self.db.durable()
     }
 }
 

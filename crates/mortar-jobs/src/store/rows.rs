@@ -1,27 +1,9 @@
 //! Decoding rows on the SQLite writer's connection, column for column as sqlx's `FromRow`
 //! decodes them on the pools.
 
-use mortar_core::storage::sqlite_writer::positional;
+use mortar_core::storage::sql::FromSqlite;
 
-use super::dialect::Bind;
 use super::{Completed, Job, QueueRow};
-
-/// Rows of `sql` (with `$N` parameters) on the SQLite writer's connection.
-pub(super) fn sqlite_rows<T: FromSqlite>(
-    c: &rusqlite::Connection,
-    sql: &str,
-    binds: &[Bind],
-) -> rusqlite::Result<Vec<T>> {
-    c.prepare_cached(&positional(sql))?
-        .query_map(rusqlite::params_from_iter(binds), T::from_sqlite)?
-        .collect()
-}
-
-/// Decoding of a row on the SQLite writer's connection (sqlx decodes with `FromRow`; both
-/// read the columns in the order the statements list them).
-pub(super) trait FromSqlite: Sized {
-    fn from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self>;
-}
 
 impl FromSqlite for Job {
     /// [`COLUMNS`] in order.

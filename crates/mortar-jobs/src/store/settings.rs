@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use mortar_core::with_pool;
 
-use super::dialect::{Bind, json_strings};
+use mortar_core::storage::sql::{Param, json};
+
+use super::dialect::queue_rows_sql;
 use super::{JobStore, QUEUE_COLUMNS, QueueRow};
 
 /// Every queue's settings row, by name.
@@ -74,13 +76,13 @@ impl SettingsCache {
 impl JobStore {
     /// Settings rows of `queues` (only those that have one).
     pub async fn queue_rows(&self, queues: &[String]) -> Result<Vec<QueueRow>, sqlx::Error> {
-        with_pool!(&self.durable, pool => sqlx::query_as(sqlx::AssertSqlSafe(self.dialect().queue_rows_sql()))
-            .bind(json_strings(queues)).fetch_all(pool).await)
+        with_pool!(self.db.durable(), pool => sqlx::query_as(sqlx::AssertSqlSafe(queue_rows_sql(self.db.dialect())))
+            .bind(json(queues)).fetch_all(pool).await)
     }
 
     /// Every queue's settings row.
     pub async fn all_queue_rows(&self) -> Result<Vec<QueueRow>, sqlx::Error> {
-        with_pool!(&self.durable, pool => sqlx::query_as(sqlx::AssertSqlSafe(all_queue_rows_sql())).fetch_all(pool).await)
+        with_pool!(self.db.durable(), pool => sqlx::query_as(sqlx::AssertSqlSafe(all_queue_rows_sql())).fetch_all(pool).await)
     }
 
     /// Writes a queue's settings (the limiter state is kept).
@@ -90,21 +92,22 @@ impl JobStore {
              concurrency = excluded.concurrency, rate_limit = excluded.rate_limit, rate_period_ms = excluded.rate_period_ms, \
              target_url = excluded.target_url, secret = excluded.secret, retention_ms = excluded.retention_ms, \
              updated_at_ms = excluded.updated_at_ms";
-        self.write_exec(
-            sql.into(),
-            vec![
-                Bind::S(q.queue.clone()),
-                Bind::B(q.paused),
-                Bind::OI(q.concurrency.map(i64::from)),
-                Bind::OI(q.rate_limit.map(i64::from)),
-                Bind::OI(q.rate_period_ms),
-                Bind::OS(q.target_url.clone()),
-                Bind::OS(q.secret.clone()),
-                Bind::OI(q.retention_ms),
-                Bind::I(q.updated_at_ms),
-            ],
-        )
-        .await?;
+        self.db
+            .exec(
+                sql.into(),
+                vec![
+                    Param::from(q.queue.clone()),
+                    Param::from(q.paused),
+                    Param::from(q.concurrency.map(i64::from)),
+                    Param::from(q.rate_limit.map(i64::from)),
+                    Param::from(q.rate_period_ms),
+                    Param::from(q.target_url.clone()),
+                    Param::from(q.secret.clone()),
+                    Param::from(q.retention_ms),
+                    Param::from(q.updated_at_ms),
+                ],
+            )
+            .await?;
         self.settings.forget();
         Ok(())
     }

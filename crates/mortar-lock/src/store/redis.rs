@@ -35,10 +35,7 @@ impl std::fmt::Debug for RedisStore {
 }
 
 fn err(e: &redis::RedisError) -> StoreError {
-    StoreError {
-        backend: "redis",
-        message: e.to_string(),
-    }
+    StoreError::new("redis", e)
 }
 
 fn text(v: &Value) -> String {
@@ -156,10 +153,7 @@ impl LockStore for RedisStore {
                 )
                 .await?;
             let Value::Array(items) = v else {
-                return Err(StoreError {
-                    backend: "redis",
-                    message: "unexpected reply".into(),
-                });
+                return Err(StoreError::new("redis", "unexpected reply"));
             };
             match text(&items[0]).as_str() {
                 "granted" => Ok(Acquired::Granted(Holder {

@@ -68,10 +68,7 @@ fn code(a: Algorithm) -> &'static str {
 }
 
 fn err(e: &redis::RedisError) -> StoreError {
-    StoreError {
-        backend: "redis",
-        message: e.to_string(),
-    }
+    StoreError::new("redis", e)
 }
 
 impl RateLimitStore for RedisStore {
@@ -103,10 +100,10 @@ impl RateLimitStore for RedisStore {
             }
             // Redis known to be down: fail now (the service applies the failure mode) instead
             // of waiting out the deadline on a connection that is being refused.
-            self.redis.gate.check().map_err(|d| StoreError {
-                backend: "redis",
-                message: d.to_string(),
-            })?;
+            self.redis
+                .gate
+                .check()
+                .map_err(|d| StoreError::new("redis", d))?;
             let mut conn = self.redis.conn();
             let raw: Vec<u64> = inv.invoke_async(&mut conn).await.map_err(|e| {
                 if mortar_core::storage::gate::is_redis_connection_error(&e) {
@@ -115,10 +112,10 @@ impl RateLimitStore for RedisStore {
                 err(&e)
             })?;
             if raw.len() != checks.len() * 5 {
-                return Err(StoreError {
-                    backend: "redis",
-                    message: format!("unexpected reply of {} values", raw.len()),
-                });
+                return Err(StoreError::new(
+                    "redis",
+                    format!("unexpected reply of {} values", raw.len()),
+                ));
             }
             Ok(raw
                 .chunks_exact(5)
