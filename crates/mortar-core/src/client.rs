@@ -87,6 +87,20 @@ impl Client {
         self.send(self.http.put(self.url(path)).json(body)).await
     }
 
+    /// [`Client::put`] with extra request headers (e.g. `If-Match`).
+    pub async fn put_with(
+        &self,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Result<Value, ClientError> {
+        let mut req = self.http.put(self.url(path)).json(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(req).await
+    }
+
     pub async fn delete(&self, path: &str) -> Result<Value, ClientError> {
         self.send(self.http.delete(self.url(path))).await
     }

@@ -15,8 +15,10 @@
 //!   trap this avoids: there a watcher that missed compaction silently loses changes).
 //! * **Memory is bounded**: the ring is shared by all watchers of a topic; a watcher is a
 //!   position in it, not a queue, so a slow watcher costs nothing but its reset.
-//! * **Cross-node** ([`remote`]): in cluster mode every node's changes reach the other nodes'
-//!   watchers over Redis pub/sub (when configured) or the PostgreSQL NOTIFY channel. Nodes only
+//! * **Cross-node** ([`remote`]): durable topics are published by every node from its own
+//!   reading of the store, in revision order (never forwarded: a forwarded copy could overtake
+//!   a revision the node has yet to read). Ephemeral topics: in cluster mode every node's
+//!   changes reach the other nodes' watchers over Redis pub/sub (when configured) or the PostgreSQL NOTIFY channel. Nodes only
 //!   forward topics another node watches (interest is announced every 2 s), so nobody pays for a
 //!   feed nobody reads. Messages carry a per-sender sequence: a lost message, a dropped
 //!   connection or a full send queue turns into a reset for the affected watchers, not a gap.
@@ -332,9 +334,11 @@ impl Hub {
         self.append(topic, false, None, change);
     }
 
-    /// Publishes on a durable topic at `revision` (from the block's store). A revision at or
-    /// below the topic's newest is a duplicate and ignored, so a change may arrive twice (from
-    /// this node and over the wire) harmlessly. Sent to other nodes when `forward`.
+    /// Publishes on a durable topic at `revision` (from the block's store), on this node only:
+    /// every node publishes a durable topic from its own reading of the store, in revision
+    /// order (a copy over the wire could overtake a revision this node has yet to read, and
+    /// the watchers would skip it). A revision at or below the topic's newest is a duplicate
+    /// and ignored.
     pub fn publish_at(&self, topic: &str, revision: u64, event: &str, subject: &str, data: String) {
         let change = Change {
             revision,
@@ -342,11 +346,6 @@ impl Hub {
             subject: subject.to_owned(),
             data,
         };
-        if let Some(r) = self.remote.get()
-            && r.wanted(topic)
-        {
-            r.forward(topic, Some(revision), &change);
-        }
         self.append(topic, true, Some(revision), change);
     }
 

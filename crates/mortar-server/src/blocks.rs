@@ -9,4 +9,5 @@ blocks! {
     cache: mortar_cache::block::Cache,
     jobs: mortar_jobs::block::Jobs,
     cron: mortar_cron::block::Cron,
+    config: mortar_config::block::Config,
 }

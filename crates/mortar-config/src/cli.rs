@@ -1,0 +1,295 @@
+//! `mortar config get|set|delete|list|export|history|rollback|watch|schema`: a client of the
+//! HTTP API.
+
+use std::io::Read as _;
+
+use clap::Subcommand;
+use mortar_core::block::Output;
+use mortar_core::client::{Client, ClientArgs, ClientError, cell, encode_segment, table};
+use serde_json::{Value, json};
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// One key's effective value (JSON), e.g. `mortar config get billing prod db.pool.max`.
+    Get {
+        ns: String,
+        env: String,
+        key: String,
+    },
+    /// Set a key. The value is JSON (`20`, `true`, `'{"a":1}'`); anything that is not JSON is
+    /// taken as a string (`hello`); `-` reads it from stdin.
+    Set {
+        ns: String,
+        env: String,
+        key: String,
+        value: String,
+        /// Why (kept in the history).
+        #[arg(long, short)]
+        message: Option<String>,
+        /// Only if the key is still at this revision (0: only if it does not exist).
+        #[arg(long)]
+        if_match: Option<u64>,
+    },
+    /// Delete a key from an environment (what it falls back to shows through).
+    Delete {
+        ns: String,
+        env: String,
+        key: String,
+        #[arg(long, short)]
+        message: Option<String>,
+    },
+    /// Every effective value of an environment, with where it comes from.
+    List { ns: String, env: String },
+    /// The effective values as `KEY='value'` lines for a shell (`eval "$(mortar config export billing prod)"`).
+    Export { ns: String, env: String },
+    /// An environment's changes, newest first.
+    History {
+        ns: String,
+        env: String,
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Restore an environment as it was at a revision (as a new revision).
+    Rollback {
+        ns: String,
+        env: String,
+        revision: u64,
+    },
+    /// Print each change as it happens (one JSON line per event), resuming without gaps.
+    Watch {
+        ns: String,
+        env: String,
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Start after this revision instead of with a snapshot.
+        #[arg(long)]
+        after: Option<u64>,
+    },
+    /// A namespace's JSON Schema: `schema get billing`, `schema set billing schema.json`
+    /// (`-`: stdin), `schema delete billing`.
+    Schema {
+        /// get, set or delete.
+        action: String,
+        ns: String,
+        file: Option<String>,
+    },
+}
+
+fn path(ns: &str, env: &str) -> String {
+    format!("/v1/config/{}/{}", encode_segment(ns), encode_segment(env))
+}
+
+fn read_stdin() -> Result<String, ClientError> {
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .map_err(|e| ClientError::Transport(format!("reading stdin failed: {e}")))?;
+    Ok(s)
+}
+
+fn usage(detail: String) -> ClientError {
+    ClientError::Problem {
+        status: 400,
+        title: "Bad arguments".into(),
+        detail,
+        body: Value::Null,
+    }
+}
+
+pub async fn run(args: &ClientArgs, cmd: &ConfigCommand) -> Result<Output, ClientError> {
+    let c = Client::new(args);
+    let out = match cmd {
+        ConfigCommand::Get { ns, env, key } => {
+            let v = c
+                .get(&format!("{}/{}", path(ns, env), encode_segment(key)))
+                .await?;
+            format!("{}\n", v["value"])
+        }
+        ConfigCommand::Set {
+            ns,
+            env,
+            key,
+            value,
+            message,
+            if_match,
+        } => {
+            let text = if value == "-" {
+                read_stdin()?
+            } else {
+                value.clone()
+            };
+            let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            let mut url = format!("{}/{}", path(ns, env), encode_segment(key));
+            if let Some(m) = message {
+                url.push_str(&format!("?message={}", encode_segment(m)));
+            }
+            let v = match if_match {
+                Some(rev) => {
+                    c.put_with(&url, &value, &[("if-match", &rev.to_string())])
+                        .await?
+                }
+                None => c.put(&url, &value).await?,
+            };
+            format!("revision {}\n", cell(&v["revision"]))
+        }
+        ConfigCommand::Delete {
+            ns,
+            env,
+            key,
+            message,
+        } => {
+            let mut url = format!("{}/{}", path(ns, env), encode_segment(key));
+            if let Some(m) = message {
+                url.push_str(&format!("?message={}", encode_segment(m)));
+            }
+            let v = c.delete(&url).await?;
+            format!("revision {}\n", cell(&v["revision"]))
+        }
+        ConfigCommand::List { ns, env } => {
+            let v = c.get(&path(ns, env)).await?;
+            let rows: Vec<Vec<String>> = v["values"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, e)| {
+                    vec![
+                        k.clone(),
+                        e["value"].to_string(),
+                        cell(&e["env"]),
+                        cell(&e["revision"]),
+                    ]
+                })
+                .collect();
+            format!(
+                "{}revision {}\n",
+                table(&["KEY", "VALUE", "FROM", "REVISION"], &rows),
+                cell(&v["revision"])
+            )
+        }
+        ConfigCommand::Export { ns, env } => {
+            let v = c.get(&path(ns, env)).await?;
+            let values: crate::service::Values = serde_json::from_value(v)
+                .map_err(|e| ClientError::Transport(format!("unexpected answer: {e}")))?;
+            crate::format::render(&values)
+        }
+        ConfigCommand::History {
+            ns,
+            env,
+            key,
+            limit,
+        } => {
+            let mut url = format!("{}/history?limit={limit}", path(ns, env));
+            if let Some(k) = key {
+                url.push_str(&format!("&key={}", encode_segment(k)));
+            }
+            let v = c.get(&url).await?;
+            let rows: Vec<Vec<String>> = v["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|h| {
+                    vec![
+                        cell(&h["revision"]),
+                        cell(&h["at"]),
+                        cell(&h["principal"]),
+                        cell(&h["op"]),
+                        cell(&h["key"]),
+                        h["value"].to_string(),
+                        cell(&h["message"]),
+                    ]
+                })
+                .collect();
+            table(
+                &["REVISION", "AT", "BY", "OP", "KEY", "VALUE", "MESSAGE"],
+                &rows,
+            )
+        }
+        ConfigCommand::Rollback { ns, env, revision } => {
+            let v = c
+                .post(
+                    &format!("{}/rollback", path(ns, env)),
+                    &json!({ "to_revision": revision }),
+                )
+                .await?;
+            format!("revision {}\n", cell(&v["revision"]))
+        }
+        ConfigCommand::Watch {
+            ns,
+            env,
+            key,
+            prefix,
+            after,
+        } => {
+            return watch(
+                &c,
+                &path(ns, env),
+                key.as_deref(),
+                prefix.as_deref(),
+                *after,
+            )
+            .await;
+        }
+        ConfigCommand::Schema { action, ns, file } => {
+            let url = format!("/v1/config/{}/schema", encode_segment(ns));
+            match (action.as_str(), file) {
+                ("get", _) => format!("{:#}\n", c.get(&url).await?),
+                ("set", Some(f)) => {
+                    let text = if f == "-" {
+                        read_stdin()?
+                    } else {
+                        std::fs::read_to_string(f)
+                            .map_err(|e| usage(format!("cannot read {f}: {e}")))?
+                    };
+                    let schema: Value = serde_json::from_str(&text)
+                        .map_err(|e| usage(format!("{f} is not JSON: {e}")))?;
+                    c.put(&url, &schema).await?;
+                    "schema set\n".into()
+                }
+                ("delete", _) => {
+                    c.delete(&url).await?;
+                    "schema removed\n".into()
+                }
+                _ => {
+                    return Err(usage(
+                        "schema takes get <ns>, set <ns> <file|->, or delete <ns>".into(),
+                    ));
+                }
+            }
+        }
+    };
+    Ok(Output::from(out))
+}
+
+/// Long-polls the watch, printing each event as a JSON line, until interrupted.
+async fn watch(
+    c: &Client,
+    base: &str,
+    key: Option<&str>,
+    prefix: Option<&str>,
+    mut after: Option<u64>,
+) -> Result<Output, ClientError> {
+    use std::io::Write as _;
+    loop {
+        let mut url = format!("{base}/watch?wait_ms=30000");
+        if let Some(a) = after {
+            url.push_str(&format!("&after_revision={a}"));
+        }
+        if let Some(k) = key {
+            url.push_str(&format!("&key={}", encode_segment(k)));
+        }
+        if let Some(p) = prefix {
+            url.push_str(&format!("&prefix={}", encode_segment(p)));
+        }
+        let v = c.get(&url).await?;
+        let mut out = std::io::stdout().lock();
+        for item in v["items"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "{item}");
+        }
+        let _ = out.flush();
+        after = v["revision"].as_u64().or(after);
+    }
+}
