@@ -30,9 +30,8 @@ pub fn router(svc: Arc<ConfigService>) -> OpenApiRouter {
     OpenApiRouter::new()
         .routes(routes!(namespaces))
         .routes(routes!(environments))
-        .routes(routes!(values))
+        .routes(routes!(values, apply))
         .routes(routes!(get_key, put_key, delete_key))
-        .routes(routes!(apply))
         .routes(routes!(history))
         .routes(routes!(rollback))
         .routes(routes!(watch))
@@ -44,7 +43,7 @@ pub fn router(svc: Arc<ConfigService>) -> OpenApiRouter {
 pub const IDEMPOTENT: &[mortar_core::idempotency::Route] = &[
     route("PUT", "/v1/config/{ns}/{env}/{key}"),
     route("DELETE", "/v1/config/{ns}/{env}/{key}"),
-    route("POST", "/v1/config/{ns}/{target}"),
+    route("POST", "/v1/config/{ns}/{env}"),
     route("POST", "/v1/config/{ns}/{env}/rollback"),
     route("PUT", "/v1/config/{ns}/schema"),
 ];
@@ -314,7 +313,7 @@ pub struct ApplyPath {
     pub ns: String,
     /// `<environment>:apply`.
     #[param(pattern = r"^[A-Za-z0-9_-]{1,64}:apply$")]
-    pub target: String,
+    pub env: String,
 }
 
 /// A change set.
@@ -331,7 +330,7 @@ pub struct ApplyBody {
 }
 
 /// Applies a change set to an environment atomically: `POST /v1/config/{ns}/{env}:apply`.
-#[utoipa::path(post, path = "/v1/config/{ns}/{target}", tag = "config", params(ApplyPath),
+#[utoipa::path(post, path = "/v1/config/{ns}/{env}", tag = "config", params(ApplyPath),
     request_body = ApplyBody,
     responses((status = 200, body = Written), (status = 400, description = "Malformed body", body = Problem),
         (status = 404, description = "Not `<env>:apply`, or a deleted key is not set", body = Problem),
@@ -345,10 +344,10 @@ async fn apply(
     ApiPath(p): ApiPath<ApplyPath>,
     ApiJson(body): ApiJson<ApplyBody>,
 ) -> Result<ApiJson<Written>, Problem> {
-    let Some(env) = p.target.strip_suffix(":apply") else {
+    let Some(env) = p.env.strip_suffix(":apply") else {
         return Err(Problem::not_found(format!(
             "no route POST /v1/config/{}/{}: change sets go to /v1/config/<ns>/<env>:apply",
-            p.ns, p.target
+            p.ns, p.env
         )));
     };
     let expect = match body.expected_revision {
@@ -545,6 +544,7 @@ async fn watch(
                 }
             }
         }
+        let revision = stream.revision(items.last());
         let items = items
             .into_iter()
             .map(|o| WatchEvent {
@@ -555,11 +555,7 @@ async fn watch(
                 }),
             })
             .collect();
-        return Ok(ApiJson(WatchPolled {
-            items,
-            revision: stream.revision(),
-        })
-        .into_response());
+        return Ok(ApiJson(WatchPolled { items, revision }).into_response());
     }
     let keepalive = svc.hub().keepalive();
     let events = futures_util::stream::unfold(stream, |mut s| async move {

@@ -218,9 +218,13 @@ impl Stream {
         }
     }
 
-    /// The revision to resume after.
-    pub fn revision(&self) -> i64 {
-        self.last
+    /// The revision to resume after, once the events handed out so far are delivered:
+    /// events still queued here are not covered.
+    pub fn revision(&self, delivered: Option<&Out>) -> i64 {
+        match (self.pending.front(), delivered) {
+            (Some(_), Some(o)) => o.revision,
+            _ => self.last,
+        }
     }
 }
 
