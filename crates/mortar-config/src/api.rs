@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use mortar_core::Problem;
-use mortar_core::api::{Page, PageParams};
+use mortar_core::api::Page;
 use mortar_core::auth::Principal;
 use mortar_core::extract::{ApiJson, ApiPath, ApiQuery};
 use mortar_core::problem::FieldError;
@@ -112,16 +112,29 @@ pub struct Namespace {
     pub revision: i64,
 }
 
+/// `?limit=&cursor=` of the namespace list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Most namespaces to return (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
 /// Namespaces, by name.
-#[utoipa::path(get, path = "/v1/config", tag = "config", params(PageParams),
+#[utoipa::path(get, path = "/v1/config", tag = "config", params(ListParams),
     responses((status = 200, body = Page<Namespace>), (status = 422, description = "Bad limit", body = Problem),
         (status = 503, description = "Store unavailable", body = Problem)))]
 async fn namespaces(
     State(svc): Svc,
-    ApiQuery(p): ApiQuery<PageParams>,
+    ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<ApiJson<Page<Namespace>>, Problem> {
-    let limit = p.limit(100, 1000)?;
-    let page = svc.namespaces(p.cursor(), limit).await?;
+    let limit = mortar_core::api::page_limit(p.limit, 100, 1000)?;
+    let page = svc
+        .namespaces(p.cursor.as_deref().unwrap_or(""), limit)
+        .await?;
     Ok(ApiJson(
         page.map(|(name, revision)| Namespace { name, revision }),
     ))
@@ -160,8 +173,8 @@ pub struct ValuesParams {
 
 /// Every effective value of an environment, with where each comes from.
 #[utoipa::path(get, path = "/v1/config/{ns}/{env}", tag = "config", params(EnvPath, ValuesParams),
-    responses((status = 200, body = Values, content_type = "application/json"),
-        (status = 200, description = "`format=env`", body = String, content_type = "text/plain"),
+    responses((status = 200, description = "The values (JSON), or with `format=env` `KEY='value'` lines",
+            content((Values = "application/json"), (String = "text/plain"))),
         (status = 404, description = "No such namespace or environment", body = Problem),
         (status = 422, description = "Bad name or format", body = Problem), (status = 503, description = "Store unavailable", body = Problem)))]
 async fn values(
@@ -215,6 +228,16 @@ pub struct WriteParams {
     pub message: Option<String>,
 }
 
+/// The `If-Match` header of a key's write.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IfMatch {
+    /// The key's revision the write expects (its `ETag`; quotes optional); `0`: the key must
+    /// not exist.
+    #[param(rename = "If-Match", pattern = r#"^"?[0-9]{1,18}"?$"#)]
+    pub if_match: Option<String>,
+}
+
 /// `If-Match: <revision>` (quotes optional; `0`: the key must not exist).
 fn if_match(headers: &HeaderMap) -> Result<Expect, Problem> {
     let Some(v) = headers.get(header::IF_MATCH) else {
@@ -244,8 +267,7 @@ fn message(m: Option<String>) -> Result<String, Problem> {
 }
 
 /// Sets a key; the body is the JSON value itself.
-#[utoipa::path(put, path = "/v1/config/{ns}/{env}/{key}", tag = "config", params(KeyPath, WriteParams,
-        ("If-Match" = Option<String>, Header, description = "The key's revision the write expects (0: must not exist)")),
+#[utoipa::path(put, path = "/v1/config/{ns}/{env}/{key}", tag = "config", params(KeyPath, WriteParams, IfMatch),
     request_body(content = Object, description = "The value: any JSON", content_type = "application/json"),
     responses((status = 200, body = Written), (status = 400, description = "Malformed JSON or If-Match", body = Problem),
         (status = 412, description = "The key moved (If-Match)", body = Problem),
@@ -276,8 +298,7 @@ async fn put_key(
 }
 
 /// Deletes a key from an environment (what it falls back to shows through).
-#[utoipa::path(delete, path = "/v1/config/{ns}/{env}/{key}", tag = "config", params(KeyPath, WriteParams,
-        ("If-Match" = Option<String>, Header, description = "The key's revision the delete expects")),
+#[utoipa::path(delete, path = "/v1/config/{ns}/{env}/{key}", tag = "config", params(KeyPath, WriteParams, IfMatch),
     responses((status = 200, body = Written), (status = 400, description = "Bad If-Match", body = Problem),
         (status = 404, description = "Not set in this environment", body = Problem),
         (status = 412, description = "The key moved (If-Match)", body = Problem),
@@ -482,7 +503,7 @@ pub struct WatchPolled {
 /// `change` event per revision. SSE (`id:` = revision), or long-poll with `wait_ms`.
 #[utoipa::path(get, path = "/v1/config/{ns}/{env}/watch", tag = "config", params(EnvPath, WatchParams),
     responses((status = 200, description = "SSE events `snapshot`, `reset`, `change`; or with `wait_ms` the events that came",
-            content((String = "text/event-stream"), (WatchPolled = "application/json"))),
+            content((mortar_core::stream::SseFrame = "text/event-stream"), (WatchPolled = "application/json"))),
         (status = 400, description = "Bad Last-Event-ID", body = Problem),
         (status = 404, description = "No such namespace or environment", body = Problem),
         (status = 422, description = "Bad name, wait_ms or limit", body = Problem),

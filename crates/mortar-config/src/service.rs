@@ -26,6 +26,8 @@ pub use settings::{Settings, migrations};
 pub struct Op {
     /// `set` or `delete`.
     pub op: OpKind,
+    /// A dotted path of letters, digits, `_`, `-` (1 to 256 characters).
+    #[schema(pattern = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$", max_length = 256)]
     pub key: String,
     /// The value to set (any JSON); absent for `delete`.
     #[serde(default)]
@@ -568,6 +570,12 @@ impl ConfigService {
         let errors = check_scope(ns, BASE);
         if !errors.is_empty() {
             return Err(ConfigError::Invalid(errors));
+        }
+        if schema.as_ref().is_some_and(|s| !s.is_object()) {
+            return Err(ConfigError::Invalid(vec![FieldError::new(
+                "schema",
+                "must be a JSON object (a JSON Schema of the environment's document)",
+            )]));
         }
         let validator = schema.as_ref().map(schema::Checker::compile).transpose()?;
         let configured = self.settings.environments.clone();

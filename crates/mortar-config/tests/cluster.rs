@@ -23,13 +23,7 @@ async fn follow(url: String, last_id: Option<i64>, tx: tokio::sync::mpsc::Unboun
         req = req.header("last-event-id", id.to_string());
     }
     let mut res = req.send().await.unwrap();
-    if res.status() != 200 {
-        panic!(
-            "{url}: {} {}",
-            res.status(),
-            res.text().await.unwrap_or_default()
-        );
-    }
+    assert_eq!(res.status(), 200, "{url}");
     let mut buf = String::new();
     while let Ok(Some(chunk)) = res.chunk().await {
         buf.push_str(&String::from_utf8_lossy(&chunk));
@@ -40,7 +34,7 @@ async fn follow(url: String, last_id: Option<i64>, tx: tokio::sync::mpsc::Unboun
                 if let Some(v) = line.strip_prefix("id:") {
                     id = v.trim().parse().ok();
                 } else if let Some(v) = line.strip_prefix("event:") {
-                    event = v.trim().to_owned();
+                    v.trim().clone_into(&mut event);
                 } else if let Some(v) = line.strip_prefix("data:") {
                     data.push_str(v.trim_start());
                 }
@@ -181,6 +175,12 @@ async fn watchers_on_every_node_see_every_revision_in_order() {
             "watcher {i}: every revision after its snapshot, in order, once"
         );
         assert!(s.iter().all(|e| e.event != "reset"), "watcher {i}");
+        assert!(
+            s.iter()
+                .filter(|e| e.event == "change")
+                .all(|e| e.data["changes"].as_array().is_some_and(|c| c.len() == 1)),
+            "watcher {i}: each change names its key"
+        );
     }
     // Checked against the history as well.
     let h: Value = http

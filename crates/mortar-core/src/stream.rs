@@ -72,6 +72,18 @@ impl Delivered {
     }
 }
 
+/// One SSE event as the OpenAPI document describes a `text/event-stream` response: each
+/// event's fields (what SSE-aware tools such as schemathesis validate).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SseFrame {
+    /// The cursor to resume from (`Last-Event-ID`).
+    pub id: Option<String>,
+    /// The event name.
+    pub event: Option<String>,
+    /// The event's JSON, as text.
+    pub data: String,
+}
+
 /// A long-poll's answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Polled {
@@ -328,7 +340,7 @@ macro_rules! watch_route {
             responses(
                 (status = 200, description = $item,
                     content(
-                        (String = "text/event-stream"),
+                        ($crate::stream::SseFrame = "text/event-stream"),
                         ($crate::stream::Polled = "application/json"),
                     )),
                 (status = 101, description = "switched to a WebSocket"),
