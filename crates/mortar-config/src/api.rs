@@ -21,7 +21,9 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::service::{Author, Change, ConfigService, Expect, KeyValue, Op, Values, Written};
+use crate::service::{
+    Author, Change, ConfigService, Expect, KeyValue, Op, OpKind, Values, Written,
+};
 use crate::watch::{Filter, Stream};
 
 type Svc = State<Arc<ConfigService>>;
@@ -54,6 +56,11 @@ const fn route(method: &'static str, path: &'static str) -> mortar_core::idempot
         path,
         replay: mortar_core::idempotency::Replay::Stored,
     }
+}
+
+/// Whether the caller may see secret values (`config:secrets`, the admin, or auth off).
+fn reveals(p: Option<&Extension<Principal>>) -> bool {
+    p.is_none_or(|Extension(p)| p.reveals("config"))
 }
 
 /// Who made a change, for the history.
@@ -179,10 +186,13 @@ pub struct ValuesParams {
         (status = 422, description = "Bad name or format", body = Problem), (status = 503, description = "Store unavailable", body = Problem)))]
 async fn values(
     State(svc): Svc,
+    principal: Option<Extension<Principal>>,
     ApiPath(p): ApiPath<EnvPath>,
     ApiQuery(q): ApiQuery<ValuesParams>,
 ) -> Result<Response, Problem> {
-    let values = svc.values(&p.ns, &p.env).await?;
+    let values = svc
+        .values(&p.ns, &p.env, reveals(principal.as_ref()))
+        .await?;
     let revision = header_value(values.revision);
     let mut res = match q.format.as_deref().unwrap_or("json") {
         "json" => ApiJson(values).into_response(),
@@ -210,8 +220,14 @@ fn header_value(n: i64) -> HeaderValue {
 #[utoipa::path(get, path = "/v1/config/{ns}/{env}/{key}", tag = "config", params(KeyPath),
     responses((status = 200, body = KeyValue), (status = 404, description = "Not set anywhere in the chain", body = Problem),
         (status = 422, description = "Bad name or key", body = Problem), (status = 503, description = "Store unavailable", body = Problem)))]
-async fn get_key(State(svc): Svc, ApiPath(p): ApiPath<KeyPath>) -> Result<Response, Problem> {
-    let kv = svc.get(&p.ns, &p.env, &p.key).await?;
+async fn get_key(
+    State(svc): Svc,
+    principal: Option<Extension<Principal>>,
+    ApiPath(p): ApiPath<KeyPath>,
+) -> Result<Response, Problem> {
+    let kv = svc
+        .get(&p.ns, &p.env, &p.key, reveals(principal.as_ref()))
+        .await?;
     let etag = HeaderValue::from_str(&format!("\"{}\"", kv.entry.revision)).ok();
     let mut res = ApiJson(kv).into_response();
     if let Some(etag) = etag {
@@ -226,6 +242,9 @@ pub struct WriteParams {
     /// Why (kept in the history).
     #[param(max_length = 1000)]
     pub message: Option<String>,
+    /// `PUT`: store the value encrypted, shown as `"***"` without the `config:secrets` scope
+    /// (needs `[config] secret_key`). Absent: as the key is now.
+    pub secret: Option<bool>,
 }
 
 /// The `If-Match` header of a key's write.
@@ -284,16 +303,16 @@ async fn put_key(
 ) -> Result<ApiJson<Written>, Problem> {
     let expect = if_match(&headers)?;
     let message = message(q.message)?;
+    let op = Op {
+        op: OpKind::Set,
+        key: p.key,
+        value: Some(value),
+        secret: q.secret,
+    };
+    let who = who(principal);
+    let by = author(&who, &message);
     Ok(ApiJson(
-        svc.put(
-            &p.ns,
-            &p.env,
-            &p.key,
-            value,
-            expect,
-            author(&who(principal), &message),
-        )
-        .await?,
+        svc.apply(&p.ns, &p.env, vec![op], expect, by).await?,
     ))
 }
 
@@ -414,6 +433,7 @@ pub struct HistoryParams {
         (status = 422, description = "Bad name or limit", body = Problem), (status = 503, description = "Store unavailable", body = Problem)))]
 async fn history(
     State(svc): Svc,
+    principal: Option<Extension<Principal>>,
     ApiPath(p): ApiPath<EnvPath>,
     ApiQuery(q): ApiQuery<HistoryParams>,
 ) -> Result<ApiJson<Page<Change>>, Problem> {
@@ -425,8 +445,15 @@ async fn history(
         })?),
     };
     Ok(ApiJson(
-        svc.history(&p.ns, &p.env, q.key.as_deref(), before, limit)
-            .await?,
+        svc.history(
+            &p.ns,
+            &p.env,
+            q.key.as_deref(),
+            before,
+            limit,
+            reveals(principal.as_ref()),
+        )
+        .await?,
     ))
 }
 
@@ -510,6 +537,7 @@ pub struct WatchPolled {
         (status = 503, description = "Store unavailable", body = Problem)))]
 async fn watch(
     State(svc): Svc,
+    principal: Option<Extension<Principal>>,
     ApiPath(p): ApiPath<EnvPath>,
     ApiQuery(q): ApiQuery<WatchParams>,
     headers: HeaderMap,
@@ -547,7 +575,8 @@ async fn watch(
         key: q.key,
         prefix: q.prefix,
     };
-    let mut stream = Stream::open(&svc, &p.ns, &p.env, from, filter).await?;
+    let reveal = reveals(principal.as_ref());
+    let mut stream = Stream::open(&svc, &p.ns, &p.env, from, filter, reveal).await?;
     let stopping = svc.hub().stopping.clone();
     if let Some(wait) = q.wait_ms {
         let mut items = Vec::new();

@@ -32,7 +32,7 @@ pub(crate) fn topic(ns: &str, env: &str) -> String {
 }
 
 /// One revision's effect on a watched environment (the `data:` of a `change` event).
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
 pub struct Changed {
     pub revision: i64,
     /// The environment written to (the watched one, or one it falls back to).
@@ -46,12 +46,15 @@ pub struct Changed {
     pub changes: Vec<KeyChanged>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
 pub struct KeyChanged {
     pub key: String,
+    /// `"***"` for a secret, unless the watcher has the `config:secrets` scope.
     #[schema(value_type = Option<Object>)]
     pub value: Option<Value>,
     pub env: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
 }
 
 /// Environments watched on this node: (namespace, environment) → watchers.
@@ -122,7 +125,10 @@ pub(crate) async fn effect(
     let mut changes = Vec::new();
     for r in rows {
         let by_env = if at == 0 && r.value.is_some() {
-            HashMap::from([(r.env.clone(), r.value.clone().unwrap_or_default())])
+            HashMap::from([(
+                r.env.clone(),
+                (r.value.clone().unwrap_or_default(), r.secret),
+            )])
         } else {
             svc.store().key_at(&r.ns, chain, &r.key, r.revision).await?
         };
@@ -135,12 +141,19 @@ pub(crate) async fn effect(
             None => true,
         };
         if visible {
+            // A secret travels sealed; each watcher's stream opens or masks it.
+            let secret = now.as_ref().is_some_and(|e| e.value.1);
             changes.push(KeyChanged {
                 key: r.key.clone(),
-                value: now
-                    .as_ref()
-                    .map(|e| serde_json::from_str(&e.value).unwrap_or(Value::Null)),
+                value: now.as_ref().map(|e| {
+                    if secret {
+                        Value::String(e.value.0.clone())
+                    } else {
+                        serde_json::from_str(&e.value.0).unwrap_or(Value::Null)
+                    }
+                }),
                 env: now.map(|e| e.env),
+                secret,
             });
         }
     }

@@ -52,6 +52,7 @@ mod tests {
                     value: Value::from("it's"),
                     env: "e".into(),
                     revision: 1,
+                    secret: false,
                 },
             )]
             .into(),

@@ -66,9 +66,13 @@ pub struct State {
 #[derive(Debug, Clone, Serialize)]
 pub struct Write {
     pub key: String,
+    /// JSON text (a secret: sealed).
     pub value: Option<String>,
     pub prev: Option<String>,
+    /// The new value is a secret.
     pub secret: bool,
+    /// The history row hides its values (the new or the previous one is a secret).
+    pub masked: bool,
 }
 
 /// A write to one environment.
@@ -250,25 +254,26 @@ impl ConfigStore {
     }
 
     /// Each of `envs`' value of `key` as of revision `at` (kept history holds it: compaction
-    /// never removes a key's newest change at or below the floor). Deleted or never set: absent.
+    /// never removes a key's newest change at or below the floor), and whether it is hidden (a
+    /// secret). Deleted or never set: absent.
     pub async fn key_at(
         &self,
         ns: &str,
         envs: &[String],
         key: &str,
         at: i64,
-    ) -> Result<HashMap<String, String>, sqlx::Error> {
+    ) -> Result<HashMap<String, (String, bool)>, sqlx::Error> {
         let sql = format!(
-            "SELECT env, value FROM config_changes c WHERE ns = $1 AND key = $2 AND env IN ({}) \
+            "SELECT env, value, secret FROM config_changes c WHERE ns = $1 AND key = $2 AND env IN ({}) \
              AND revision = (SELECT MAX(revision) FROM config_changes d WHERE d.ns = $1 AND d.env = c.env \
              AND d.key = $2 AND d.revision <= $4)",
             self.db.dialect().json_strings(3)
         );
-        let rows: Vec<(String, Option<String>)> = with_pool!(self.db.durable(), pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<(String, Option<String>, bool)> = with_pool!(self.db.durable(), pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(ns).bind(key).bind(json(envs)).bind(at).fetch_all(pool).await)?;
         Ok(rows
             .into_iter()
-            .filter_map(|(e, v)| Some((e, v?)))
+            .filter_map(|(e, v, secret)| Some((e, (v?, secret))))
             .collect())
     }
 
@@ -524,6 +529,7 @@ fn write_sql(d: Dialect, set: &WriteSet, writes: &[Write]) -> Vec<(String, Vec<P
             ("value", "TEXT"),
             ("prev", "TEXT"),
             ("secret", "BOOLEAN"),
+            ("masked", "BOOLEAN"),
         ],
     );
     let rows_json = json(writes);
@@ -549,7 +555,7 @@ fn write_sql(d: Dialect, set: &WriteSet, writes: &[Write]) -> Vec<(String, Vec<P
         (
             format!(
                 "INSERT INTO config_changes (revision, ns, env, key, value, prev, secret, principal, message, at_ms) \
-                 SELECT m.revision, $2, $3, v.key, v.value, v.prev, v.secret, $4, $5, $6 FROM {rows}, config_meta m WHERE m.id = 1"
+                 SELECT m.revision, $2, $3, v.key, v.value, v.prev, v.masked, $4, $5, $6 FROM {rows}, config_meta m WHERE m.id = 1"
             ),
             params![rows_json, ns, env, set.principal.as_str(), set.message.as_str(), set.at_ms],
         ),

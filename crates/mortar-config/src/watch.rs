@@ -10,7 +10,7 @@ use mortar_core::watch::{Item, Watcher};
 use serde_json::Value;
 
 use crate::follow::{self, Changed, WatchGuard, Watched};
-use crate::service::{ConfigError, ConfigService, Values};
+use crate::service::{ConfigError, ConfigService, Values, secret};
 
 /// Which keys a watch wants.
 #[derive(Debug, Clone, Default)]
@@ -50,6 +50,8 @@ pub(crate) struct Stream {
     env: String,
     chain: Vec<String>,
     filter: Filter,
+    /// The client may see secret values.
+    reveal: bool,
     watcher: Watcher,
     /// The newest revision delivered (or skipped as invisible).
     last: i64,
@@ -67,6 +69,7 @@ impl Stream {
         env: &str,
         from: Option<i64>,
         filter: Filter,
+        reveal: bool,
     ) -> Result<Self, ConfigError> {
         svc.readable(ns, env).await?;
         // Registered and subscribed before anything is read: whatever commits after the reads
@@ -79,6 +82,7 @@ impl Stream {
             env: env.to_owned(),
             chain: svc.chain(env),
             filter,
+            reveal,
             watcher,
             last: 0,
             pending: VecDeque::new(),
@@ -104,7 +108,7 @@ impl Stream {
     }
 
     async fn snapshot(&mut self, event: &'static str) -> Result<(), ConfigError> {
-        let mut values: Values = self.svc.values(&self.ns, &self.env).await?;
+        let mut values: Values = self.svc.values(&self.ns, &self.env, self.reveal).await?;
         values.values.retain(|k, _| self.filter.wants(k));
         self.last = values.revision;
         self.pending.push_back(Out {
@@ -144,6 +148,18 @@ impl Stream {
 
     fn queue(&mut self, mut changed: Changed) {
         changed.changes.retain(|c| self.filter.wants(&c.key));
+        for c in changed.changes.iter_mut().filter(|c| c.secret) {
+            if let (Some(Value::String(sealed)), Some(env)) = (&c.value, &c.env) {
+                let aad = secret::aad(&self.ns, env, &c.key);
+                c.value = Some(secret::shown(
+                    self.svc.sealer(),
+                    sealed,
+                    true,
+                    self.reveal,
+                    &aad,
+                ));
+            }
+        }
         if !changed.changes.is_empty() {
             self.pending.push_back(Out {
                 revision: changed.revision,
@@ -153,31 +169,21 @@ impl Stream {
         }
     }
 
-    /// A live change as published by the follower, filtered.
+    /// A live change as published by the follower, filtered (and its secrets opened or
+    /// masked for this client).
     fn take(&mut self, revision: i64, data: &str) {
         if revision <= self.last {
             return;
         }
         self.last = revision;
-        if self.filter.is_all() {
+        if self.filter.is_all() && !data.contains("\"secret\":true") {
             self.pending.push_back(Out {
                 revision,
                 event: "change",
                 data: data.to_owned(),
             });
-        } else if let Ok(changed) = serde_json::from_str::<ChangedIn>(data) {
-            let mut v = changed.0;
-            if let Some(list) = v.get_mut("changes").and_then(Value::as_array_mut) {
-                list.retain(|c| c["key"].as_str().is_some_and(|k| self.filter.wants(k)));
-                if list.is_empty() {
-                    return;
-                }
-            }
-            self.pending.push_back(Out {
-                revision,
-                event: "change",
-                data: v.to_string(),
-            });
+        } else if let Ok(changed) = serde_json::from_str::<Changed>(data) {
+            self.queue(changed);
         }
     }
 
@@ -227,6 +233,3 @@ impl Stream {
         }
     }
 }
-
-#[derive(serde::Deserialize)]
-struct ChangedIn(Value);

@@ -30,6 +30,7 @@ fn set(key: &str, value: Value) -> Op {
         op: OpKind::Set,
         key: key.into(),
         value: Some(value),
+        secret: None,
     }
 }
 
@@ -38,6 +39,7 @@ fn del(key: &str) -> Op {
         op: OpKind::Delete,
         key: key.into(),
         value: None,
+        secret: None,
     }
 }
 
@@ -66,7 +68,7 @@ async fn the_contract(storage: &Storage) {
         .unwrap()
         .revision;
     assert!(r1 < r2 && r2 < r3, "{r1} {r2} {r3}");
-    let v = svc.values(&ns, "prod").await.unwrap();
+    let v = svc.values(&ns, "prod", true).await.unwrap();
     assert!(v.revision >= r3);
     assert_eq!(v.chain, ["prod", "staging", "base"]);
     assert_eq!(
@@ -82,12 +84,16 @@ async fn the_contract(storage: &Storage) {
         .await
         .unwrap();
     assert_eq!(
-        svc.get(&ns, "dev", "db.pool").await.unwrap().entry.value,
+        svc.get(&ns, "dev", "db.pool", true)
+            .await
+            .unwrap()
+            .entry
+            .value,
         json!(10)
     );
 
     // CAS on a key: its revision, 0 for absent.
-    let k = svc.get(&ns, "base", "db.pool").await.unwrap();
+    let k = svc.get(&ns, "base", "db.pool", true).await.unwrap();
     assert_eq!(k.entry.revision, r1);
     let stale = svc
         .put(&ns, "base", "db.pool", json!(11), Expect::Key(r1 - 1), BY)
@@ -123,7 +129,7 @@ async fn the_contract(storage: &Storage) {
         .await;
     assert!(matches!(bad, Err(ConfigError::NotFound(_))), "{bad:?}");
     assert!(
-        svc.get(&ns, "base", "a").await.is_err(),
+        svc.get(&ns, "base", "a", true).await.is_err(),
         "nothing of a refused set is written"
     );
     assert!(matches!(
@@ -148,7 +154,7 @@ async fn the_contract(storage: &Storage) {
         .await
         .unwrap();
     assert_eq!(w.keys.len(), 3);
-    let base = svc.values(&ns, "base").await.unwrap();
+    let base = svc.values(&ns, "base", true).await.unwrap();
     assert_eq!(base.values["a"].revision, w.revision);
     assert_eq!(base.values["b"].revision, w.revision);
     assert!(!base.values.contains_key("new"));
@@ -172,21 +178,21 @@ async fn the_contract(storage: &Storage) {
         Err(ConfigError::TooLarge(_))
     ));
     assert!(matches!(
-        svc.values("nosuchns", "base").await,
+        svc.values("nosuchns", "base", true).await,
         Err(ConfigError::NotFound(_))
     ));
     assert!(matches!(
-        svc.values(&ns, "qa").await,
+        svc.values(&ns, "qa", true).await,
         Err(ConfigError::NotFound(_))
     ));
     assert!(
-        svc.values(&ns, "prod").await.is_ok(),
+        svc.values(&ns, "prod", true).await.is_ok(),
         "configured environments read before a write"
     );
 
     // History: newest first, with the principal and a diff.
     let h = svc
-        .history(&ns, "base", Some("db.pool"), None, 10)
+        .history(&ns, "base", Some("db.pool"), None, 10, true)
         .await
         .unwrap();
     let revs: Vec<i64> = h.items.iter().map(|c| c.revision).collect();
@@ -197,17 +203,17 @@ async fn the_contract(storage: &Storage) {
         h.items[0].diff,
         json!([{"op": "replace", "path": "", "value": 11}])
     );
-    let page = svc.history(&ns, "base", None, None, 2).await.unwrap();
+    let page = svc.history(&ns, "base", None, None, 2, true).await.unwrap();
     assert_eq!(page.items.len(), 2);
     let cursor: i64 = page.next_cursor.unwrap().parse().unwrap();
     let rest = svc
-        .history(&ns, "base", None, Some(cursor), 100)
+        .history(&ns, "base", None, Some(cursor), 100, true)
         .await
         .unwrap();
     assert!(rest.items.iter().all(|c| c.revision < cursor));
 
     // Rollback: the environment as it was, as a new revision.
-    let before = svc.values(&ns, "base").await.unwrap();
+    let before = svc.values(&ns, "base", true).await.unwrap();
     svc.put(&ns, "base", "a", json!(99), Expect::Anything, BY)
         .await
         .unwrap();
@@ -221,7 +227,7 @@ async fn the_contract(storage: &Storage) {
         .rollback(&ns, "base", before.revision, "tester")
         .await
         .unwrap();
-    let after = svc.values(&ns, "base").await.unwrap();
+    let after = svc.values(&ns, "base", true).await.unwrap();
     let plain = |v: &mortar_config::service::Values| -> BTreeMap<String, Value> {
         v.values
             .iter()
@@ -273,7 +279,7 @@ async fn the_contract(storage: &Storage) {
     // Compaction: superseded history at or below the floor goes; every key's newest change
     // stays, so rollback to any kept revision still works.
     let (head, _) = svc.store().head().await.unwrap();
-    let kept_from = svc.values(&ns, "base").await.unwrap();
+    let kept_from = svc.values(&ns, "base", true).await.unwrap();
     svc.put(&ns, "base", "a", json!(-1), Expect::Anything, BY)
         .await
         .unwrap();
@@ -281,7 +287,7 @@ async fn the_contract(storage: &Storage) {
     let (_, floor) = svc.store().head().await.unwrap();
     assert_eq!(floor, head);
     let h = svc
-        .history(&ns, "base", Some("a"), None, 100)
+        .history(&ns, "base", Some("a"), None, 100, true)
         .await
         .unwrap();
     assert!(
@@ -290,7 +296,7 @@ async fn the_contract(storage: &Storage) {
     );
     svc.rollback(&ns, "base", head, "tester").await.unwrap();
     assert_eq!(
-        plain(&svc.values(&ns, "base").await.unwrap()),
+        plain(&svc.values(&ns, "base", true).await.unwrap()),
         plain(&kept_from)
     );
     assert!(matches!(

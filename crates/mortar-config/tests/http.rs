@@ -9,6 +9,7 @@ use axum::body::Body;
 use http::{Request, StatusCode};
 use mortar_config::{ConfigService, Settings};
 use mortar_core::clock::SystemClock;
+use mortar_core::storage::Durable;
 use mortar_testkit::fixture::{Reply, TestStorage, embedded, oneshot, send};
 use serde_json::{Value, json};
 
@@ -353,4 +354,150 @@ async fn watches_snapshot_catch_up_reset_and_filter() {
         got.text
     );
     assert_eq!(got.body["items"][0]["data"]["changes"][0]["key"], "live");
+}
+
+/// A request as an API key with these scopes would send it (the auth layer puts the principal
+/// in the extensions).
+async fn as_key(app: &App, scopes: &[&str], method: &str, uri: &str, body: Option<Value>) -> Reply {
+    use mortar_core::auth::{ApiKey, Principal, Scope};
+    let mut req = Request::builder().method(method).uri(uri);
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let mut req = req
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .unwrap();
+    req.extensions_mut().insert(Principal::Key(ApiKey {
+        id: "k1".into(),
+        name: "ci-deployer".into(),
+        scopes: scopes.iter().map(|s| Scope::parse(s).unwrap()).collect(),
+        created_at_ms: 0,
+        revoked_at_ms: None,
+    }));
+    send(&app.router, req).await
+}
+
+#[tokio::test]
+async fn secrets_are_sealed_at_rest_and_shown_only_with_the_scope() {
+    let storage = embedded(&[mortar_config::service::migrations()]).await;
+    let settings: Settings =
+        toml::from_str("secret_key = \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"\n").unwrap();
+    let svc = ConfigService::new(&storage, &settings, Arc::new(SystemClock));
+    svc.spawn();
+    let (router, _) = utoipa_axum::router::OpenApiRouter::new()
+        .merge(mortar_config::api::router(svc.clone()))
+        .split_for_parts();
+    let app = App {
+        router,
+        svc,
+        _storage: storage,
+    };
+    let w = as_key(
+        &app,
+        &["config:write"],
+        "PUT",
+        "/v1/config/pay/base/db.password?secret=true",
+        Some(json!("hunter2")),
+    )
+    .await;
+    assert_eq!(w.status, 200, "{}", w.text);
+    let start = w.body["revision"].as_i64().unwrap() - 1;
+    // Stays secret when rewritten without saying so.
+    as_key(
+        &app,
+        &["config:write"],
+        "PUT",
+        "/v1/config/pay/base/db.password",
+        Some(json!("hunter3")),
+    )
+    .await;
+    app.put("/v1/config/pay/base/plain", json!(1)).await;
+
+    for (uri, what) in [
+        ("/v1/config/pay/base/db.password", "get"),
+        ("/v1/config/pay/base", "list"),
+        ("/v1/config/pay/base?format=env", "env"),
+        ("/v1/config/pay/base/history", "history"),
+        (
+            &format!("/v1/config/pay/base/watch?after_revision={start}&wait_ms=0") as &str,
+            "watch",
+        ),
+        ("/v1/config/pay/base/watch?wait_ms=0", "watch snapshot"),
+    ] {
+        let r = as_key(&app, &["config:read"], "GET", uri, None).await;
+        assert_eq!(r.status, 200, "{what}: {}", r.text);
+        assert!(
+            !r.text.contains("hunter"),
+            "{what} shows a secret: {}",
+            r.text
+        );
+        assert!(r.text.contains("***"), "{what}: {}", r.text);
+        let r = as_key(&app, &["config:secrets"], "GET", uri, None).await;
+        assert!(
+            r.text.contains("hunter3"),
+            "{what} with config:secrets: {}",
+            r.text
+        );
+    }
+    let r = as_key(
+        &app,
+        &["config:read"],
+        "GET",
+        "/v1/config/pay/base/db.password",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.body["value"].clone(), r.body["secret"].clone()),
+        (json!("***"), json!(true))
+    );
+
+    // At rest: ciphertext only, in the values and in the history.
+    let Durable::Sqlite(pool) = app.svc.store().durable() else {
+        unreachable!()
+    };
+    let rows: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT value, prev FROM config_changes UNION ALL SELECT value, NULL FROM config_values",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(
+        rows.iter()
+            .all(|(v, p)| !v.as_deref().unwrap_or("").contains("hunter")
+                && !p.as_deref().unwrap_or("").contains("hunter"))
+    );
+
+    // Rollback restores the secret as a secret.
+    let r = as_key(
+        &app,
+        &["config:write"],
+        "POST",
+        "/v1/config/pay/base/rollback",
+        Some(json!({"to_revision": start + 1})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = as_key(
+        &app,
+        &["config:secrets"],
+        "GET",
+        "/v1/config/pay/base/db.password",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.body["value"].clone(), r.body["secret"].clone()),
+        (json!("hunter2"), json!(true))
+    );
+}
+
+#[tokio::test]
+async fn a_secret_needs_a_key() {
+    let app = app().await;
+    let r = app
+        .put("/v1/config/pay/base/token?secret=true", json!("x"))
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("secret_key"), "{}", r.text);
 }

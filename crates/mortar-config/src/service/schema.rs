@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::ConfigError;
 use crate::engine;
-use crate::store::{State, ValueRow, Write};
+use crate::store::{ValueRow, Write};
 
 /// A compiled schema.
 pub(crate) struct Checker {
@@ -34,12 +34,13 @@ impl Checker {
     /// Validates the effective document of every environment `write` to `env` reaches.
     pub fn check_write(
         &self,
-        state: &State,
+        values: &HashMap<String, BTreeMap<String, ValueRow>>,
+        envs: &BTreeMap<String, i64>,
         env: &str,
         writes: &[Write],
         configured: &BTreeMap<String, Vec<String>>,
     ) -> Result<(), ConfigError> {
-        let mut layers = layers(&state.values);
+        let mut layers = layers(values);
         let own = layers.entry(env.to_owned()).or_default();
         for w in writes {
             match &w.value {
@@ -47,12 +48,7 @@ impl Checker {
                 None => own.remove(&w.key),
             };
         }
-        let known: Vec<String> = state
-            .envs
-            .keys()
-            .chain(configured.keys())
-            .cloned()
-            .collect();
+        let known: Vec<String> = envs.keys().chain(configured.keys()).cloned().collect();
         self.check_envs(
             &layers,
             &engine::dependents(env, &known, configured),

@@ -34,6 +34,9 @@ pub struct Settings {
     /// How often a node re-reads the history for changes made on other nodes when no
     /// notification arrived (a safety net; notifications normally arrive at once).
     pub follow_poll_ms: u64,
+    /// The key secret values are encrypted with (AES-256-GCM): base64 of 32 random bytes, the
+    /// same on every node. Without it, secrets cannot be stored.
+    pub secret_key: Option<String>,
 }
 
 impl Default for Settings {
@@ -44,6 +47,7 @@ impl Default for Settings {
             history_keep: 100_000,
             compact_every_ms: 60_000,
             follow_poll_ms: 1_000,
+            secret_key: None,
         }
     }
 }
@@ -66,6 +70,10 @@ impl Settings {
             "config.compact_every_ms",
             "how often a node compacts the history",
         ),
+        KeyDoc::secret(
+            "config.secret_key",
+            "base64 of 32 random bytes (`openssl rand -base64 32`), the same on every node: secret values are encrypted with it (AES-256-GCM)",
+        ),
         KeyDoc::new(
             "config.follow_poll_ms",
             "how often a node re-reads the history for other nodes' changes when no notification came",
@@ -76,6 +84,9 @@ impl Settings {
         let mut problems = engine::chains_problems(&self.environments);
         if self.max_value_bytes == 0 {
             problems.push("max_value_bytes must be above 0".into());
+        }
+        if let Some(Err(e)) = self.secret_key.as_deref().map(super::secret::Sealer::new) {
+            problems.push(e);
         }
         if self.history_keep == 0 || self.compact_every_ms == 0 || self.follow_poll_ms == 0 {
             problems

@@ -14,19 +14,38 @@ use crate::problem::{FieldError, Problem};
 use crate::storage::Durable;
 use crate::with_pool;
 
-/// A permission: read or write on one block (`*` = every block).
+/// A permission on one block (`*` = every block): `read`, `write` (implies read), or
+/// `secrets` (read, with the block's secret values shown: `config:secrets`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scope {
     pub block: String,
-    pub write: bool,
+    pub level: Level,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Read,
+    Write,
+    Secrets,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Read => "read",
+            Level::Write => "write",
+            Level::Secrets => "secrets",
+        }
+    }
 }
 
 impl Scope {
-    /// Parses `block:read` / `block:write` (`block` is `*` or lowercase letters, digits, `-`, `_`).
+    /// Parses `block:read` / `block:write` / `block:secrets` (`block` is `*` or lowercase
+    /// letters, digits, `-`, `_`).
     pub fn parse(s: &str) -> Result<Self, String> {
         let (block, level) = s
             .split_once(':')
-            .ok_or("expected `<block>:read` or `<block>:write`")?;
+            .ok_or("expected `<block>:read`, `<block>:write` or `<block>:secrets`")?;
         let valid_block = block == "*"
             || (!block.is_empty()
                 && block.len() <= 64
@@ -38,30 +57,39 @@ impl Scope {
                 "`{block}` is not a block name (lowercase letters, digits, - and _, or *)"
             ));
         }
-        let write = match level {
-            "read" => false,
-            "write" => true,
-            other => return Err(format!("`{other}` is not a level: use read or write")),
+        let level = match level {
+            "read" => Level::Read,
+            "write" => Level::Write,
+            "secrets" => Level::Secrets,
+            other => {
+                return Err(format!(
+                    "`{other}` is not a level: use read, write or secrets"
+                ));
+            }
         };
         Ok(Self {
             block: block.to_owned(),
-            write,
+            level,
         })
     }
 
+    fn covers(&self, block: &str) -> bool {
+        self.block == "*" || self.block == block
+    }
+
     pub fn grants(&self, block: &str, write: bool) -> bool {
-        (self.block == "*" || self.block == block) && (self.write || !write)
+        self.covers(block) && (self.level == Level::Write || !write)
+    }
+
+    /// Whether it shows `block`'s secret values.
+    pub fn reveals(&self, block: &str) -> bool {
+        self.covers(block) && self.level == Level::Secrets
     }
 }
 
 impl std::fmt::Display for Scope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}:{}",
-            self.block,
-            if self.write { "write" } else { "read" }
-        )
+        write!(f, "{}:{}", self.block, self.level.as_str())
     }
 }
 

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use http::{Method, header};
 use subtle::ConstantTimeEq;
 
-pub use keys::{ApiKey, KeyStore, Scope};
+pub use keys::{ApiKey, KeyStore, Level, Scope};
 
 use crate::problem::Problem;
 
@@ -74,6 +74,15 @@ impl Auth {
 }
 
 impl Principal {
+    /// Whether it may see `block`'s secret values: the admin, anyone when auth is off, and keys
+    /// with the scope `<block>:secrets`.
+    pub fn reveals(&self, block: &str) -> bool {
+        match self {
+            Principal::Open | Principal::Admin => true,
+            Principal::Key(k) => k.scopes.iter().any(|s| s.reveals(block)),
+        }
+    }
+
     pub fn allows(&self, need: Need<'_>) -> bool {
         match (self, need) {
             (_, Need::Public | Need::Authenticated) | (Principal::Open | Principal::Admin, _) => {
@@ -223,6 +232,12 @@ mod tests {
         assert!(key(&["jobs:write"]).allows(read));
         assert!(key(&["jobs:write"]).allows(write));
         assert!(!key(&["cache:write"]).allows(read));
+        assert!(key(&["jobs:secrets"]).allows(read));
+        assert!(!key(&["jobs:secrets"]).allows(write));
+        assert!(key(&["jobs:secrets"]).reveals("jobs"));
+        assert!(!key(&["jobs:write"]).reveals("jobs"));
+        assert!(key(&["*:secrets"]).reveals("config"));
+        assert!(Principal::Admin.reveals("config"));
         assert!(key(&["*:read"]).allows(read));
         assert!(!key(&["*:read"]).allows(write));
         assert!(!key(&["*:write"]).allows(Need::Admin));
