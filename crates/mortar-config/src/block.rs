@@ -1,12 +1,12 @@
 //! Configuration as a block of the server ([`mortar_core::block::Block`]).
 
-use mortar_core::block::{Block, Ctx, NoBench, Output, Running, Started};
+use mortar_core::block::{Block, Ctx, Output, Running, Started};
 use mortar_core::client::{ClientArgs, ClientError};
 use mortar_core::config::{ConfigError, KeyDoc};
 
-use crate::{ConfigService, Settings, api, cli, service};
+use crate::{ConfigService, Settings, api, bench, cli, service};
 
-/// `[config]`, `/v1/config`, `mortar config`.
+/// `[config]`, `/v1/config`, `mortar config`, `mortar bench config`.
 #[derive(Debug)]
 pub struct Config;
 
@@ -15,11 +15,10 @@ impl Block for Config {
     const ABOUT: &'static str =
         "Configuration: get, set, delete, list, history, rollback, watch, schema";
     const DOCS: &'static [KeyDoc] = Settings::DOCS;
-    const BENCH: bool = false;
     type Config = Settings;
     type Service = ConfigService;
     type Command = cli::ConfigCommand;
-    type Bench = NoBench;
+    type Bench = bench::BenchArgs;
 
     fn validate(cfg: &Settings) -> Result<(), ConfigError> {
         cfg.validate()
@@ -41,7 +40,7 @@ impl Block for Config {
         cli::run(args, cmd).await
     }
 
-    async fn bench(_: &ClientArgs, _: &NoBench) -> Result<Output, String> {
-        Err("no bench driver for config yet".into())
+    async fn bench(args: &ClientArgs, b: &bench::BenchArgs) -> Result<Output, String> {
+        bench::run(args, b).await.map(Output::from)
     }
 }

@@ -56,6 +56,7 @@
 //! `[config] max_value_bytes` (64 KiB by default; 413 beyond); change sets up to 1 000 keys.
 
 pub mod api;
+pub mod bench;
 pub mod block;
 pub mod cli;
 pub mod engine;
