@@ -47,7 +47,9 @@
 //! * `follow` — each node follows the history in revision order and publishes the effective
 //!   changes of watched environments on the node's hub (`config:<ns>/<env>`); `watch` — the
 //!   per-client catch-up from the history, then the live tail.
-//! * `api`, `cli`, `block` — the HTTP routes, `mortar config …`, the server's block.
+//! * `api`, `cli`, `block` — the HTTP routes, `mortar config …` (with `config run`), the
+//!   server's block; `client` — `ConfigClient`, a followed local copy for Rust services;
+//!   `bench` — `mortar bench config`.
 //!
 //! # Limits
 //!
@@ -59,6 +61,7 @@ pub mod api;
 pub mod bench;
 pub mod block;
 pub mod cli;
+pub mod client;
 pub mod engine;
 mod follow;
 pub mod format;
@@ -66,4 +69,5 @@ pub mod service;
 pub mod store;
 mod watch;
 
+pub use client::ConfigClient;
 pub use service::{ConfigService, Settings};

@@ -1,5 +1,7 @@
-//! `mortar config get|set|delete|list|export|history|rollback|watch|schema`: a client of the
-//! HTTP API.
+//! `mortar config get|set|delete|list|export|history|rollback|watch|schema|run`: a client of
+//! the HTTP API.
+
+mod run;
 
 use std::io::Read as _;
 
@@ -68,6 +70,23 @@ pub enum ConfigCommand {
         /// Start after this revision instead of with a snapshot.
         #[arg(long)]
         after: Option<u64>,
+    },
+    /// Run a command with the values as environment variables (`db.pool.max` → `DB_POOL_MAX`,
+    /// plus MORTAR_CONFIG_REVISION); restart it when they change, or send it a signal
+    /// (`--on-change HUP`). Exits with the command's code.
+    Run {
+        #[arg(long)]
+        ns: String,
+        #[arg(long)]
+        env: String,
+        /// `restart` (SIGTERM, then SIGKILL after --grace) or a signal name (HUP, USR1, …).
+        #[arg(long, default_value = "restart")]
+        on_change: String,
+        /// Seconds between SIGTERM and SIGKILL on a restart.
+        #[arg(long, default_value_t = 10)]
+        grace: u64,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
     },
     /// A namespace's JSON Schema: `schema get billing`, `schema set billing schema.json`
     /// (`-`: stdin), `schema delete billing`.
@@ -216,6 +235,16 @@ pub async fn run(args: &ClientArgs, cmd: &ConfigCommand) -> Result<Output, Clien
                 )
                 .await?;
             format!("revision {}\n", cell(&v["revision"]))
+        }
+        ConfigCommand::Run {
+            ns,
+            env,
+            on_change,
+            grace,
+            command,
+        } => {
+            let grace = std::time::Duration::from_secs(*grace);
+            return run::run(args, ns, env, on_change, grace, command).await;
         }
         ConfigCommand::Watch {
             ns,

@@ -1,0 +1,121 @@
+//! `ConfigClient` against a real `mortar` that is killed and restarted, and `mortar config run`
+//! restarting its command when the values change.
+
+use std::time::Duration;
+
+use mortar_config::ConfigClient;
+use mortar_core::client::ClientArgs;
+use mortar_testkit::{Node, NodeConfig, eventually, mortar_bin};
+use serde_json::{Value, json};
+
+async fn put(http: &reqwest::Client, node: &Node, key: &str, value: Value) -> i64 {
+    let res = http
+        .put(node.url(&format!("/v1/config/app/base/{key}")))
+        .json(&value)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json::<Value>().await.unwrap()["revision"]
+        .as_i64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_follows_changes_across_a_server_restart() {
+    let mut node = Node::start(NodeConfig::named("config-client"))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    put(&http, &node, "pool", json!(1)).await;
+    let args = ClientArgs {
+        url: node.url(""),
+        token: None,
+        json: false,
+    };
+    let client = ConfigClient::connect(&args, "app", "base").await.unwrap();
+    assert_eq!(client.get::<i64>("pool").unwrap(), Some(1));
+    assert!(
+        client.get::<String>("pool").is_err(),
+        "a type mismatch is an error"
+    );
+    assert_eq!(client.get::<i64>("missing").unwrap(), None);
+
+    let r = put(&http, &node, "pool", json!(2)).await;
+    tokio::time::timeout(Duration::from_secs(10), client.changed_after(r - 1))
+        .await
+        .expect("the change arrives");
+    assert_eq!(client.get::<i64>("pool").unwrap(), Some(2));
+
+    // The server dies while the client waits; writes happen after it is back.
+    node.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    node.restart().await.unwrap();
+    put(&http, &node, "pool", json!(3)).await;
+    let last = put(&http, &node, "name", json!("x")).await;
+    eventually(
+        "the client catches up after the restart",
+        Duration::from_secs(20),
+        || {
+            let client = client.clone();
+            async move { client.revision() >= last }
+        },
+    )
+    .await;
+    assert_eq!(client.get::<i64>("pool").unwrap(), Some(3));
+    assert_eq!(client.get::<String>("name").unwrap().as_deref(), Some("x"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_run_restarts_its_command_on_a_change() {
+    let node = Node::start(NodeConfig::named("config-run")).await.unwrap();
+    let http = reqwest::Client::new();
+    put(&http, &node, "greeting", json!("hello")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let script = format!("echo \"$GREETING\" >> {}; sleep 60", out.display());
+    let mut run = tokio::process::Command::new(mortar_bin())
+        .args([
+            "config", "run", "--ns", "app", "--env", "base", "--grace", "2",
+        ])
+        .args(["--", "sh", "-c", &script])
+        .env("MORTAR_URL", node.url(""))
+        .env_remove("MORTAR_TOKEN")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&out).unwrap_or_default();
+    let started = || {
+        let out = read();
+        async move { out == "hello\n" }
+    };
+    eventually(
+        "the command starts with the value",
+        Duration::from_secs(20),
+        started,
+    )
+    .await;
+    put(&http, &node, "greeting", json!("bye")).await;
+    let restarted = || {
+        let out = read();
+        async move { out == "hello\nbye\n" }
+    };
+    eventually(
+        "restarted with the new value",
+        Duration::from_secs(20),
+        restarted,
+    )
+    .await;
+    run.kill().await.unwrap();
+
+    // A command that ends by itself ends the run with its exit code.
+    let status = tokio::process::Command::new(mortar_bin())
+        .args(["config", "run", "--ns", "app", "--env", "base"])
+        .args(["--", "sh", "-c", "exit 7"])
+        .env("MORTAR_URL", node.url(""))
+        .env_remove("MORTAR_TOKEN")
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(7));
+}
