@@ -7,12 +7,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use mortar_core::clock::ManualClock;
-use mortar_core::storage::{Storage, StorageConfig};
+use mortar_core::storage::Storage;
 use mortar_core::with_pool;
 use mortar_cron::error::CronError;
 use mortar_cron::store::{CronStore, Decision, Run, Schedule};
 use mortar_cron::{CronConfig, CronService, ScheduleSpec};
 use mortar_jobs::{JobsConfig, JobsService};
+use mortar_testkit::fixture;
 use serde_json::json;
 
 /// 2027-01-01T00:00:00Z, a whole minute.
@@ -33,20 +34,11 @@ struct Env {
 impl Env {
     async fn new(database_url: Option<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::connect(&StorageConfig {
-            data_dir: dir.path().into(),
-            database_url,
-            redis_url: None,
-            redis_prefix: "m:".into(),
-        })
-        .await
-        .unwrap();
-        for m in [
+        let migrations = [
             mortar_jobs::service::migrations(),
             mortar_cron::service::migrations(),
-        ] {
-            storage.migrate(&m).await.unwrap();
-        }
+        ];
+        let storage = fixture::storage_at(dir.path(), database_url, &migrations).await;
         Self {
             clock: ManualClock::at(T0),
             storage,

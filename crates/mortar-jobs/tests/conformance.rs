@@ -3,13 +3,14 @@
 use std::sync::Arc;
 
 use mortar_core::clock::{Clock, ManualClock};
-use mortar_core::storage::{Storage, StorageConfig};
+use mortar_core::storage::Storage;
 use mortar_jobs::error::JobsError;
 use mortar_jobs::service::{QueueRate, QueueSettings};
 use mortar_jobs::state::State;
 use mortar_jobs::state::UniqueWhile;
 use mortar_jobs::store::{Completion, Filter};
 use mortar_jobs::{JobsConfig, JobsService, NewJob};
+use mortar_testkit::fixture;
 
 fn filter(state: &str, queue: &str) -> Filter {
     Filter {
@@ -44,18 +45,8 @@ async fn service(
     database_url: Option<String>,
 ) -> (Arc<JobsService>, ManualClock, tempfile::TempDir, Storage) {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::connect(&StorageConfig {
-        data_dir: dir.path().into(),
-        database_url,
-        redis_url: None,
-        redis_prefix: "m:".into(),
-    })
-    .await
-    .unwrap();
-    storage
-        .migrate(&mortar_jobs::service::migrations())
-        .await
-        .unwrap();
+    let migrations = [mortar_jobs::service::migrations()];
+    let storage = fixture::storage_at(dir.path(), database_url, &migrations).await;
     let clock = ManualClock::at(1_800_000_000_000);
     let svc = JobsService::start(&storage, &JobsConfig::default(), Arc::new(clock.clone()));
     (svc, clock, dir, storage)

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use axum::routing::post;
 use mortar_core::clock::SystemClock;
-use mortar_core::storage::{Storage, StorageConfig};
 use mortar_jobs::service::QueueSettings;
 use mortar_jobs::{JobsConfig, JobsService, NewJob};
 use mortar_resilience::{Breaker, BreakerConfig};
+use mortar_testkit::fixture;
 
 #[derive(Default)]
 struct Seen {
@@ -75,19 +75,7 @@ async fn jobs_are_pushed_signed_retried_and_completed() {
     let target = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::connect(&StorageConfig {
-        data_dir: dir.path().into(),
-        database_url: None,
-        redis_url: None,
-        redis_prefix: "m:".into(),
-    })
-    .await
-    .unwrap();
-    storage
-        .migrate(&mortar_jobs::service::migrations())
-        .await
-        .unwrap();
+    let storage = fixture::embedded(&[mortar_jobs::service::migrations()]).await;
     let cfg = JobsConfig {
         poll_ms: 20,
         ..JobsConfig::default()

@@ -4,12 +4,14 @@
 use std::sync::Arc;
 
 use mortar_core::clock::{Clock, ManualClock, SystemClock};
-use mortar_core::storage::{Storage, StorageConfig};
+use mortar_core::storage::Storage;
 use mortar_lock::engine::Waiter;
+use mortar_lock::service::migrations;
 use mortar_lock::store::memory::MemoryStore;
 use mortar_lock::store::postgres::PostgresStore;
 use mortar_lock::store::redis::RedisStore;
 use mortar_lock::store::{AcquireArgs, Acquired, LockStore};
+use mortar_testkit::fixture;
 
 fn args<'a>(name: &'a str, ttl_ms: u64, permits: u32, ticket: Option<&'a str>) -> AcquireArgs<'a> {
     AcquireArgs {
@@ -177,28 +179,14 @@ async fn list_by_prefix(s: &dyn LockStore) {
     assert_eq!(names, ["jobs/b"]);
 }
 
-async fn storage(dir: &std::path::Path, database_url: Option<String>) -> Storage {
-    let s = Storage::connect(&StorageConfig {
-        data_dir: dir.into(),
-        database_url,
-        redis_url: None,
-        redis_prefix: "mortar:".into(),
-    })
-    .await
-    .unwrap();
-    s.migrate(&mortar_lock::service::migrations())
-        .await
-        .unwrap();
-    s
-}
-
 /// A fresh PostgreSQL database with the lock migrations: its handle (dropped with the test),
 /// the storage and its pool; `None` when the test skips.
 async fn postgres(test: &str) -> Option<(mortar_testkit::TestDatabase, Storage, sqlx::PgPool)> {
     let svc = mortar_testkit::services(test)?;
     let db = svc.create_database().await.unwrap();
     // The data directory is SQLite's; PostgreSQL never touches it.
-    let st = storage(&std::env::temp_dir(), Some(db.url.clone())).await;
+    let st =
+        fixture::storage_at(&std::env::temp_dir(), Some(db.url.clone()), &[migrations()]).await;
     let mortar_core::storage::Durable::Postgres(pool) = &st.durable else {
         panic!("postgres")
     };
@@ -208,8 +196,7 @@ async fn postgres(test: &str) -> Option<(mortar_testkit::TestDatabase, Storage, 
 
 #[tokio::test]
 async fn memory_backend() {
-    let dir = tempfile::tempdir().unwrap();
-    let st = storage(dir.path(), None).await;
+    let st = fixture::embedded(&[migrations()]).await;
     let clock = ManualClock::at(1_000_000);
     let s = MemoryStore::new(st.durable.clone(), Arc::new(clock.clone()));
     mutual_exclusion_and_increasing_tokens(&s).await;
@@ -222,13 +209,13 @@ async fn memory_backend() {
 #[tokio::test]
 async fn memory_tokens_keep_increasing_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let st = storage(dir.path(), None).await;
+    let st = fixture::storage_at(dir.path(), None, &[migrations()]).await;
     let first = MemoryStore::new(st.durable.clone(), Arc::new(SystemClock));
     let a = grant(&first, "r", 60_000, 1).await.unwrap();
     drop(first);
     st.close().await;
     // A new process: leases are gone, the counter is not.
-    let st = storage(dir.path(), None).await;
+    let st = fixture::storage_at(dir.path(), None, &[migrations()]).await;
     let second = MemoryStore::new(st.durable.clone(), Arc::new(SystemClock));
     let b = grant(&second, "r", 60_000, 1)
         .await
@@ -351,8 +338,7 @@ async fn keys_expire_but_counters_stay(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_acquires_never_overlap() {
-    let dir = tempfile::tempdir().unwrap();
-    let st = storage(dir.path(), None).await;
+    let st = fixture::embedded(&[migrations()]).await;
     let s: Arc<dyn LockStore> =
         Arc::new(MemoryStore::new(st.durable.clone(), Arc::new(SystemClock)));
     let holders = Arc::new(std::sync::atomic::AtomicU32::new(0));

@@ -5,34 +5,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
-use http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
+use http::StatusCode;
 use mortar_core::clock::SystemClock;
-use mortar_core::storage::{Storage, StorageConfig};
 use mortar_lock::{LockConfig, LockService};
+use mortar_testkit::fixture::{self, TestStorage};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 struct App {
     router: Router,
-    _dir: tempfile::TempDir,
+    _storage: TestStorage,
 }
 
 async fn app() -> App {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::connect(&StorageConfig {
-        data_dir: dir.path().into(),
-        database_url: None,
-        redis_url: None,
-        redis_prefix: "m:".into(),
-    })
-    .await
-    .unwrap();
-    storage
-        .migrate(&mortar_lock::service::migrations())
-        .await
-        .unwrap();
+    let storage = fixture::embedded(&[mortar_lock::service::migrations()]).await;
     let cfg = LockConfig {
         max_ttl_ms: 3_600_000,
         ..LockConfig::default()
@@ -41,31 +26,16 @@ async fn app() -> App {
     let (router, _) = utoipa_axum::router::OpenApiRouter::new()
         .merge(mortar_lock::api::router(svc))
         .split_for_parts();
-    App { router, _dir: dir }
+    App {
+        router,
+        _storage: storage,
+    }
 }
 
 impl App {
     async fn call(&self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(uri);
-        let body = match body {
-            Some(v) => {
-                req = req.header(header::CONTENT_TYPE, "application/json");
-                Body::from(v.to_string())
-            }
-            None => Body::empty(),
-        };
-        let res = self
-            .router
-            .clone()
-            .oneshot(req.body(body).unwrap())
-            .await
-            .unwrap();
-        let status = res.status();
-        let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        let r = fixture::oneshot(&self.router, method, uri, body.as_ref()).await;
+        (r.status, r.body)
     }
 
     async fn acquire(&self, name: &str, body: Value) -> (StatusCode, Value) {

@@ -4,42 +4,21 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
+use http::{Request, header};
 use mortar_core::clock::ManualClock;
-use mortar_core::storage::{Storage, StorageConfig, core_migrations};
 use mortar_ratelimit::RateLimitConfig;
 use mortar_ratelimit::RateLimitService;
+use mortar_testkit::fixture::{self, Reply, TestStorage};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 struct App {
     router: Router,
     clock: ManualClock,
-    _dir: tempfile::TempDir,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: Value,
+    _storage: TestStorage,
 }
 
 async fn app() -> App {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::connect(&StorageConfig {
-        data_dir: dir.path().into(),
-        database_url: None,
-        redis_url: None,
-        redis_prefix: "mortar:".into(),
-    })
-    .await
-    .unwrap();
-    storage.migrate(&core_migrations()).await.unwrap();
-    storage
-        .migrate(&mortar_ratelimit::service::migrations())
-        .await
-        .unwrap();
+    let storage = fixture::embedded(&[mortar_ratelimit::service::migrations()]).await;
     let config: RateLimitConfig = toml::from_str(
         "[policies.fromconfig]\nalgorithm = \"fixed_window\"\nlimit = 2\nwindow_ms = 60000\nfailure_mode = \"fail_closed\"\n",
     )
@@ -56,48 +35,19 @@ async fn app() -> App {
     App {
         router: mortar_core::http::finish(router, 1 << 20, auth),
         clock,
-        _dir: dir,
+        _storage: storage,
     }
 }
 
 impl App {
-    async fn send(&self, method: &str, uri: &str, body: Option<Value>) -> Reply {
-        let mut req = Request::builder().method(method).uri(uri);
-        let body = match body {
-            Some(v) => {
-                req = req.header(header::CONTENT_TYPE, "application/json");
-                Body::from(v.to_string())
-            }
-            None => Body::empty(),
-        };
-        let res = self
-            .router
-            .clone()
-            .oneshot(req.body(body).unwrap())
-            .await
-            .unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        Reply {
-            status,
-            headers,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        }
-    }
-
     async fn put_policy(&self, name: &str, spec: Value) -> Reply {
-        self.send("PUT", &format!("/v1/ratelimit/policies/{name}"), Some(spec))
-            .await
+        let uri = format!("/v1/ratelimit/policies/{name}");
+        fixture::oneshot(&self.router, "PUT", &uri, Some(&spec)).await
     }
 
     async fn check(&self, policies: &[&str], key: &str, cost: u64) -> Reply {
-        self.send(
-            "POST",
-            "/v1/ratelimit/check",
-            Some(json!({"policies": policies, "key": key, "cost": cost})),
-        )
-        .await
+        let body = json!({"policies": policies, "key": key, "cost": cost});
+        fixture::oneshot(&self.router, "POST", "/v1/ratelimit/check", Some(&body)).await
     }
 }
 
@@ -120,11 +70,11 @@ async fn policies_crud() {
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["algorithm"], "sliding_log");
-    let r = app.send("GET", "/v1/ratelimit/policies/api", None).await;
+    let r = fixture::oneshot(&app.router, "GET", "/v1/ratelimit/policies/api", None).await;
     assert_eq!(r.body["limit"], 3);
     assert_eq!(r.body["source"], "api");
     assert_eq!(r.body["failure_mode"], "fail_open");
-    let list = app.send("GET", "/v1/ratelimit/policies", None).await;
+    let list = fixture::oneshot(&app.router, "GET", "/v1/ratelimit/policies", None).await;
     let names: Vec<&str> = list.body["items"]
         .as_array()
         .unwrap()
@@ -133,17 +83,17 @@ async fn policies_crud() {
         .collect();
     assert_eq!(names, ["api", "fromconfig"]);
     assert_eq!(
-        app.send("DELETE", "/v1/ratelimit/policies/api", None)
+        fixture::oneshot(&app.router, "DELETE", "/v1/ratelimit/policies/api", None)
             .await
             .status,
         204
     );
     problem(
-        &app.send("GET", "/v1/ratelimit/policies/api", None).await,
+        &fixture::oneshot(&app.router, "GET", "/v1/ratelimit/policies/api", None).await,
         404,
     );
     problem(
-        &app.send("DELETE", "/v1/ratelimit/policies/api", None).await,
+        &fixture::oneshot(&app.router, "DELETE", "/v1/ratelimit/policies/api", None).await,
         404,
     );
     // Config policies are read-only here.
@@ -155,8 +105,13 @@ async fn policies_crud() {
             .contains("mortar.toml")
     );
     problem(
-        &app.send("DELETE", "/v1/ratelimit/policies/fromconfig", None)
-            .await,
+        &fixture::oneshot(
+            &app.router,
+            "DELETE",
+            "/v1/ratelimit/policies/fromconfig",
+            None,
+        )
+        .await,
         409,
     );
 }
@@ -281,7 +236,7 @@ async fn several_policies_report_the_most_restrictive_and_consume_atomically() {
     assert_eq!(r.status, 429);
     assert_eq!(r.body["policy"], "daily");
     // `burst` was not charged for the denied check: 1 of 3 left after two allowed checks.
-    let peek = app.send("GET", "/v1/ratelimit/burst/k", None).await;
+    let peek = fixture::oneshot(&app.router, "GET", "/v1/ratelimit/burst/k", None).await;
     assert_eq!(peek.body["remaining"], 1, "{}", peek.body);
 }
 
@@ -330,21 +285,21 @@ async fn bad_checks_are_clear_problems() {
         problem(&app.check(&["p", "p"], "k", 1).await, 400)["errors"][0]["field"],
         "policies[1]"
     );
-    let r = app
-        .send(
-            "POST",
-            "/v1/ratelimit/check",
-            Some(json!({"policies": ["p"], "key": "k", "cost": -1})),
-        )
-        .await;
+    let r = fixture::oneshot(
+        &app.router,
+        "POST",
+        "/v1/ratelimit/check",
+        Some(&json!({"policies": ["p"], "key": "k", "cost": -1})),
+    )
+    .await;
     assert_eq!(problem(&r, 400)["errors"][0]["field"], "cost");
-    let r = app
-        .send(
-            "POST",
-            "/v1/ratelimit/check",
-            Some(json!({"policies": "p", "key": "k"})),
-        )
-        .await;
+    let r = fixture::oneshot(
+        &app.router,
+        "POST",
+        "/v1/ratelimit/check",
+        Some(&json!({"policies": "p", "key": "k"})),
+    )
+    .await;
     assert_eq!(problem(&r, 400)["errors"][0]["field"], "policies");
 }
 
@@ -356,18 +311,18 @@ async fn batch_answers_each_check() {
         json!({"algorithm": "fixed_window", "limit": 1, "window_ms": 1000}),
     )
     .await;
-    let r = app
-        .send(
-            "POST",
-            "/v1/ratelimit/check/batch",
-            Some(json!({"checks": [
-                {"policies": ["p"], "key": "a"},
-                {"policies": ["p"], "key": "a"},
-                {"policies": ["missing"], "key": "a"},
-                {"policies": ["p"], "key": "b", "cost": 1}
-            ]})),
-        )
-        .await;
+    let r = fixture::oneshot(
+        &app.router,
+        "POST",
+        "/v1/ratelimit/check/batch",
+        Some(&json!({"checks": [
+            {"policies": ["p"], "key": "a"},
+            {"policies": ["p"], "key": "a"},
+            {"policies": ["missing"], "key": "a"},
+            {"policies": ["p"], "key": "b", "cost": 1}
+        ]})),
+    )
+    .await;
     assert_eq!(r.status, 200);
     let results = r.body["results"].as_array().unwrap();
     assert_eq!(results[0]["allowed"], true);
@@ -375,10 +330,11 @@ async fn batch_answers_each_check() {
     assert_eq!(results[2]["status"], 404);
     assert_eq!(results[3]["allowed"], true);
     problem(
-        &app.send(
+        &fixture::oneshot(
+            &app.router,
             "POST",
             "/v1/ratelimit/check/batch",
-            Some(json!({"checks": []})),
+            Some(&json!({"checks": []})),
         )
         .await,
         400,
@@ -397,13 +353,24 @@ async fn peek_and_reset() {
     app.check(&["p"], key, 2).await;
     let path = "/v1/ratelimit/p/user:42:endpoint:%2Fsearch";
     for _ in 0..3 {
-        let r = app.send("GET", path, None).await;
+        let r = fixture::oneshot(&app.router, "GET", path, None).await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.body["remaining"], 1);
     }
-    assert_eq!(app.send("DELETE", path, None).await.status, 204);
-    assert_eq!(app.send("GET", path, None).await.body["remaining"], 3);
-    problem(&app.send("GET", "/v1/ratelimit/nope/k", None).await, 404);
+    assert_eq!(
+        fixture::oneshot(&app.router, "DELETE", path, None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        fixture::oneshot(&app.router, "GET", path, None).await.body["remaining"],
+        3
+    );
+    problem(
+        &fixture::oneshot(&app.router, "GET", "/v1/ratelimit/nope/k", None).await,
+        404,
+    );
 }
 
 #[tokio::test]
@@ -416,19 +383,7 @@ async fn config_policies_apply() {
 
 #[tokio::test]
 async fn the_tower_layer_limits_a_route_and_sets_headers() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::connect(&StorageConfig {
-        data_dir: dir.path().into(),
-        database_url: None,
-        redis_url: None,
-        redis_prefix: "mortar:".into(),
-    })
-    .await
-    .unwrap();
-    storage
-        .migrate(&mortar_ratelimit::service::migrations())
-        .await
-        .unwrap();
+    let storage = fixture::embedded(&[mortar_ratelimit::service::migrations()]).await;
     let config: RateLimitConfig = toml::from_str(
         "[policies.per-user]\nalgorithm = \"sliding_log\"\nlimit = 2\nwindow_ms = 60000\n",
     )
@@ -455,25 +410,18 @@ async fn the_tower_layer_limits_a_route_and_sets_headers() {
         if let Some(u) = user {
             req = req.header("x-user", u);
         }
-        app.clone().oneshot(req.body(Body::empty()).unwrap())
+        fixture::send(&app, req.body(Body::empty()).unwrap())
     };
-    let r = call(Some("ann")).await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["x-ratelimit-remaining"], "1");
-    call(Some("ann")).await.unwrap();
-    let r = call(Some("ann")).await.unwrap();
-    assert_eq!(r.status(), 429);
-    assert_eq!(
-        r.headers()[header::CONTENT_TYPE],
-        "application/problem+json"
-    );
-    assert_eq!(r.headers()["retry-after"], "60");
-    assert_eq!(
-        call(Some("bob")).await.unwrap().status(),
-        200,
-        "keys are independent"
-    );
-    assert_eq!(call(None).await.unwrap().status(), 200, "no key, no limit");
+    let r = call(Some("ann")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["x-ratelimit-remaining"], "1");
+    call(Some("ann")).await;
+    let r = call(Some("ann")).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.headers[header::CONTENT_TYPE], "application/problem+json");
+    assert_eq!(r.headers["retry-after"], "60");
+    assert_eq!(call(Some("bob")).await.status, 200, "keys are independent");
+    assert_eq!(call(None).await.status, 200, "no key, no limit");
     assert!(
         mortar_ratelimit::layer::RateLimitLayer::new(
             svc,

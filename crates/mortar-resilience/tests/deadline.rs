@@ -11,18 +11,11 @@ use axum::routing::get;
 use mortar_core::auth::{Auth, KeyStore};
 use mortar_core::config::HttpConfig;
 use mortar_core::http::{Listeners, finish, serve};
-use mortar_core::storage::{Storage, StorageConfig};
+use mortar_testkit::fixture;
 use serde_json::{Value, json};
 
 async fn start(app: Router, dir: &std::path::Path) -> SocketAddr {
-    let storage = Storage::connect(&StorageConfig {
-        data_dir: dir.into(),
-        database_url: None,
-        redis_url: None,
-        redis_prefix: "mortar:".into(),
-    })
-    .await
-    .unwrap();
+    let storage = fixture::storage_at(dir, None, &[]).await;
     let keys = KeyStore::new(
         storage.durable.clone(),
         Arc::new(mortar_core::clock::SystemClock),

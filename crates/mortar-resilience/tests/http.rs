@@ -4,32 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
 use axum::routing::{get, post};
-use http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
+use http::{StatusCode, header};
 use mortar_resilience::layer::{BreakerLayer, BulkheadLayer, TimeoutLayer};
 use mortar_resilience::{
     BreakerConfig, Bulkhead, BulkheadConfig, ResilienceConfig, ResilienceService,
 };
-use serde_json::Value;
-use tower::ServiceExt;
-
-async fn send(router: &Router, method: &str, uri: &str) -> (StatusCode, http::HeaderMap, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(Body::empty())
-        .unwrap();
-    let res = router.clone().oneshot(req).await.unwrap();
-    let (status, headers) = (res.status(), res.headers().clone());
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        headers,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
+use mortar_testkit::fixture::{Reply, oneshot};
 
 fn api(svc: Arc<ResilienceService>) -> Router {
     let (router, _) = utoipa_axum::router::OpenApiRouter::new()
@@ -46,37 +27,59 @@ async fn configured_breakers_are_listed_and_can_be_steered() {
     .unwrap();
     let svc = ResilienceService::new(&cfg).unwrap();
     let router = api(svc.clone());
-    let (status, _, body) = send(&router, "GET", "/v1/resilience/breakers").await;
+    let Reply { status, body, .. } = oneshot(&router, "GET", "/v1/resilience/breakers", None).await;
     assert_eq!(status, 200);
     assert_eq!(body["items"][0]["name"], "payments");
     assert_eq!(body["items"][0]["state"], "closed");
     assert_eq!(body["items"][0]["config"]["window"], "time");
 
-    let (_, _, b) = send(
+    let b = oneshot(
         &router,
         "POST",
         "/v1/resilience/breakers/payments/force_open",
+        None,
     )
-    .await;
+    .await
+    .body;
     assert_eq!(b["state"], "forced_open");
     assert_eq!(b["last_transition"]["from"], "closed");
     assert!(b["last_transition"]["at"].as_str().unwrap().ends_with('Z'));
     assert!(svc.breaker("payments").try_acquire().is_err());
-    let (_, _, b) = send(&router, "POST", "/v1/resilience/breakers/payments/disable").await;
+    let b = oneshot(
+        &router,
+        "POST",
+        "/v1/resilience/breakers/payments/disable",
+        None,
+    )
+    .await
+    .body;
     assert_eq!(b["state"], "disabled");
-    let (_, _, b) = send(
+    let b = oneshot(
         &router,
         "POST",
         "/v1/resilience/breakers/payments/force_close",
+        None,
     )
-    .await;
+    .await
+    .body;
     assert_eq!(b["state"], "closed");
-    let (_, _, b) = send(&router, "POST", "/v1/resilience/breakers/payments/reset").await;
+    let b = oneshot(
+        &router,
+        "POST",
+        "/v1/resilience/breakers/payments/reset",
+        None,
+    )
+    .await
+    .body;
     assert_eq!(b["state"], "closed");
 
-    let (status, _, _) = send(&router, "GET", "/v1/resilience/breakers/nope").await;
+    let status = oneshot(&router, "GET", "/v1/resilience/breakers/nope", None)
+        .await
+        .status;
     assert_eq!(status, 404);
-    let (_, _, b) = send(&router, "GET", "/v1/resilience/bulkheads").await;
+    let b = oneshot(&router, "GET", "/v1/resilience/bulkheads", None)
+        .await
+        .body;
     assert_eq!(b["items"][0]["name"], "db");
     assert_eq!(b["items"][0]["config"]["max_permits"], 4);
 }
@@ -116,7 +119,7 @@ async fn the_breaker_layer_opens_on_5xx_but_never_on_4xx() {
         .route("/fail", get(|| async { StatusCode::BAD_GATEWAY }))
         .layer(BreakerLayer::new(breaker.clone()));
     for _ in 0..10 {
-        assert_eq!(send(&app, "GET", "/bad-request").await.0, 400);
+        assert_eq!(oneshot(&app, "GET", "/bad-request", None).await.status, 400);
     }
     assert_eq!(
         breaker.state(),
@@ -125,9 +128,14 @@ async fn the_breaker_layer_opens_on_5xx_but_never_on_4xx() {
     );
     // 10 successes in the window: the 10th failure makes 50% and opens it.
     for _ in 0..10 {
-        assert_eq!(send(&app, "GET", "/fail").await.0, 502);
+        assert_eq!(oneshot(&app, "GET", "/fail", None).await.status, 502);
     }
-    let (status, headers, body) = send(&app, "GET", "/fail").await;
+    let Reply {
+        status,
+        headers,
+        body,
+        ..
+    } = oneshot(&app, "GET", "/fail", None).await;
     assert_eq!(status, 503);
     assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
     assert_eq!(body["breaker"], "upstream");
@@ -147,8 +155,8 @@ async fn the_breaker_layer_opens_on_5xx_but_never_on_4xx() {
             BreakerLayer::new(strict.clone())
                 .with_classifier(|r| r.status() == StatusCode::TOO_MANY_REQUESTS),
         );
-    send(&app, "GET", "/busy").await;
-    send(&app, "GET", "/busy").await;
+    oneshot(&app, "GET", "/busy", None).await;
+    oneshot(&app, "GET", "/busy", None).await;
     assert_eq!(strict.state(), mortar_resilience::State::Open);
 }
 
@@ -177,12 +185,17 @@ async fn the_bulkhead_layer_rejects_when_full_and_the_timeout_layer_answers_504(
         .layer(BulkheadLayer::new(bulkhead.clone()));
     let first = tokio::spawn({
         let app = app.clone();
-        async move { send(&app, "POST", "/slow").await.0 }
+        async move { oneshot(&app, "POST", "/slow", None).await.status }
     });
     while bulkhead.in_use() == 0 {
         tokio::task::yield_now().await;
     }
-    let (status, headers, body) = send(&app, "POST", "/slow").await;
+    let Reply {
+        status,
+        headers,
+        body,
+        ..
+    } = oneshot(&app, "POST", "/slow", None).await;
     assert_eq!(status, 503);
     assert_eq!(headers[header::RETRY_AFTER], "1");
     assert_eq!(body["bulkhead"], "one");
@@ -195,7 +208,7 @@ async fn the_bulkhead_layer_rejects_when_full_and_the_timeout_layer_answers_504(
             get(|| async { tokio::time::sleep(Duration::from_secs(30)).await }),
         )
         .layer(TimeoutLayer::new(Duration::from_millis(20)));
-    let (status, _, body) = send(&app, "GET", "/hang").await;
+    let Reply { status, body, .. } = oneshot(&app, "GET", "/hang", None).await;
     assert_eq!(status, 504);
     assert!(
         body["detail"]

@@ -3,11 +3,9 @@
 
 use axum::Router;
 use axum::body::Body;
-use http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
+use http::{Request, header};
 use mortar_server::config::Config;
-use serde_json::Value;
-use tower::ServiceExt;
+use mortar_testkit::fixture::{self, Reply};
 
 const ADMIN: &str = "admin-token-0123456789";
 
@@ -39,34 +37,13 @@ async fn secured_app() -> TestApp {
     app_with(|c| c.auth.admin_token = Some(ADMIN.into())).await
 }
 
-struct Reply {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: Value,
-    raw: Vec<u8>,
-}
-
 impl TestApp {
-    async fn send(&self, req: Request<Body>) -> Reply {
-        let res = self.router.clone().oneshot(req).await.unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let raw = res.into_body().collect().await.unwrap().to_bytes().to_vec();
-        let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-        Reply {
-            status,
-            headers,
-            body,
-            raw,
-        }
-    }
-
     async fn get(&self, uri: &str, token: Option<&str>) -> Reply {
         let mut req = Request::get(uri);
         if let Some(t) = token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        self.send(req.body(Body::empty()).unwrap()).await
+        fixture::send(&self.router, req.body(Body::empty()).unwrap()).await
     }
 
     async fn post_json(&self, uri: &str, body: &str, token: Option<&str>) -> Reply {
@@ -74,18 +51,12 @@ impl TestApp {
         if let Some(t) = token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        self.send(req.body(Body::from(body.to_owned())).unwrap())
-            .await
+        fixture::send(&self.router, req.body(Body::from(body.to_owned())).unwrap()).await
     }
 }
 
 fn assert_problem(r: &Reply, status: u16) {
-    assert_eq!(
-        r.status.as_u16(),
-        status,
-        "body: {}",
-        String::from_utf8_lossy(&r.raw)
-    );
+    assert_eq!(r.status.as_u16(), status, "body: {}", r.text);
     assert_eq!(r.headers[header::CONTENT_TYPE], "application/problem+json");
     assert_eq!(r.body["status"], status);
     for member in ["type", "title", "detail"] {
@@ -113,9 +84,11 @@ async fn unknown_route_is_a_404_problem() {
 #[tokio::test]
 async fn wrong_method_is_a_405_problem_with_allow() {
     let app = open_app().await;
-    let r = app
-        .send(Request::delete("/healthz").body(Body::empty()).unwrap())
-        .await;
+    let r = fixture::send(
+        &app.router,
+        Request::delete("/healthz").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_problem(&r, 405);
     assert!(r.headers[header::ALLOW].to_str().unwrap().contains("GET"));
 }
@@ -132,7 +105,7 @@ async fn oversized_bodies_are_413_problems() {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from_stream(futures_util::stream::iter(chunks)))
         .unwrap();
-    assert_problem(&app.send(req).await, 413);
+    assert_problem(&fixture::send(&app.router, req).await, 413);
 }
 
 #[tokio::test]
@@ -142,9 +115,9 @@ async fn wrong_content_type_is_a_415_problem() {
         .header(header::CONTENT_TYPE, "text/plain")
         .body(Body::from(r#"{"name":"a","scopes":["*:read"]}"#))
         .unwrap();
-    assert_problem(&app.send(req).await, 415);
+    assert_problem(&fixture::send(&app.router, req).await, 415);
     let req = Request::post("/v1/keys").body(Body::from("{}")).unwrap();
-    assert_problem(&app.send(req).await, 415);
+    assert_problem(&fixture::send(&app.router, req).await, 415);
 }
 
 #[tokio::test]
@@ -259,7 +232,7 @@ async fn keys_lifecycle_and_scopes() {
     let list = app.get("/v1/keys", Some(ADMIN)).await;
     assert_eq!(list.status, 200);
     assert_eq!(list.body["items"][0]["id"], id.as_str());
-    assert!(!String::from_utf8_lossy(&list.raw).contains(&secret));
+    assert!(!list.text.contains(&secret));
     assert!(list.body["items"][0].get("secret").is_none());
 
     // The key reads its block, cannot write it, cannot touch others or admin routes.
@@ -278,14 +251,14 @@ async fn keys_lifecycle_and_scopes() {
     );
     assert_eq!(app.get("/v1/status", Some(&secret)).await.status, 200);
 
-    let revoked = app
-        .send(
-            Request::delete(format!("/v1/keys/{id}"))
-                .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
+    let revoked = fixture::send(
+        &app.router,
+        Request::delete(format!("/v1/keys/{id}"))
+            .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(revoked.status, 200);
     assert!(revoked.body["revoked_at"].is_string());
     assert_problem(&app.get("/v1/status", Some(&secret)).await, 401);
@@ -310,7 +283,7 @@ async fn missing_invalid_and_malformed_tokens_are_401() {
         .header(header::AUTHORIZATION, "Basic YTpi")
         .body(Body::empty())
         .unwrap();
-    assert_problem(&app.send(basic).await, 401);
+    assert_problem(&fixture::send(&app.router, basic).await, 401);
     // Public routes stay public.
     assert_eq!(app.get("/healthz", None).await.status, 200);
     assert_eq!(app.get("/metrics", None).await.status, 200);
@@ -335,7 +308,7 @@ async fn request_ids_and_trace_context() {
         )
         .body(Body::empty())
         .unwrap();
-    let r = app.send(req).await;
+    let r = fixture::send(&app.router, req).await;
     assert_eq!(r.headers["x-request-id"], "caller-chosen-id");
     let tp = r.headers["traceparent"].to_str().unwrap();
     assert!(
@@ -365,7 +338,7 @@ async fn metrics_use_route_templates() {
     let app = open_app().await;
     app.get("/v1/keys/01aaaaaaaaaaaaaaaaaaaaaaaa", None).await;
     app.get("/definitely/unknown/12345", None).await;
-    let m = String::from_utf8(app.get("/metrics", None).await.raw).unwrap();
+    let m = app.get("/metrics", None).await.text;
     assert!(
         m.contains(
             r#"mortar_http_requests_total{route="/v1/keys/{id}",method="GET",status="404"}"#
@@ -458,13 +431,13 @@ async fn openapi_covers_every_route() {
             .replace("{key}", "k")
             .replace("{namespace}", "ns")
             .replace("{queue}", "q");
-        let r = app
-            .send(
-                Request::options(concrete.as_str())
-                    .body(Body::empty())
-                    .unwrap(),
-            )
-            .await;
+        let r = fixture::send(
+            &app.router,
+            Request::options(concrete.as_str())
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
         assert_eq!(r.status, 405, "{path} is documented but not routed");
     }
 }
@@ -476,22 +449,17 @@ async fn profile_is_pprof_protobuf() {
     assert_eq!(r.status, 200);
     assert_eq!(r.headers[header::CONTENT_TYPE], "application/octet-stream");
     // A profile.proto message starts with field 1 (sample_type, length-delimited): tag 0x0a.
-    assert_eq!(r.raw.first(), Some(&0x0a), "not a pprof protobuf");
+    assert_eq!(
+        r.text.as_bytes().first(),
+        Some(&0x0a),
+        "not a pprof protobuf"
+    );
 }
 
 #[tokio::test]
 async fn a_panicking_handler_becomes_a_500_problem() {
     use std::sync::Arc;
-    let dir = tempfile::tempdir().unwrap();
-    let storage = mortar_core::storage::Storage::connect(
-        &Config {
-            data_dir: dir.path().into(),
-            ..Config::default()
-        }
-        .storage(),
-    )
-    .await
-    .unwrap();
+    let storage = fixture::embedded(&[]).await;
     let keys = mortar_core::auth::KeyStore::new(
         storage.durable.clone(),
         Arc::new(mortar_core::clock::SystemClock),
@@ -499,13 +467,8 @@ async fn a_panicking_handler_becomes_a_500_problem() {
     let auth = Arc::new(mortar_core::auth::Auth::new(None, keys));
     let router = Router::new().route("/boom", axum::routing::get(boom));
     let router = mortar_core::http::finish(router, 1024, auth);
-    let res = router
-        .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 500);
-    let body: Value =
-        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let Reply { status, body, .. } = fixture::oneshot(&router, "GET", "/boom", None).await;
+    assert_eq!(status, 500);
     assert_eq!(body["status"], 500);
     assert!(
         !body.to_string().contains("kaboom"),

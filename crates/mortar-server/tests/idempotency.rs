@@ -11,11 +11,11 @@ use axum::extract::State;
 use axum::http::{Request, StatusCode};
 use mortar_core::clock::{Clock, ManualClock};
 use mortar_core::idempotency::{Idempotency, Replay, Route};
-use mortar_core::storage::{Storage, StorageConfig, core_migrations};
+use mortar_core::storage::Storage;
+use mortar_testkit::fixture::{embedded, storage_at};
 use mortar_testkit::{Node, NodeConfig};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
-use tower::ServiceExt;
 use utoipa_axum::router::OpenApiRouter;
 
 const ROUTES: &[Route] = &[Route {
@@ -55,8 +55,7 @@ struct Fixture {
     clock: ManualClock,
 }
 
-async fn fixture(storage: &Storage, clock: ManualClock) -> Fixture {
-    storage.migrate(&core_migrations()).await.unwrap();
+fn fixture(storage: &Storage, clock: ManualClock) -> Fixture {
     let things = Arc::new(Things::default());
     let idem = Idempotency::new(
         storage.durable.clone(),
@@ -79,26 +78,14 @@ async fn send(router: &axum::Router, key: Option<&str>, body: &str) -> (u16, Val
     if let Some(k) = key {
         req = req.header("idempotency-key", k);
     }
-    let res = router
-        .clone()
-        .oneshot(req.body(Body::from(body.to_owned())).unwrap())
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    let replayed = res.headers().get("idempotent-replayed").is_some();
-    let bytes = http_body_util::BodyExt::collect(res.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        replayed,
-    )
+    let r =
+        mortar_testkit::fixture::send(router, req.body(Body::from(body.to_owned())).unwrap()).await;
+    let replayed = r.headers.contains_key("idempotent-replayed");
+    (r.status.as_u16(), r.body, replayed)
 }
 
 async fn the_contract(storage: &Storage) {
-    let f = fixture(storage, ManualClock::at(1_000_000)).await;
+    let f = fixture(storage, ManualClock::at(1_000_000));
     let key = format!("k-{}", mortar_core::ids::new_id());
     let (s, first, replayed) = send(&f.router, Some(&key), "a").await;
     assert_eq!((s, replayed), (201, false), "{first}");
@@ -171,15 +158,7 @@ async fn the_contract(storage: &Storage) {
 
 #[tokio::test]
 async fn the_contract_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::connect(&StorageConfig {
-        data_dir: dir.path().to_owned(),
-        database_url: None,
-        redis_url: None,
-        redis_prefix: "mortar:".into(),
-    })
-    .await
-    .unwrap();
+    let storage = embedded(&[]).await;
     the_contract(&storage).await;
 }
 
@@ -189,18 +168,14 @@ async fn the_contract_on_postgres_and_across_two_nodes() {
         return;
     };
     let db = svc.create_database().await.unwrap();
-    let cfg = StorageConfig {
-        data_dir: "unused".into(),
-        database_url: Some(db.url.clone()),
-        redis_url: None,
-        redis_prefix: "mortar:".into(),
-    };
-    let a = Storage::connect(&cfg).await.unwrap();
+    // The data directory is SQLite's; PostgreSQL never touches it.
+    let unused = std::path::Path::new("unused");
+    let a = storage_at(unused, Some(db.url.clone()), &[]).await;
     the_contract(&a).await;
     // Two nodes on one database: a key used on one answers on the other.
-    let b = Storage::connect(&cfg).await.unwrap();
+    let b = storage_at(unused, Some(db.url.clone()), &[]).await;
     let clock = ManualClock::at(5_000_000);
-    let (fa, fb) = (fixture(&a, clock.clone()).await, fixture(&b, clock).await);
+    let (fa, fb) = (fixture(&a, clock.clone()), fixture(&b, clock));
     let key = format!("n-{}", mortar_core::ids::new_id());
     let (s, first, _) = send(&fa.router, Some(&key), "x").await;
     assert_eq!(s, 201);

@@ -12,10 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use axum::Router;
 use axum::body::Body;
 use http::{Method, Request, StatusCode, header};
-use http_body_util::BodyExt;
 use mortar_server::config::Config;
+use mortar_testkit::fixture;
 use serde_json::Value;
-use tower::ServiceExt;
 
 const ADMIN: &str = "admin-token-0123456789";
 const PROBLEM_JSON: &str = "application/problem+json";
@@ -43,34 +42,9 @@ async fn app() -> TestApp {
     }
 }
 
-struct Reply {
-    status: StatusCode,
-    content_type: String,
-    body: Value,
-}
-
 impl TestApp {
-    async fn send(&self, req: Request<Body>) -> Reply {
-        let res = self.router.clone().oneshot(req).await.unwrap();
-        let status = res.status();
-        let content_type = res
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let raw = res.into_body().collect().await.unwrap().to_bytes();
-        Reply {
-            status,
-            content_type,
-            body: serde_json::from_slice(&raw).unwrap_or(Value::Null),
-        }
-    }
-
     async fn doc(&self) -> Value {
-        let reply = self
-            .send(Request::get("/openapi.json").body(Body::empty()).unwrap())
-            .await;
+        let reply = fixture::oneshot(&self.router, "GET", "/openapi.json", None).await;
         assert_eq!(reply.status, StatusCode::OK);
         reply.body
     }
@@ -218,9 +192,8 @@ async fn page_sizes_are_bounded_as_enforced() {
                 base.push_str("wait_ms=0&"); // a watch: its long-poll form takes `limit`
             }
             for (limit, ok) in [("1", true), ("1000", true), ("0", false), ("1001", false)] {
-                let reply = app
-                    .send(get_as_admin(&format!("{base}limit={limit}")))
-                    .await;
+                let reply =
+                    fixture::send(&app.router, get_as_admin(&format!("{base}limit={limit}"))).await;
                 let accepted = reply.status.is_success() || reply.status == StatusCode::NOT_FOUND;
                 assert_eq!(
                     accepted,
@@ -364,15 +337,15 @@ async fn nullable_fields_are_nullable_and_states_are_their_blocks() {
     assert!(allows_null(
         &schemas["CompleteBody"]["properties"]["result"]
     ));
-    let enqueued = app
-        .send(
-            Request::post("/v1/jobs")
-                .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(r#"{"queue":"q","kind":"k"}"#))
-                .unwrap(),
-        )
-        .await;
+    let enqueued = fixture::send(
+        &app.router,
+        Request::post("/v1/jobs")
+            .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(r#"{"queue":"q","kind":"k"}"#))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(enqueued.status, StatusCode::CREATED);
     assert!(enqueued.body["payload"].is_null());
 
@@ -496,17 +469,15 @@ async fn hostile_requests_get_documented_problems() {
             }
         }
         for (what, req) in requests {
-            let reply = app.send(req).await;
+            let reply = fixture::send(&app.router, req).await;
             *tried.entry(what.to_owned()).or_default() += 1;
             let status = reply.status.as_u16();
             if !documented.contains(&status) {
                 problems.push(format!("{l} ({what}): {status} is not documented"));
             }
-            if status >= 400 && reply.content_type != PROBLEM_JSON {
-                problems.push(format!(
-                    "{l} ({what}): {status} as `{}`",
-                    reply.content_type
-                ));
+            let content_type = reply.header("content-type");
+            if status >= 400 && content_type != PROBLEM_JSON {
+                problems.push(format!("{l} ({what}): {status} as `{content_type}`"));
             }
             if status >= 500 {
                 problems.push(format!("{l} ({what}): {status} {}", reply.body));

@@ -33,16 +33,7 @@ fn per_kind_visits_each_run_of_equal_queue_and_kind_once() {
 
 #[tokio::test]
 async fn jobs_handed_to_a_lease_that_is_gone_go_back_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::connect(&mortar_core::storage::StorageConfig {
-        data_dir: dir.path().into(),
-        database_url: None,
-        redis_url: None,
-        redis_prefix: "m:".into(),
-    })
-    .await
-    .unwrap();
-    storage.migrate(&migrations()).await.unwrap();
+    let storage = mortar_testkit::fixture::embedded(&[migrations()]).await;
     let clock = mortar_core::clock::ManualClock::at(1_800_000_000_000);
     let svc = JobsService::start(&storage, &JobsConfig::default(), Arc::new(clock));
     // A lease taken off the waiting list by an enqueue whose long-poll ended meanwhile.

@@ -47,18 +47,9 @@ async fn with_schema(
 ) {
     let db = services.create_database().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let storage = mortar_core::storage::Storage::connect(&mortar_core::storage::StorageConfig {
-        data_dir: dir.path().into(),
-        database_url: Some(db.url.clone()),
-        redis_url: None,
-        redis_prefix: "m:".into(),
-    })
-    .await
-    .unwrap();
-    storage
-        .migrate(&crate::service::migrations())
-        .await
-        .unwrap();
+    let migrations = [crate::service::migrations()];
+    let storage =
+        mortar_testkit::fixture::storage_at(dir.path(), Some(db.url.clone()), &migrations).await;
     let pool = PgPool::connect(&db.url).await.unwrap();
     (storage, pool, db, dir)
 }
