@@ -131,7 +131,7 @@ pub struct ListParams {
 }
 
 /// Namespaces, by name.
-#[utoipa::path(get, path = "/v1/config", tag = "config", params(ListParams),
+#[utoipa::path(get, path = "/v1/config", tag = "config", operation_id = "config_namespaces", params(ListParams),
     responses((status = 200, body = Page<Namespace>), (status = 422, description = "Bad limit", body = Problem),
         (status = 503, description = "Store unavailable", body = Problem)))]
 async fn namespaces(
@@ -156,7 +156,7 @@ pub struct Environments {
 }
 
 /// A namespace's environments and their newest revisions.
-#[utoipa::path(get, path = "/v1/config/{ns}", tag = "config", params(NsPath),
+#[utoipa::path(get, path = "/v1/config/{ns}", tag = "config", operation_id = "config_environments", params(NsPath),
     responses((status = 200, body = Environments), (status = 404, description = "No such namespace", body = Problem),
         (status = 422, description = "Bad name", body = Problem), (status = 503, description = "Store unavailable", body = Problem)))]
 async fn environments(
@@ -179,7 +179,7 @@ pub struct ValuesParams {
 }
 
 /// Every effective value of an environment, with where each comes from.
-#[utoipa::path(get, path = "/v1/config/{ns}/{env}", tag = "config", params(EnvPath, ValuesParams),
+#[utoipa::path(get, path = "/v1/config/{ns}/{env}", tag = "config", operation_id = "config_values", params(EnvPath, ValuesParams),
     responses((status = 200, description = "The values (JSON), or with `format=env` `KEY='value'` lines",
             content((Values = "application/json"), (String = "text/plain"))),
         (status = 404, description = "No such namespace or environment", body = Problem),
@@ -217,7 +217,7 @@ fn header_value(n: i64) -> HeaderValue {
 }
 
 /// One key's effective value (`ETag` = the key's revision, for `If-Match`).
-#[utoipa::path(get, path = "/v1/config/{ns}/{env}/{key}", tag = "config", params(KeyPath),
+#[utoipa::path(get, path = "/v1/config/{ns}/{env}/{key}", tag = "config", operation_id = "config_get_key", params(KeyPath),
     responses((status = 200, body = KeyValue), (status = 404, description = "Not set anywhere in the chain", body = Problem),
         (status = 422, description = "Bad name or key", body = Problem), (status = 503, description = "Store unavailable", body = Problem)))]
 async fn get_key(
@@ -286,7 +286,7 @@ fn message(m: Option<String>) -> Result<String, Problem> {
 }
 
 /// Sets a key; the body is the JSON value itself.
-#[utoipa::path(put, path = "/v1/config/{ns}/{env}/{key}", tag = "config", params(KeyPath, WriteParams, IfMatch),
+#[utoipa::path(put, path = "/v1/config/{ns}/{env}/{key}", tag = "config", operation_id = "config_put_key", params(KeyPath, WriteParams, IfMatch),
     request_body(content = Object, description = "The value: any JSON", content_type = "application/json"),
     responses((status = 200, body = Written), (status = 400, description = "Malformed JSON or If-Match", body = Problem),
         (status = 412, description = "The key moved (If-Match)", body = Problem),
@@ -317,7 +317,7 @@ async fn put_key(
 }
 
 /// Deletes a key from an environment (what it falls back to shows through).
-#[utoipa::path(delete, path = "/v1/config/{ns}/{env}/{key}", tag = "config", params(KeyPath, WriteParams, IfMatch),
+#[utoipa::path(delete, path = "/v1/config/{ns}/{env}/{key}", tag = "config", operation_id = "config_delete_key", params(KeyPath, WriteParams, IfMatch),
     responses((status = 200, body = Written), (status = 400, description = "Bad If-Match", body = Problem),
         (status = 404, description = "Not set in this environment", body = Problem),
         (status = 412, description = "The key moved (If-Match)", body = Problem),
@@ -370,7 +370,7 @@ pub struct ApplyBody {
 }
 
 /// Applies a change set to an environment atomically: `POST /v1/config/{ns}/{env}:apply`.
-#[utoipa::path(post, path = "/v1/config/{ns}/{env}", tag = "config", params(ApplyPath),
+#[utoipa::path(post, path = "/v1/config/{ns}/{env}", tag = "config", operation_id = "config_apply", params(ApplyPath),
     request_body = ApplyBody,
     responses((status = 200, body = Written), (status = 400, description = "Malformed body", body = Problem),
         (status = 404, description = "Not `<env>:apply`, or a deleted key is not set", body = Problem),
@@ -427,7 +427,7 @@ pub struct HistoryParams {
 }
 
 /// An environment's changes, newest first, each with its diff.
-#[utoipa::path(get, path = "/v1/config/{ns}/{env}/history", tag = "config", params(EnvPath, HistoryParams),
+#[utoipa::path(get, path = "/v1/config/{ns}/{env}/history", tag = "config", operation_id = "config_history", params(EnvPath, HistoryParams),
     responses((status = 200, body = Page<Change>), (status = 400, description = "Bad cursor", body = Problem),
         (status = 404, description = "No such namespace or environment", body = Problem),
         (status = 422, description = "Bad name or limit", body = Problem), (status = 503, description = "Store unavailable", body = Problem)))]
@@ -465,7 +465,7 @@ pub struct RollbackBody {
 }
 
 /// Restores an environment as it was at a revision, as a new revision.
-#[utoipa::path(post, path = "/v1/config/{ns}/{env}/rollback", tag = "config", params(EnvPath),
+#[utoipa::path(post, path = "/v1/config/{ns}/{env}/rollback", tag = "config", operation_id = "config_rollback", params(EnvPath),
     request_body = RollbackBody,
     responses((status = 200, body = Written), (status = 400, description = "Malformed body", body = Problem),
         (status = 404, description = "No such namespace or environment", body = Problem),
@@ -528,7 +528,7 @@ pub struct WatchPolled {
 /// Watches an environment's effective values: a `snapshot` (or the revisions missed since
 /// `Last-Event-ID` / `after_revision`, or a `reset` snapshot when those were compacted), then a
 /// `change` event per revision. SSE (`id:` = revision), or long-poll with `wait_ms`.
-#[utoipa::path(get, path = "/v1/config/{ns}/{env}/watch", tag = "config", params(EnvPath, WatchParams),
+#[utoipa::path(get, path = "/v1/config/{ns}/{env}/watch", tag = "config", operation_id = "config_watch", params(EnvPath, WatchParams),
     responses((status = 200, description = "SSE events `snapshot`, `reset`, `change`; or with `wait_ms` the events that came",
             content((mortar_core::stream::SseFrame = "text/event-stream"), (WatchPolled = "application/json"))),
         (status = 400, description = "Bad Last-Event-ID", body = Problem),
@@ -623,7 +623,7 @@ async fn watch(
 }
 
 /// A namespace's JSON Schema.
-#[utoipa::path(get, path = "/v1/config/{ns}/schema", tag = "config", params(NsPath),
+#[utoipa::path(get, path = "/v1/config/{ns}/schema", tag = "config", operation_id = "config_get_schema", params(NsPath),
     responses((status = 200, body = Object), (status = 404, description = "No such namespace or no schema", body = Problem),
         (status = 422, description = "Bad name", body = Problem), (status = 503, description = "Store unavailable", body = Problem)))]
 async fn get_schema(
@@ -635,7 +635,7 @@ async fn get_schema(
 
 /// Sets a namespace's JSON Schema (draft 2020-12) over each environment's effective document
 /// (an object whose properties are the keys); refused when a stored value breaks it.
-#[utoipa::path(put, path = "/v1/config/{ns}/schema", tag = "config", params(NsPath),
+#[utoipa::path(put, path = "/v1/config/{ns}/schema", tag = "config", operation_id = "config_put_schema", params(NsPath),
     request_body(content = Object, description = "A JSON Schema", content_type = "application/json"),
     responses((status = 204, description = "Set"), (status = 400, description = "Malformed JSON", body = Problem),
         (status = 415, description = "Not JSON", body = Problem),
@@ -652,7 +652,7 @@ async fn put_schema(
 }
 
 /// Removes a namespace's schema.
-#[utoipa::path(delete, path = "/v1/config/{ns}/schema", tag = "config", params(NsPath),
+#[utoipa::path(delete, path = "/v1/config/{ns}/schema", tag = "config", operation_id = "config_delete_schema", params(NsPath),
     responses((status = 204, description = "Removed"), (status = 422, description = "Bad name", body = Problem),
         (status = 503, description = "Store unavailable", body = Problem)))]
 async fn delete_schema(

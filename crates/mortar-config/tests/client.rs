@@ -119,3 +119,70 @@ async fn config_run_restarts_its_command_on_a_change() {
         .unwrap();
     assert_eq!(status.code(), Some(7));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_and_export_round_trip_yaml_json_and_env() {
+    let node = Node::start(NodeConfig::named("config-import"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.yaml");
+    std::fs::write(
+        &file,
+        "db:\n  pool:\n    max: 10\n  hosts: [a, b]\ngreeting: hi\n",
+    )
+    .unwrap();
+    let url = node.url("");
+    let run = move |args: Vec<String>| {
+        let url = url.clone();
+        async move {
+            let o = tokio::process::Command::new(mortar_bin())
+                .args(&args)
+                .env("MORTAR_URL", url)
+                .env_remove("MORTAR_TOKEN")
+                .output()
+                .await
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            String::from_utf8(o.stdout).unwrap()
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let out = run(s(&[
+        "config",
+        "import",
+        "app",
+        "base",
+        file.to_str().unwrap(),
+    ]))
+    .await;
+    assert!(out.starts_with("3 keys"), "{out}");
+    let yaml = run(s(&["config", "export", "app", "base", "--format", "yaml"])).await;
+    assert_eq!(yaml, "db.hosts:\n- a\n- b\ndb.pool.max: 10\ngreeting: hi\n");
+    let env = run(s(&["config", "export", "app", "base"])).await;
+    assert!(
+        env.contains("DB_POOL_MAX='10'\n") && env.contains("GREETING='hi'\n"),
+        "{env}"
+    );
+    // --replace: the environment ends up holding exactly the file.
+    let json = dir.path().join("app.json");
+    std::fs::write(&json, r#"{"greeting": "hello"}"#).unwrap();
+    run(s(&[
+        "config",
+        "import",
+        "app",
+        "base",
+        json.to_str().unwrap(),
+        "--replace",
+    ]))
+    .await;
+    let exported: Value = serde_json::from_str(
+        &run(s(&["config", "export", "app", "base", "--format", "json"])).await,
+    )
+    .unwrap();
+    assert_eq!(exported, json!({"greeting": "hello"}));
+}

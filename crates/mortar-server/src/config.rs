@@ -164,6 +164,10 @@ mod tests {
             "users".into(),
             toml::from_str("origin_url = \"http://origin\"\nttl_ms = 1000\nwrite = \"through\"\ntimeout_ms = 100").unwrap(),
         );
+        cfg.config
+            .environments
+            .insert("prod".into(), vec!["staging".into()]);
+        cfg.config.secret_key = Some("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into());
         let keys = leaf_keys(&cfg);
         let docs = Config::docs();
         // A doc covers its key and, for tables of named entries, everything under it.

@@ -184,7 +184,12 @@ async fn page_sizes_are_bounded_as_enforced() {
             assert_eq!(schema["minimum"], 1, "{}", label(method, &path));
             assert_eq!(schema["maximum"], 1000, "{}", label(method, &path));
             // What the schema allows is accepted, and what it does not is refused.
-            let mut base = path.replace("{id}", "nightly") + "?";
+            // Every path parameter a valid name (the resource may not exist: 404 is fine).
+            let mut base = path
+                .replace("{id}", "nightly")
+                .replace("{ns}", "app")
+                .replace("{env}", "base")
+                + "?";
             if op["responses"]["200"]["content"]
                 .get("text/event-stream")
                 .is_some()
@@ -206,8 +211,8 @@ async fn page_sizes_are_bounded_as_enforced() {
         }
     }
     assert_eq!(
-        lists, 7,
-        "jobs, cron schedules and runs, locks, keys, jobs and cron events"
+        lists, 10,
+        "jobs, cron schedules and runs, locks, keys, jobs and cron events, config namespaces, history and watch"
     );
 }
 

@@ -42,8 +42,28 @@ pub enum ConfigCommand {
     },
     /// Every effective value of an environment, with where it comes from.
     List { ns: String, env: String },
-    /// The effective values as `KEY='value'` lines for a shell (`eval "$(mortar config export billing prod)"`).
-    Export { ns: String, env: String },
+    /// The effective values: `KEY='value'` lines for a shell (`eval "$(mortar config export
+    /// billing prod)"`), or a flat JSON or YAML document (`--format json|yaml`).
+    Export {
+        ns: String,
+        env: String,
+        #[arg(long, default_value = "env")]
+        format: String,
+    },
+    /// Set every key of a JSON or YAML file (nested objects become dotted keys) in one change
+    /// set; `--replace` also deletes the environment's keys the file lacks. `-` reads stdin.
+    Import {
+        ns: String,
+        env: String,
+        file: String,
+        /// json or yaml (default: from the file's extension, else json).
+        #[arg(long)]
+        format: Option<String>,
+        #[arg(long)]
+        replace: bool,
+        #[arg(long, short)]
+        message: Option<String>,
+    },
     /// An environment's changes, newest first.
     History {
         ns: String,
@@ -189,11 +209,57 @@ pub async fn run(args: &ClientArgs, cmd: &ConfigCommand) -> Result<Output, Clien
                 cell(&v["revision"])
             )
         }
-        ConfigCommand::Export { ns, env } => {
+        ConfigCommand::Export { ns, env, format } => {
             let v = c.get(&path(ns, env)).await?;
             let values: crate::service::Values = serde_json::from_value(v)
                 .map_err(|e| ClientError::Transport(format!("unexpected answer: {e}")))?;
-            crate::format::render(&values)
+            match format.as_str() {
+                "env" => crate::format::render(&values),
+                "json" => format!("{:#}\n", json!(crate::format::flat(&values))),
+                "yaml" => crate::format::yaml(&crate::format::flat(&values)).map_err(usage)?,
+                other => return Err(usage(format!("--format `{other}`: use env, json or yaml"))),
+            }
+        }
+        ConfigCommand::Import {
+            ns,
+            env,
+            file,
+            format,
+            replace,
+            message,
+        } => {
+            let text = if file == "-" {
+                read_stdin()?
+            } else {
+                std::fs::read_to_string(file)
+                    .map_err(|e| usage(format!("cannot read {file}: {e}")))?
+            };
+            let format = format.clone().unwrap_or_else(|| {
+                let ext = std::path::Path::new(file)
+                    .extension()
+                    .and_then(|e| e.to_str());
+                let yaml = ext.is_some_and(|e| {
+                    e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml")
+                });
+                if yaml { "yaml" } else { "json" }.to_owned()
+            });
+            let values =
+                crate::format::parse(&text, &format).map_err(|e| usage(format!("{file}: {e}")))?;
+            let mut ops: Vec<Value> = values
+                .iter()
+                .map(|(k, v)| json!({"op": "set", "key": k, "value": v}))
+                .collect();
+            if *replace {
+                let own = c.get(&path(ns, env)).await?;
+                for (k, e) in own["values"].as_object().into_iter().flatten() {
+                    if e["env"] == json!(env) && !values.contains_key(k) {
+                        ops.push(json!({"op": "delete", "key": k}));
+                    }
+                }
+            }
+            let body = json!({"ops": ops, "message": message.clone().unwrap_or_else(|| format!("import {file}"))});
+            let v = c.post(&format!("{}:apply", path(ns, env)), &body).await?;
+            format!("{} keys, revision {}\n", ops.len(), cell(&v["revision"]))
         }
         ConfigCommand::History {
             ns,
