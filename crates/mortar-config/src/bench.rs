@@ -130,6 +130,9 @@ async fn watch(args: &ClientArgs, b: &BenchArgs) -> Result<String, String> {
                 req = req.bearer_auth(t);
             }
             let mut res = req.send().await.map_err(|e| e.to_string())?;
+            if !res.status().is_success() {
+                return Err(format!("watch answered {}", res.status()));
+            }
             let _ = ready.send(()).await;
             let mut lat = Vec::new();
             let mut buf = String::new();
@@ -153,7 +156,12 @@ async fn watch(args: &ClientArgs, b: &BenchArgs) -> Result<String, String> {
         }));
     }
     drop(ready_tx);
-    while ready_rx.recv().await.is_some() {}
+    // Every watcher connected (each sends once and keeps its sender until it ends).
+    for _ in 0..b.watchers.max(1) {
+        if ready_rx.recv().await.is_none() {
+            break;
+        }
+    }
     tokio::time::sleep(Duration::from_millis(500)).await; // streams established
     let start = Instant::now();
     for _ in 0..b.count {

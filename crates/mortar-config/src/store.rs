@@ -372,10 +372,10 @@ impl ConfigStore {
         F: FnOnce(&State) -> Result<Vec<Write>, E> + Send + 'static,
     {
         let dialect = self.db.dialect();
-        let reads = state_sql(dialect, &set);
         match self.db.writes() {
-            Writes::Sqlite(w) => w
-                .write(move |c| {
+            Writes::Sqlite(w) => {
+                let reads = state_sql(dialect, &set);
+                w.write(move |c| {
                     let state = state_sqlite(c, &reads)?;
                     let writes = match decide(&state) {
                         Ok(w) => w,
@@ -388,24 +388,27 @@ impl ConfigStore {
                     Ok(Ok((revision[0], writes)))
                 })
                 .await?
-                .map_err(WriteError::Refused),
+                .map_err(WriteError::Refused)
+            }
             Writes::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                // Serializes writers to commit: revisions commit in order.
-                sqlx::query("SELECT revision FROM config_meta WHERE id = 1 FOR UPDATE")
-                    .execute(&mut *tx)
-                    .await?;
-                let state = state_pg(&mut tx, reads).await?;
+                // Serializes writers to commit: revisions commit in order. Held for four round
+                // trips and the commit: the lock, one read, one write, COMMIT.
+                let head: i64 =
+                    sqlx::query_scalar("SELECT revision FROM config_meta WHERE id = 1 FOR UPDATE")
+                        .fetch_one(&mut *tx)
+                        .await?;
+                let state = state_pg(&mut tx, head, &set).await?;
                 let writes = decide(&state).map_err(WriteError::Refused)?;
-                for (sql, params) in write_sql(dialect, &set, &writes) {
-                    sqlx::query_with(
-                        sqlx::AssertSqlSafe(sql),
-                        mortar_core::storage::sql::pg_args(params)?,
-                    )
-                    .execute(&mut *tx)
+                let revision: i64 = sqlx::query_scalar(PG_WRITE)
+                    .bind(json(&writes))
+                    .bind(&set.ns)
+                    .bind(&set.env)
+                    .bind(&set.principal)
+                    .bind(&set.message)
+                    .bind(set.at_ms)
+                    .fetch_one(&mut *tx)
                     .await?;
-                }
-                let revision: i64 = sqlx::query_scalar(HEAD).fetch_one(&mut *tx).await?;
                 tx.commit().await?;
                 Ok((revision, writes))
             }
@@ -497,21 +500,33 @@ fn state_sqlite(c: &rusqlite::Connection, q: &StateSql) -> rusqlite::Result<Stat
     })
 }
 
-async fn state_pg(tx: &mut sqlx::PgConnection, q: StateSql) -> Result<State, sqlx::Error> {
-    use mortar_core::storage::sql::pg_args;
-    let head: i64 = sqlx::query_scalar(HEAD).fetch_one(&mut *tx).await?;
-    let envs: Vec<(String, i64)> =
-        sqlx::query_as_with(sqlx::AssertSqlSafe(q.envs.0), pg_args(q.envs.1)?)
-            .fetch_all(&mut *tx)
-            .await?;
-    let schema: Option<String> =
-        sqlx::query_scalar_with(sqlx::AssertSqlSafe(q.schema.0), pg_args(q.schema.1)?)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let (sql, params) = if schema.is_none() { q.keys } else { q.all };
-    let values: Vec<ValueRow> = sqlx::query_as_with(sqlx::AssertSqlSafe(sql), pg_args(params)?)
-        .fetch_all(&mut *tx)
+/// A write's state on PostgreSQL, in one statement (its snapshot is taken after the lock).
+async fn state_pg(
+    tx: &mut sqlx::PgConnection,
+    head: i64,
+    set: &WriteSet,
+) -> Result<State, sqlx::Error> {
+    type Row = (String, Option<String>, String);
+    let (envs, schema, values): Row = sqlx::query_as(PG_STATE)
+        .bind(&set.ns)
+        .bind(&set.env)
+        .bind(json(&set.keys))
+        .fetch_one(&mut *tx)
         .await?;
+    let decode = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
+    let envs: Vec<(String, i64)> = serde_json::from_str(&envs).map_err(decode)?;
+    let values: Vec<(String, String, String, bool, i64)> =
+        serde_json::from_str(&values).map_err(decode)?;
+    let values = values
+        .into_iter()
+        .map(|(env, key, value, secret, revision)| ValueRow {
+            env,
+            key,
+            value,
+            secret,
+            revision,
+        })
+        .collect();
     Ok(State {
         head,
         envs: envs.into_iter().collect(),
@@ -519,6 +534,30 @@ async fn state_pg(tx: &mut sqlx::PgConnection, q: StateSql) -> Result<State, sql
         schema,
     })
 }
+
+/// [`state_pg`]'s statement: the environments, the schema, and the values (the written keys,
+/// or with a schema the whole namespace) as JSON.
+const PG_STATE: &str = "SELECT \
+    (SELECT COALESCE(json_agg(json_build_array(env, revision)), '[]') FROM config_envs WHERE ns = $1)::text, \
+    (SELECT schema FROM config_schemas WHERE ns = $1), \
+    (SELECT COALESCE(json_agg(json_build_array(env, key, value, secret, revision)), '[]') FROM config_values \
+      WHERE ns = $1 AND (EXISTS (SELECT 1 FROM config_schemas WHERE ns = $1) \
+      OR (env = $2 AND key IN (SELECT jsonb_array_elements_text($3::jsonb)))))::text";
+
+/// The write of a revision on PostgreSQL, as one statement: bump the revision, upsert and
+/// delete the values, append the history, move the environment's revision; returns the new
+/// revision. `$1` is the JSON array of [`Write`]s.
+const PG_WRITE: &str = "WITH m AS (UPDATE config_meta SET revision = revision + 1 WHERE id = 1 RETURNING revision), \
+    v AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS v(key TEXT, value TEXT, prev TEXT, secret BOOLEAN, masked BOOLEAN)), \
+    up AS (INSERT INTO config_values (ns, env, key, value, secret, revision) \
+      SELECT $2, $3, v.key, v.value, v.secret, m.revision FROM v, m WHERE v.value IS NOT NULL \
+      ON CONFLICT (ns, env, key) DO UPDATE SET value = excluded.value, secret = excluded.secret, revision = excluded.revision), \
+    del AS (DELETE FROM config_values WHERE ns = $2 AND env = $3 AND key IN (SELECT key FROM v WHERE value IS NULL)), \
+    ch AS (INSERT INTO config_changes (revision, ns, env, key, value, prev, secret, principal, message, at_ms) \
+      SELECT m.revision, $2, $3, v.key, v.value, v.prev, v.masked, $4, $5, $6 FROM v, m), \
+    e AS (INSERT INTO config_envs (ns, env, revision, created_at_ms) SELECT $2, $3, m.revision, $6 FROM m \
+      ON CONFLICT (ns, env) DO UPDATE SET revision = excluded.revision) \
+    SELECT revision FROM m";
 
 /// The statements that write `writes` as the next revision.
 fn write_sql(d: Dialect, set: &WriteSet, writes: &[Write]) -> Vec<(String, Vec<Param>)> {
