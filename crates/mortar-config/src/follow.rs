@@ -69,6 +69,7 @@ pub(crate) struct WatchGuard {
 
 impl Drop for WatchGuard {
     fn drop(&mut self) {
+        metrics::gauge!("mortar_config_watchers").decrement(1.0);
         let mut w = self
             .svc
             .watched
