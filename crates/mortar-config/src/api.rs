@@ -22,7 +22,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::service::{
-    Author, Change, ConfigService, Expect, KeyValue, Op, OpKind, Values, Written,
+    Author, Change, ConfigError, ConfigService, Expect, KeyValue, Op, OpKind, Values, Written,
 };
 use crate::watch::{Filter, Stream};
 
@@ -175,6 +175,7 @@ async fn environments(
 pub struct ValuesParams {
     /// `json` (default) or `env`: `KEY=value` lines for a shell to source (keys upper-cased,
     /// dots and dashes as `_`; strings as they are, other values as JSON; single-quoted).
+    #[param(pattern = "^(json|env)$", nullable = false)]
     pub format: Option<String>,
 }
 
@@ -253,7 +254,11 @@ pub struct WriteParams {
 pub struct IfMatch {
     /// The key's revision the write expects (its `ETag`; quotes optional); `0`: the key must
     /// not exist.
-    #[param(rename = "If-Match", pattern = r#"^"?[0-9]{1,18}"?$"#)]
+    #[param(
+        rename = "If-Match",
+        pattern = r#"^"?[0-9]{1,18}"?$"#,
+        nullable = false
+    )]
     pub if_match: Option<String>,
 }
 
@@ -287,7 +292,7 @@ fn message(m: Option<String>) -> Result<String, Problem> {
 
 /// Sets a key; the body is the JSON value itself.
 #[utoipa::path(put, path = "/v1/config/{ns}/{env}/{key}", tag = "config", operation_id = "config_put_key", params(KeyPath, WriteParams, IfMatch),
-    request_body(content = Object, description = "The value: any JSON", content_type = "application/json"),
+    request_body(content = serde_json::Value, description = "The value: any JSON", content_type = "application/json"),
     responses((status = 200, body = Written), (status = 400, description = "Malformed JSON or If-Match", body = Problem),
         (status = 412, description = "The key moved (If-Match)", body = Problem),
         (status = 413, description = "Value too large", body = Problem), (status = 415, description = "Not JSON", body = Problem),
@@ -312,7 +317,9 @@ async fn put_key(
     let who = who(principal);
     let by = author(&who, &message);
     Ok(ApiJson(
-        svc.apply(&p.ns, &p.env, vec![op], expect, by).await?,
+        svc.apply(&p.ns, &p.env, vec![op], expect, by)
+            .await
+            .map_err(one_key)?,
     ))
 }
 
@@ -340,8 +347,30 @@ async fn delete_key(
             expect,
             author(&who(principal), &message),
         )
-        .await?,
+        .await
+        .map_err(one_key)?,
     ))
+}
+
+/// A one-key write's problem: its fields named as the route names them (`secret`, not
+/// `ops[0].secret`).
+fn one_key(e: ConfigError) -> Problem {
+    match e {
+        ConfigError::Invalid(errors) => Problem::validation(
+            errors
+                .into_iter()
+                .map(|f| {
+                    let field = f
+                        .field
+                        .strip_prefix("ops[0].")
+                        .unwrap_or(&f.field)
+                        .to_owned();
+                    FieldError::new(field, f.message)
+                })
+                .collect(),
+        ),
+        e => e.into(),
+    }
 }
 
 /// `{ns}/{env}:apply`.
@@ -361,9 +390,11 @@ pub struct ApplyPath {
 #[serde(deny_unknown_fields)]
 pub struct ApplyBody {
     /// 1 to 1000 operations, applied atomically as one revision.
+    #[schema(min_items = 1, max_items = 1000)]
     pub ops: Vec<Op>,
     /// The environment's newest revision the change set expects (0: never written); a
     /// mismatch is a 412 and changes nothing.
+    #[schema(minimum = 0)]
     pub expected_revision: Option<i64>,
     /// Why (kept in the history).
     pub message: Option<String>,
@@ -422,7 +453,7 @@ pub struct HistoryParams {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
-    #[param(pattern = r"^[0-9]{1,18}$")]
+    #[param(pattern = r"^[0-9]{0,18}$")]
     pub cursor: Option<String>,
 }
 
@@ -461,6 +492,7 @@ async fn history(
 #[serde(deny_unknown_fields)]
 pub struct RollbackBody {
     /// Restore the environment as it was at this revision.
+    #[schema(minimum = 0)]
     pub to_revision: i64,
 }
 

@@ -50,7 +50,7 @@ pub struct Changed {
 pub struct KeyChanged {
     pub key: String,
     /// `"***"` for a secret, unless the watcher has the `config:secrets` scope.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub value: Option<Value>,
     pub env: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -33,7 +33,7 @@ pub struct Op {
     pub key: String,
     /// The value to set (any JSON); absent for `delete`.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub value: Option<Value>,
     /// `set`: store the value encrypted and show it as `"***"` without the `config:secrets`
     /// scope. Absent: as the key is now (a new key is not secret).
@@ -80,7 +80,7 @@ pub struct Written {
 /// An effective value.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Entry {
-    #[schema(value_type = Object)]
+    #[schema(value_type = serde_json::Value)]
     pub value: Value,
     /// The environment of the chain it came from.
     pub env: String,
@@ -120,9 +120,9 @@ pub struct Change {
     pub key: String,
     /// `set` or `delete`.
     pub op: OpKind,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub value: Option<Value>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub previous: Option<Value>,
     /// RFC 6902 JSON Patch from the previous value to this one.
     #[schema(value_type = Vec<Object>)]
