@@ -1,5 +1,5 @@
-//! `mortar config get|set|delete|list|export|history|rollback|watch|schema|run`: a client of
-//! the HTTP API.
+//! `mortar config get|set|delete|list|diff|export|import|history|rollback|watch|schema|run`: a
+//! client of the HTTP API.
 
 mod run;
 
@@ -63,6 +63,14 @@ pub enum ConfigCommand {
         replace: bool,
         #[arg(long, short)]
         message: Option<String>,
+    },
+    /// What differs between two environments' effective values (`mortar config diff billing
+    /// staging prod`): `+` only in the second, `-` only in the first, `~` different. Exits 1 when
+    /// they differ, like diff(1).
+    Diff {
+        ns: String,
+        from: String,
+        to: String,
     },
     /// An environment's changes, newest first.
     History {
@@ -261,6 +269,12 @@ pub async fn run(args: &ClientArgs, cmd: &ConfigCommand) -> Result<Output, Clien
             let v = c.post(&format!("{}:apply", path(ns, env)), &body).await?;
             format!("{} keys, revision {}\n", ops.len(), cell(&v["revision"]))
         }
+        ConfigCommand::Diff { ns, from, to } => {
+            let (a, b) = (c.get(&path(ns, from)).await?, c.get(&path(ns, to)).await?);
+            let text = diff(&a["values"], &b["values"]);
+            let code = u8::from(!text.is_empty());
+            return Ok(Output::with_code(text, code));
+        }
         ConfigCommand::History {
             ns,
             env,
@@ -359,6 +373,28 @@ pub async fn run(args: &ClientArgs, cmd: &ConfigCommand) -> Result<Output, Clien
     Ok(Output::from(out))
 }
 
+/// The lines of `mortar config diff`: effective values (`{key: {value, env, …}}`) of two
+/// environments compared by value.
+fn diff(a: &Value, b: &Value) -> String {
+    let (empty, mut out) = (serde_json::Map::new(), String::new());
+    let (a, b) = (
+        a.as_object().unwrap_or(&empty),
+        b.as_object().unwrap_or(&empty),
+    );
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for k in keys {
+        match (a.get(k).map(|e| &e["value"]), b.get(k).map(|e| &e["value"])) {
+            (Some(x), Some(y)) if x != y => out.push_str(&format!("~ {k}: {x} → {y}\n")),
+            (Some(x), None) => out.push_str(&format!("- {k}: {x}\n")),
+            (None, Some(y)) => out.push_str(&format!("+ {k}: {y}\n")),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Long-polls the watch, printing each event as a JSON line, until interrupted.
 async fn watch(
     c: &Client,
@@ -386,5 +422,18 @@ async fn watch(
         }
         let _ = out.flush();
         after = v["revision"].as_u64().or(after);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_lists_added_removed_and_changed_keys() {
+        let a = json!({"same": {"value": 1}, "gone": {"value": "x"}, "moved": {"value": 2}});
+        let b = json!({"same": {"value": 1}, "new": {"value": true}, "moved": {"value": 3}});
+        assert_eq!(diff(&a, &b), "- gone: \"x\"\n~ moved: 2 → 3\n+ new: true\n");
+        assert_eq!(diff(&a, &a), "");
     }
 }
