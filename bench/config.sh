@@ -99,7 +99,7 @@ results_append <<EOF
 - mortar: \`$MORTAR_VERSION\`, commit \`$MORTAR_COMMIT\`, release build; embedded: \`$EMBEDDED_CMD\`; cluster: \`$CLUSTER_CMD\` (a fresh PostgreSQL database)
 - etcd: ${ETCD_VERSION:-unknown}, \`$ETCD_CMD\` (single member, default durability), driven through its v3 JSON gateway
 - puts: \`mortar bench config -c 32 -d $SECS [--etcd URL]\` after a 2 s warm-up; each worker puts its own key back to back (mortar \`PUT /v1/config/bench/base/k<w>\` with the counter as the JSON body; etcd \`POST /v3/kv/put\`)
-- watch: \`mortar bench config --watch --watchers N --count C\`: one writer, a put every 2 ms (20 ms with many watchers) carrying its send time; watchers on SSE \`/v1/config/bench/base/watch?key=w\` or etcd \`POST /v3/watch\`
+- watch: \`mortar bench config --watch --watchers N --count C\`: one writer, a put every 2 ms (every 50 ms, 100 puts, with many watchers) carrying its send time; watchers on SSE \`/v1/config/bench/base/watch?key=w\` or etcd \`POST /v3/watch\`; the driver (its watchers included) shares the 2 CPUs with the server
 
 | what | mortar embedded | mortar PostgreSQL | etcd |
 |---|---:|---:|---:|
