@@ -64,10 +64,11 @@ BASE_RSS_KB="$(awk '/VmRSS/ { print $2 }' "/proc/$EMBEDDED_PID/status")"
     sleep 0.1
   done ) &
 SAMPLER=$!
-drive watch-many --url "http://127.0.0.1:$EMBEDDED_PORT" --watch --watchers "$WATCHERS" --count 100 --interval-ms 50
+drive watch-many --url "http://127.0.0.1:$EMBEDDED_PORT" --watch --watchers "$WATCHERS" --count 100 --interval-ms 50 --server-pid "$EMBEDDED_PID"
 kill "$SAMPLER" 2>/dev/null || true
 PEAK_RSS_KB="$(cat "$BENCH_TMP/peak-rss" 2>/dev/null || echo "$BASE_RSS_KB")"
 PER_WATCHER_KB="$(awk -v p="$PEAK_RSS_KB" -v b="$BASE_RSS_KB" -v n="$WATCHERS" 'BEGIN { printf "%.1f", (p - b) / n }')"
+IDLE_KB="$(sed -n 's/.*: \([0-9.]*\) KB per watcher.*/\1/p' "$BENCH_TMP/watch-many.out")"
 stop_process "$EMBEDDED_PID"
 
 PG_DB="mortar_bench_config_$$"
@@ -108,7 +109,7 @@ results_append <<EOF
 | watch delivery p50 / p99 ms (1 watcher) | $(pct watch-embedded p50) / $(pct watch-embedded p99) ($(delivered watch-embedded)) | — | $(pct watch-etcd p50) / $(pct watch-etcd p99) ($(delivered watch-etcd)) |
 | watch delivery p50 / p99 ms ($WATCHERS SSE watchers, one process) | $(pct watch-many p50) / $(pct watch-many p99) ($(delivered watch-many)) | — | — |
 
-ratios: embedded/etcd puts $(ratio "$E" "$D")x, PostgreSQL/etcd puts $(ratio "$P" "$D")x; mortar RSS after the embedded puts: ${EMBEDDED_RSS_KB} KB; with $WATCHERS SSE watchers connected: peak ${PEAK_RSS_KB} KB, ${PER_WATCHER_KB} KB per watcher over the ${BASE_RSS_KB} KB before (a watcher receiving changes, so an upper bound for an idle one)
+ratios: embedded/etcd puts $(ratio "$E" "$D")x, PostgreSQL/etcd puts $(ratio "$P" "$D")x; mortar RSS after the embedded puts: ${EMBEDDED_RSS_KB} KB; with $WATCHERS SSE watchers connected: peak ${PEAK_RSS_KB} KB, ${PER_WATCHER_KB} KB per watcher over the ${BASE_RSS_KB} KB before while changes flow; ${IDLE_KB} KB per watcher once all are connected and idle
 
-targets: embedded ≥ 1.0× etcd puts — $(verdict "$E >= $D"); PostgreSQL ≥ 0.5× etcd — $(verdict "$P >= 0.5 * $D"); watch p99 ≤ etcd's — $(verdict "$(all watch-embedded) && $(all watch-etcd) && $(pct watch-embedded p99) <= $(pct watch-etcd p99)"); $WATCHERS watchers p99 ≤ 100 ms — $(verdict "$(all watch-many) && $(pct watch-many p99) <= 100"); memory per watcher ≤ 16 KB — $(verdict "$PER_WATCHER_KB <= 16")
+targets: embedded ≥ 1.0× etcd puts — $(verdict "$E >= $D"); PostgreSQL ≥ 0.5× etcd — $(verdict "$P >= 0.5 * $D"); watch p99 ≤ etcd's — $(verdict "$(all watch-embedded) && $(all watch-etcd) && $(pct watch-embedded p99) <= $(pct watch-etcd p99)"); $WATCHERS watchers p99 ≤ 100 ms — $(verdict "$(all watch-many) && $(pct watch-many p99) <= 100"); memory per idle watcher ≤ 16 KB — $(verdict "${IDLE_KB:-999} <= 16")
 EOF

@@ -37,6 +37,19 @@ pub struct BenchArgs {
     pub count: u64,
     #[arg(long, default_value_t = 2)]
     pub interval_ms: u64,
+    /// --watch: the server's pid (same machine): its RSS is reported before the watchers
+    /// connect and once they are all connected and idle.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+}
+
+/// A process's resident set in KiB (Linux `/proc`).
+fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn b64(s: &str) -> String {
@@ -108,6 +121,7 @@ async fn watch(args: &ClientArgs, b: &BenchArgs) -> Result<String, String> {
         .map(|e| e.trim_end_matches('/').to_owned());
     // The key exists before anyone watches (mortar: the namespace and environment must).
     put(&http, &base, etcd.as_deref(), args.token.as_deref(), 0).await?;
+    let rss_before = b.server_pid.and_then(rss_kb);
     let mut handles = Vec::new();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(b.watchers.max(1));
     for _ in 0..b.watchers.max(1) {
@@ -163,6 +177,14 @@ async fn watch(args: &ClientArgs, b: &BenchArgs) -> Result<String, String> {
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await; // streams established
+    let idle = match (rss_before, b.server_pid.and_then(rss_kb)) {
+        (Some(before), Some(idle)) => format!(
+            "server RSS: {before} KB before, {idle} KB with {} idle watchers: {:.1} KB per watcher\n",
+            b.watchers.max(1),
+            (idle.saturating_sub(before)) as f64 / b.watchers.max(1) as f64
+        ),
+        _ => String::new(),
+    };
     let start = Instant::now();
     for _ in 0..b.count {
         put(
@@ -186,7 +208,7 @@ async fn watch(args: &ClientArgs, b: &BenchArgs) -> Result<String, String> {
     };
     let expected = b.count * b.watchers.max(1) as u64;
     Ok(format!(
-        "{} watch delivery: {} of {expected} deliveries to {} watchers over {:.1} s\n\
+        "{idle}{} watch delivery: {} of {expected} deliveries to {} watchers over {:.1} s\n\
          latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}\n",
         if etcd.is_some() {
             "etcd"
