@@ -20,9 +20,13 @@ struct App {
 }
 
 async fn app() -> App {
+    app_with("max_value_bytes = 1000\n[environments]\nprod = [\"staging\"]\n").await
+}
+
+/// A service with `[config]` from `toml`, its follower running, behind its router.
+async fn app_with(toml: &str) -> App {
     let storage = embedded(&[mortar_config::service::migrations()]).await;
-    let settings: Settings =
-        toml::from_str("max_value_bytes = 1000\n[environments]\nprod = [\"staging\"]\n").unwrap();
+    let settings: Settings = toml::from_str(toml).unwrap();
     let svc = ConfigService::new(&storage, &settings, Arc::new(SystemClock));
     svc.spawn();
     let (router, _) = utoipa_axum::router::OpenApiRouter::new()
@@ -379,19 +383,7 @@ async fn as_key(app: &App, scopes: &[&str], method: &str, uri: &str, body: Optio
 
 #[tokio::test]
 async fn secrets_are_sealed_at_rest_and_shown_only_with_the_scope() {
-    let storage = embedded(&[mortar_config::service::migrations()]).await;
-    let settings: Settings =
-        toml::from_str("secret_key = \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"\n").unwrap();
-    let svc = ConfigService::new(&storage, &settings, Arc::new(SystemClock));
-    svc.spawn();
-    let (router, _) = utoipa_axum::router::OpenApiRouter::new()
-        .merge(mortar_config::api::router(svc.clone()))
-        .split_for_parts();
-    let app = App {
-        router,
-        svc,
-        _storage: storage,
-    };
+    let app = app_with("secret_key = \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"\n").await;
     let w = as_key(
         &app,
         &["config:write"],
