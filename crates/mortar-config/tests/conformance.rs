@@ -312,19 +312,26 @@ async fn the_contract_on_sqlite() {
     the_contract(&storage).await;
 }
 
+/// Storage on a fresh test database with the config migrations (`None`: skipped, see
+/// `mortar_testkit::services`); the database and directory live as long as the handles.
+async fn postgres(
+    test: &str,
+) -> Option<(Storage, mortar_testkit::TestDatabase, tempfile::TempDir)> {
+    let db = mortar_testkit::services(test)?
+        .create_database()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = Some(db.url.clone());
+    let storage = storage_at(dir.path(), url, &[mortar_config::service::migrations()]).await;
+    Some((storage, db, dir))
+}
+
 #[tokio::test]
 async fn the_contract_on_postgres() {
-    let Some(svc) = mortar_testkit::services("config postgres") else {
+    let Some((storage, _db, _dir)) = postgres("config postgres").await else {
         return;
     };
-    let db = svc.create_database().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let storage = storage_at(
-        dir.path(),
-        Some(db.url.clone()),
-        &[mortar_config::service::migrations()],
-    )
-    .await;
     the_contract(&storage).await;
 }
 
@@ -332,17 +339,9 @@ async fn the_contract_on_postgres() {
 /// holds exactly them, in commit order.
 #[tokio::test]
 async fn concurrent_writers_get_distinct_revisions_in_commit_order() {
-    let Some(services) = mortar_testkit::services("config concurrent") else {
+    let Some((storage, _db, _dir)) = postgres("config concurrent").await else {
         return;
     };
-    let db = services.create_database().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let storage = storage_at(
-        dir.path(),
-        Some(db.url.clone()),
-        &[mortar_config::service::migrations()],
-    )
-    .await;
     let svc = ConfigService::new(&storage, &settings(), Arc::new(ManualClock::at(1)));
     let mut tasks = Vec::new();
     for t in 0..8 {

@@ -87,10 +87,11 @@ impl ConfigService {
             seal(&mut writes, sealer.as_deref(), &ns_owned, &env_owned)?;
             Ok(writes)
         };
-        let (revision, writes) = self.store.write(set, decide).await.map_err(|e| match e {
-            WriteError::Refused(e) => e,
-            WriteError::Store(e) => self.db_error()(e),
-        })?;
+        let (revision, writes) = self
+            .store
+            .write(set, decide)
+            .await
+            .map_err(self.write_error())?;
         self.written.notify_one();
         crate::follow::ring(self, revision);
         metrics::counter!("mortar_config_writes_total").increment(1);
@@ -159,6 +160,14 @@ impl ConfigService {
             Ok(out)
         } else {
             Err(ConfigError::Invalid(errors))
+        }
+    }
+
+    /// A write's failure as the caller sees it: the refusal, or the store's 503.
+    fn write_error(&self) -> impl Fn(WriteError<ConfigError>) -> ConfigError + '_ {
+        move |e| match e {
+            WriteError::Refused(e) => e,
+            WriteError::Store(e) => self.db_error()(e),
         }
     }
 
@@ -285,10 +294,7 @@ impl ConfigService {
         self.store
             .set_schema(ns, text, principal, at, check)
             .await
-            .map_err(|e| match e {
-                WriteError::Refused(e) => e,
-                WriteError::Store(e) => self.db_error()(e),
-            })?;
+            .map_err(self.write_error())?;
         Ok(())
     }
 }
