@@ -109,6 +109,19 @@ impl Lock {
         self.holders.len() < before
     }
 
+    /// Ends live leases by force (an operator's force-release): the one with `lease_id`, or
+    /// every holder when `None`. Returns the evicted leases (empty: nothing live matched). The
+    /// waiters keep their places; the freed permits go to them exactly as after a release.
+    pub fn evict(&mut self, now_ms: u64, lease_id: Option<&str>) -> Vec<Holder> {
+        self.purge(now_ms);
+        let (evicted, kept): (Vec<_>, Vec<_>) = self
+            .holders
+            .drain(..)
+            .partition(|h| lease_id.is_none_or(|id| h.lease_id == id));
+        self.holders = kept;
+        evicted
+    }
+
     pub fn enqueue(&mut self, waiter: Waiter) {
         self.waiters.push_back(waiter);
     }
@@ -211,6 +224,27 @@ mod tests {
         );
         assert!(l.may_grant(100, 1, None).is_ok(), "idle again: redefined");
         assert_eq!(l.permits, 1);
+    }
+
+    #[test]
+    fn evict_ends_one_lease_or_all_and_keeps_the_line() {
+        let mut l = Lock::default();
+        l.may_grant(0, 3, None).unwrap();
+        l.grant(holder("a", 1, 100), None);
+        l.grant(holder("b", 2, 1000), None);
+        l.grant(holder("c", 3, 1000), None);
+        l.enqueue(waiter("w", 5000));
+        assert!(l.evict(10, Some("nope")).is_empty());
+        let one = l.evict(10, Some("b"));
+        assert_eq!(one.iter().map(|h| h.token).collect::<Vec<_>>(), [2]);
+        assert!(l.renew(10, "b", 100).is_none(), "an evicted lease is gone");
+        assert!(!l.release(10, "b"));
+        // `a` expired at 100: only live leases are evicted (and reported).
+        let rest = l.evict(200, None);
+        assert_eq!(rest.iter().map(|h| h.token).collect::<Vec<_>>(), [3]);
+        assert!(l.holders.is_empty());
+        assert_eq!(l.waiters.len(), 1, "the line stays");
+        assert!(l.may_grant(200, 3, Some("w")).is_ok(), "the waiter is next");
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub use mortar_core::storage::sql::StoreError;
 /// * `enqueue` puts a waiter at the back of the name's line until `wait_ms` from now, or until
 ///   the liveness lease of the node it came through lapses (cluster backends: `heartbeat`);
 /// * `renew` / `release` act only on a live lease (`None` / `false` when it is gone);
+/// * `force_release` ends live leases as `engine::Lock::evict` does, leaving the line and the
+///   fencing counter as they are: afterwards the evicted leases are gone (renew `None`,
+///   release `false`) and the next grant's token is larger than theirs;
 /// * expired leases free their permits by themselves.
 pub trait LockStore: Send + Sync + 'static {
     fn name(&self) -> &'static str;
@@ -93,6 +96,14 @@ pub trait LockStore: Send + Sync + 'static {
         name: &'a str,
         lease_id: &'a str,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Ends `name`'s live lease `lease_id`, or every live lease when `None` (an operator's
+    /// force-release). Returns the leases it ended: empty when nothing live matched.
+    fn force_release<'a>(
+        &'a self,
+        name: &'a str,
+        lease_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<Holder>, StoreError>>;
 
     fn inspect<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<LockInfo>, StoreError>>;
 

@@ -1,5 +1,5 @@
-//! The backend conformance suite: the same tests on the embedded (memory + SQLite fencing)
-//! and PostgreSQL stores.
+//! The backend conformance suite: the same tests on the embedded (memory + SQLite fencing),
+//! PostgreSQL and Redis stores.
 
 use std::sync::Arc;
 
@@ -143,6 +143,85 @@ async fn waiters_are_served_first_come_first_served(s: &dyn LockStore) {
     );
 }
 
+/// An operator's force-release: every live lease or one, the line kept and served next, the
+/// evicted leases gone (renew `None`, release `false`), tokens still increasing.
+async fn force_release_evicts_and_the_line_moves_on(s: &dyn LockStore) {
+    assert!(
+        s.force_release("evict", None).await.unwrap().is_empty(),
+        "nothing held"
+    );
+    let a = grant(s, "evict", 60_000, 1).await.unwrap();
+    let w = Waiter {
+        ticket: "ew1".into(),
+        owner: "ew1".into(),
+        until_ms: 0,
+    };
+    s.enqueue("evict", w, 1, 60_000).await.unwrap();
+    let evicted = s.force_release("evict", None).await.unwrap();
+    assert_eq!(
+        evicted,
+        std::slice::from_ref(&a),
+        "the evicted lease, as granted"
+    );
+    assert!(s.renew("evict", &a.lease_id, 1000).await.unwrap().is_none());
+    assert!(!s.release("evict", &a.lease_id).await.unwrap());
+    let info = s
+        .inspect("evict")
+        .await
+        .unwrap()
+        .expect("the waiter is still in line");
+    assert!(info.holders.is_empty());
+    assert_eq!(info.waiters.len(), 1);
+    assert!(
+        matches!(
+            s.acquire(args("evict", 60_000, 1, None)).await.unwrap(),
+            Acquired::Busy(_)
+        ),
+        "a newcomer still waits behind the line"
+    );
+    let next = match s
+        .acquire(args("evict", 60_000, 1, Some("ew1")))
+        .await
+        .unwrap()
+    {
+        Acquired::Granted(h) => h,
+        other => panic!("the waiter is served next: {other:?}"),
+    };
+    assert!(next.token > a.token, "{} after {}", next.token, a.token);
+
+    let sem: Vec<_> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(grant(s, "evict-sem", 60_000, 3).await.unwrap());
+        }
+        v
+    };
+    let one = s
+        .force_release("evict-sem", Some(&sem[1].lease_id))
+        .await
+        .unwrap();
+    assert_eq!(one, std::slice::from_ref(&sem[1]));
+    assert!(
+        s.force_release("evict-sem", Some(&sem[1].lease_id))
+            .await
+            .unwrap()
+            .is_empty(),
+        "gone already"
+    );
+    let info = s.inspect("evict-sem").await.unwrap().unwrap();
+    let left: Vec<&str> = info.holders.iter().map(|h| h.lease_id.as_str()).collect();
+    assert_eq!(left, [sem[0].lease_id.as_str(), sem[2].lease_id.as_str()]);
+    let d = grant(s, "evict-sem", 60_000, 3)
+        .await
+        .expect("the freed permit");
+    assert!(d.token > sem[2].token);
+    let rest = s.force_release("evict-sem", None).await.unwrap();
+    let tokens: Vec<u64> = rest.iter().map(|h| h.token).collect();
+    assert_eq!(tokens, [sem[0].token, sem[2].token, d.token], "by token");
+    assert!(s.inspect("evict-sem").await.unwrap().is_none(), "idle");
+    assert!(s.force_release("evict-sem", None).await.unwrap().is_empty());
+}
+
 async fn leases_expire_by_themselves(s: &dyn LockStore, advance: &(dyn Fn(u64) + Sync)) {
     let a = grant(s, "ttl", 50, 1).await.unwrap();
     advance(60);
@@ -202,6 +281,7 @@ async fn memory_backend() {
     mutual_exclusion_and_increasing_tokens(&s).await;
     semaphores_and_permit_mismatch(&s).await;
     waiters_are_served_first_come_first_served(&s).await;
+    force_release_evicts_and_the_line_moves_on(&s).await;
     leases_expire_by_themselves(&s, &|ms| clock.advance(ms)).await;
     list_by_prefix(&s).await;
 }
@@ -232,6 +312,7 @@ async fn postgres_backend() {
     mutual_exclusion_and_increasing_tokens(&s).await;
     semaphores_and_permit_mismatch(&s).await;
     waiters_are_served_first_come_first_served(&s).await;
+    force_release_evicts_and_the_line_moves_on(&s).await;
     // The database's clock drives expiry: wait for real.
     leases_expire_by_themselves(&s, &|ms| {
         std::thread::sleep(std::time::Duration::from_millis(ms));
@@ -256,6 +337,7 @@ async fn redis_backend() {
     mutual_exclusion_and_increasing_tokens(&s).await;
     semaphores_and_permit_mismatch(&s).await;
     waiters_are_served_first_come_first_served(&s).await;
+    force_release_evicts_and_the_line_moves_on(&s).await;
     leases_expire_by_themselves(&s, &|ms| {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     })

@@ -154,6 +154,22 @@ elseif op == 'release' then
   if exp <= now then return 0 end
   return 1
 
+elseif op == 'evict' then
+  -- ARGV: 2 lease_id ('' for every holder). An operator's force-release: ends live leases,
+  -- keeps the line and the fencing counter; returns the ended leases, 5 fields each.
+  local holders, line = load()
+  local kept, out = {}, {}
+  for _, h in ipairs(holders) do
+    if ARGV[2] == '' or h[1] == ARGV[2] then
+      redis.call('HDEL', KEYS[1], h[1])
+      for k = 1, 5 do out[#out + 1] = tostring(h[k]) end
+    else
+      kept[#kept + 1] = h
+    end
+  end
+  tidy(kept, line)
+  return out
+
 else -- inspect
   local holders, line = load()
   local out = flat(holders, line)

@@ -209,6 +209,28 @@ impl LockStore for MemoryStore {
         .boxed()
     }
 
+    fn force_release<'a>(
+        &'a self,
+        name: &'a str,
+        lease_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<Holder>, StoreError>> {
+        async move {
+            let mut state = self.state.lock().await;
+            let now = self.clock.now_ms();
+            let Some(lock) = state.locks.get_mut(name) else {
+                return Ok(Vec::new());
+            };
+            purge(lock, now);
+            let evicted = lock.evict(now, lease_id);
+            metrics::gauge!(crate::service::HOLDERS).decrement(evicted.len() as f64);
+            if lock.is_idle() {
+                state.locks.remove(name);
+            }
+            Ok(evicted)
+        }
+        .boxed()
+    }
+
     fn inspect<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<LockInfo>, StoreError>> {
         async move {
             let mut state = self.state.lock().await;

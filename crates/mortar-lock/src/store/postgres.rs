@@ -372,6 +372,41 @@ impl LockStore for PostgresStore {
         .boxed()
     }
 
+    fn force_release<'a>(
+        &'a self,
+        name: &'a str,
+        lease_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<Holder>, StoreError>> {
+        async move {
+            // One statement, like `release`: a grant decides under the name's advisory lock on
+            // the rows it reads, and a deleted row is just a freed permit to it.
+            let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(concat!(
+                "DELETE FROM lock_holders WHERE name = $1 AND ($2::text IS NULL OR lease_id = $2) \
+                 AND expires_at_ms > ",
+                now!(),
+                " RETURNING lease_id, owner, token, acquired_at_ms, expires_at_ms"
+            ))
+            .bind(name)
+            .bind(lease_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("postgres"))?;
+            let mut evicted: Vec<Holder> = rows
+                .into_iter()
+                .map(|(lease_id, owner, token, acquired, expires)| Holder {
+                    lease_id,
+                    owner,
+                    token: token as u64,
+                    acquired_at_ms: acquired as u64,
+                    expires_at_ms: expires as u64,
+                })
+                .collect();
+            evicted.sort_by_key(|h| h.token);
+            Ok(evicted)
+        }
+        .boxed()
+    }
+
     fn inspect<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<LockInfo>, StoreError>> {
         async move {
             let (tx, lock, now) = self.load(name).await.map_err(db_err("postgres"))?;

@@ -51,20 +51,22 @@ fn num(v: &Value) -> u64 {
     text(v).parse().unwrap_or(0)
 }
 
+/// Parses a holder's `lease_id, token, expires, acquired, owner` (see `flat` in lock.lua).
+fn holder(h: &[Value]) -> Holder {
+    Holder {
+        lease_id: text(&h[0]),
+        token: num(&h[1]),
+        expires_at_ms: num(&h[2]),
+        acquired_at_ms: num(&h[3]),
+        owner: text(&h[4]),
+    }
+}
+
 /// Parses `now, n_holders, holders × 5, waiters × 3` (see `flat` in lock.lua).
 fn parse_info(name: &str, permits: u32, items: &[Value]) -> LockInfo {
     let now_ms = items.first().map_or(0, num);
     let n = items.get(1).map_or(0, num) as usize;
-    let holders = items[2..2 + 5 * n]
-        .chunks_exact(5)
-        .map(|h| Holder {
-            lease_id: text(&h[0]),
-            token: num(&h[1]),
-            expires_at_ms: num(&h[2]),
-            acquired_at_ms: num(&h[3]),
-            owner: text(&h[4]),
-        })
-        .collect();
+    let holders = items[2..2 + 5 * n].chunks_exact(5).map(holder).collect();
     let waiters = items[2 + 5 * n..]
         .chunks_exact(3)
         .map(|w| Waiter {
@@ -240,6 +242,23 @@ impl LockStore for RedisStore {
                 self.run(name, &["release", lease_id]).await?,
                 Value::Int(1)
             ))
+        }
+        .boxed()
+    }
+
+    fn force_release<'a>(
+        &'a self,
+        name: &'a str,
+        lease_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<Holder>, StoreError>> {
+        async move {
+            let Value::Array(items) = self.run(name, &["evict", lease_id.unwrap_or("")]).await?
+            else {
+                return Ok(Vec::new());
+            };
+            let mut evicted: Vec<Holder> = items.chunks_exact(5).map(holder).collect();
+            evicted.sort_by_key(|h| h.token);
+            Ok(evicted)
         }
         .boxed()
     }
