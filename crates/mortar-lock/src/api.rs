@@ -1,11 +1,16 @@
-//! `/v1/locks/…`: acquire (with long-poll waiting), renew, release, inspect, list.
+//! `/v1/locks/…`: acquire (with long-poll waiting), renew, release, inspect, list;
+//! [`admin`]: force-release.
+
+mod admin;
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::State;
 use http::StatusCode;
 use mortar_core::Problem;
 use mortar_core::api::Page;
+use mortar_core::auth::Principal;
 use mortar_core::clock::rfc3339;
 use mortar_core::extract::{ApiJson, ApiPath, ApiQuery};
 use serde::{Deserialize, Serialize};
@@ -23,7 +28,7 @@ pub fn router(svc: Arc<LockService>) -> OpenApiRouter {
         .routes(routes!(acquire))
         .routes(routes!(renew))
         .routes(routes!(release))
-        .routes(routes!(inspect))
+        .routes(routes!(inspect, admin::force_release))
         .routes(routes!(list));
     document_limits(router.get_openapi_mut(), svc.config());
     router.with_state(svc)
@@ -66,37 +71,21 @@ impl From<LockError> for Problem {
         match e {
             LockError::Invalid(errors) => Problem::invalid_body(errors),
             LockError::Busy(info) => {
-                let holders: Vec<HolderView> = info.holders.iter().map(HolderView::from).collect();
-                let first = info.holders.iter().min_by_key(|h| h.expires_at_ms);
-                let detail = match first {
-                    Some(h) if info.holders.len() == 1 => format!(
-                        "lock `{}` is held by `{}` until {}",
-                        info.name,
-                        h.owner,
-                        rfc3339(h.expires_at_ms)
-                    ),
-                    // A full semaphore: every holder, and when the first permit frees.
-                    Some(h) => format!(
-                        "all {} permits of `{}` are held (by {}); the first frees at {}",
-                        info.holders.len(),
-                        info.name,
-                        info.holders
-                            .iter()
-                            .map(|h| format!("`{}`", h.owner))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        rfc3339(h.expires_at_ms)
-                    ),
-                    None => format!(
-                        "lock `{}` is busy: {} waiter(s) are ahead in line",
-                        info.name,
-                        info.waiters.len()
-                    ),
-                };
-                Problem::new(StatusCode::CONFLICT, "lock-held", "lock held", detail)
-                    .with_extension("holders", serde_json::to_value(holders).unwrap_or_default())
-                    .with_extension("waiters", info.waiters.len())
+                let holders: Vec<HolderView> = info
+                    .holders
+                    .iter()
+                    .map(|h| HolderView::new(h, false))
+                    .collect();
+                Problem::new(
+                    StatusCode::CONFLICT,
+                    "lock-held",
+                    "lock held",
+                    busy_detail(&info),
+                )
+                .with_extension("holders", serde_json::to_value(holders).unwrap_or_default())
+                .with_extension("waiters", info.waiters.len())
             }
+            e @ LockError::NotHeld { .. } => Problem::not_found(e.to_string()),
             e @ LockError::PermitsMismatch { .. } => Problem::new(
                 StatusCode::CONFLICT,
                 "permits-mismatch",
@@ -111,6 +100,33 @@ impl From<LockError> for Problem {
             }
             LockError::ShuttingDown => mortar_core::shutdown::problem(),
         }
+    }
+}
+
+/// Why a lock is busy: a mutex names its holder; a full semaphore names every holder (with
+/// when each lease runs out); otherwise the line ahead.
+fn busy_detail(info: &LockInfo) -> String {
+    let name = &info.name;
+    let held = |h: &Holder| format!("`{}` (until {})", h.owner, rfc3339(h.expires_at_ms));
+    let all = || info.holders.iter().map(held).collect::<Vec<_>>().join(", ");
+    let (n, permits, waiting) = (
+        info.holders.len(),
+        info.permits as usize,
+        info.waiters.len(),
+    );
+    match info.holders.first() {
+        Some(h) if permits <= 1 && n == 1 => format!(
+            "lock `{name}` is held by `{}` until {}",
+            h.owner,
+            rfc3339(h.expires_at_ms)
+        ),
+        Some(_) if n >= permits => format!("all {n} permits of `{name}` are held: {}", all()),
+        Some(_) => format!(
+            "{n} of {permits} permits of `{name}` are held ({}), and {waiting} waiter(s) are \
+             ahead in line",
+            all()
+        ),
+        None => format!("lock `{name}` is busy: {waiting} waiter(s) are ahead in line"),
     }
 }
 
@@ -167,14 +183,19 @@ pub struct HolderView {
     pub owner: String,
     pub fencing_token: u64,
     pub expires_at: String,
+    /// The holder's lease id: shown only to the admin token and API keys with `locks:secrets`
+    /// (whoever has it can renew or release the lease); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<String>,
 }
 
-impl From<&Holder> for HolderView {
-    fn from(h: &Holder) -> Self {
+impl HolderView {
+    fn new(h: &Holder, reveal: bool) -> Self {
         Self {
             owner: h.owner.clone(),
             fencing_token: h.token,
             expires_at: rfc3339(h.expires_at_ms),
+            lease_id: reveal.then(|| h.lease_id.clone()),
         }
     }
 }
@@ -256,12 +277,17 @@ pub struct WaiterView {
     pub until: String,
 }
 
-impl From<&LockInfo> for LockView {
-    fn from(i: &LockInfo) -> Self {
+impl LockView {
+    /// `i` as shown to a caller; lease ids only when `reveal`.
+    fn new(i: &LockInfo, reveal: bool) -> Self {
         Self {
             name: i.name.clone(),
             permits: i.permits,
-            holders: i.holders.iter().map(HolderView::from).collect(),
+            holders: i
+                .holders
+                .iter()
+                .map(|h| HolderView::new(h, reveal))
+                .collect(),
             waiters: i
                 .waiters
                 .iter()
@@ -274,18 +300,23 @@ impl From<&LockInfo> for LockView {
     }
 }
 
-/// Holders (with expiries and tokens) and waiters of a lock. 404 when nobody holds or waits.
+/// Holders (with expiries and tokens; lease ids for the admin token and `locks:secrets` keys)
+/// and waiters of a lock. 404 when nobody holds or waits.
 #[utoipa::path(get, path = "/v1/locks/{name}", tag = "locks", params(LockPath),
     responses((status = 200, body = LockView), (status = 404, body = Problem)))]
 async fn inspect(
     State(svc): State<Arc<LockService>>,
+    principal: Option<Extension<Principal>>,
     ApiPath(LockPath { name }): ApiPath<LockPath>,
 ) -> Result<ApiJson<LockView>, Problem> {
     let info = svc
         .inspect(&name)
         .await?
         .ok_or_else(|| Problem::not_found(format!("nobody holds or waits for lock `{name}`")))?;
-    Ok(ApiJson(LockView::from(&info)))
+    Ok(ApiJson(LockView::new(
+        &info,
+        admin::reveals(principal.as_ref()),
+    )))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -308,11 +339,12 @@ pub struct LockList {
     pub next_cursor: Option<String>,
 }
 
-/// Locks in use, by name.
+/// Locks in use, by name (holders' lease ids for the admin token and `locks:secrets` keys).
 #[utoipa::path(get, path = "/v1/locks", tag = "locks", operation_id = "list_locks", params(ListParams),
     responses((status = 200, body = LockList), (status = 422, body = Problem, description = "`limit` out of range")))]
 async fn list(
     State(svc): State<Arc<LockService>>,
+    principal: Option<Extension<Principal>>,
     ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<ApiJson<LockList>, Problem> {
     let limit = mortar_core::api::page_limit(p.limit, 100, 1000)?;
@@ -325,7 +357,66 @@ async fn list(
         .await?;
     let page = Page::from_overfetch(locks, limit, |l| l.name.clone());
     Ok(ApiJson(LockList {
-        items: page.items.iter().map(LockView::from).collect(),
+        items: page
+            .items
+            .iter()
+            .map(|l| LockView::new(l, admin::reveals(principal.as_ref())))
+            .collect(),
         next_cursor: page.next_cursor,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Holder, LockInfo, busy_detail};
+    use crate::engine::Waiter;
+
+    fn info(permits: u32, owners: &[&str], waiters: usize) -> LockInfo {
+        LockInfo {
+            name: "n".into(),
+            permits,
+            holders: owners
+                .iter()
+                .zip(1..)
+                .map(|(o, i)| Holder {
+                    lease_id: format!("l{i}"),
+                    owner: (*o).into(),
+                    token: i,
+                    acquired_at_ms: 0,
+                    expires_at_ms: i * 1000,
+                })
+                .collect(),
+            waiters: (0..waiters)
+                .map(|i| Waiter {
+                    ticket: format!("t{i}"),
+                    owner: "w".into(),
+                    until_ms: 5000,
+                })
+                .collect(),
+            now_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_mutex_names_its_holder_a_semaphore_every_holder() {
+        assert_eq!(
+            busy_detail(&info(1, &["a"], 0)),
+            "lock `n` is held by `a` until 1970-01-01T00:00:01.000Z"
+        );
+        assert_eq!(
+            busy_detail(&info(3, &["a", "b", "c"], 0)),
+            "all 3 permits of `n` are held: `a` (until 1970-01-01T00:00:01.000Z), \
+             `b` (until 1970-01-01T00:00:02.000Z), `c` (until 1970-01-01T00:00:03.000Z)"
+        );
+        assert_eq!(
+            busy_detail(&info(3, &["a"], 2)),
+            "1 of 3 permits of `n` are held (`a` (until 1970-01-01T00:00:01.000Z)), and 2 waiter(s) \
+             are ahead in line",
+            "a semaphore with one holder is not reported as a mutex"
+        );
+        assert_eq!(
+            busy_detail(&info(1, &[], 2)),
+            "lock `n` is busy: 2 waiter(s) are ahead in line"
+        );
+    }
 }

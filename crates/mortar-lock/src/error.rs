@@ -20,6 +20,15 @@ pub enum LockError {
     /// The lease expired or was released (or never existed).
     #[error("lease `{lease_id}` on `{name}` is gone (expired, released or unknown)")]
     LeaseLost { name: String, lease_id: String },
+    /// A force-release found nothing live to end.
+    #[error("{}", match .lease_id {
+        Some(id) => format!("lease `{id}` does not hold lock `{name}` (expired, released or unknown)"),
+        None => format!("nobody holds lock `{name}`: nothing to release"),
+    })]
+    NotHeld {
+        name: String,
+        lease_id: Option<String>,
+    },
     #[error("{0} is unavailable")]
     Unavailable(String),
     /// The node began to shut down while the request waited in line (it left the line).

@@ -23,6 +23,15 @@
 //! exactly this. Losing a lease is reported at once: renew answers 410 Gone, and the Rust
 //! client's guard fires `lost()`; `mortar lock run` stops its command.
 //!
+//! ## Force-release (operators)
+//!
+//! `DELETE /v1/locks/{name}?reason=…` ends every holder's lease (`&lease_id=…`: only that one,
+//! e.g. one holder of a semaphore) as if it had expired: the holder's renew and release answer
+//! 410, the waiters in line get the freed permits at once, and the next grant's fencing token
+//! is larger than the evicted ones — so a holder that still acts is fenced off. It needs the
+//! admin token or an API key with `locks:secrets` (which also shows lease ids in lock status),
+//! and is logged at WARN with the reason and the evicted owners.
+//!
 //! ## Backends and their safety model
 //!
 //! * **Embedded** (memory + SQLite): leases and waiters in memory; the fencing counter in SQLite,
@@ -64,4 +73,5 @@ pub mod store;
 pub use client::{AcquireOptions, LockClient, LockGuard};
 pub use config::LockConfig;
 pub use error::LockError;
+pub use service::admin::ForceRelease;
 pub use service::{AcquireRequest, LockService};

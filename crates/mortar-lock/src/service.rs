@@ -1,4 +1,7 @@
-//! `LockService`: validation, waiting in line (long-poll), hand-off wake-ups, metrics.
+//! `LockService`: validation, waiting in line (long-poll), hand-off wake-ups, metrics;
+//! [`admin`]: an operator's force-release.
+
+pub mod admin;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -24,6 +27,7 @@ pub const LOST: &str = "mortar_lock_leases_lost_total";
 pub const BUSY: &str = "mortar_lock_busy_total";
 pub const EXPIRIES: &str = "mortar_lock_expiries_total";
 pub const HOLDERS: &str = "mortar_lock_holders";
+pub const FORCED: &str = "mortar_lock_leases_force_released_total";
 
 /// What a client asks for.
 #[derive(Debug, Clone)]
@@ -454,6 +458,7 @@ fn describe_metrics() {
         EXPIRIES,
         "leases that ran out without being released (memory and PostgreSQL backends)"
     );
+    metrics::describe_counter!(FORCED, "leases ended by an operator's force-release");
     metrics::describe_gauge!(
         HOLDERS,
         "leases held right now (embedded mode; cluster backends are shared by all nodes)"

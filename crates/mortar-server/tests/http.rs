@@ -264,6 +264,78 @@ async fn keys_lifecycle_and_scopes() {
     assert_problem(&app.get("/v1/status", Some(&secret)).await, 401);
 }
 
+/// Through the real auth layer: a lock's force-release (`DELETE /v1/locks/{name}`) passes the
+/// path rule with `locks:write` and then needs `locks:secrets` (or the admin token), which also
+/// shows lease ids in lock status.
+#[tokio::test]
+async fn lock_force_release_and_lease_ids_need_lock_secrets() {
+    let app = secured_app().await;
+    let key = |scopes: &'static str| {
+        let app = &app;
+        async move {
+            let body = format!(r#"{{"name":"k","scopes":{scopes}}}"#);
+            let r = app.post_json("/v1/keys", &body, Some(ADMIN)).await;
+            assert_eq!(r.status, 201, "{}", r.body);
+            r.body["secret"].as_str().unwrap().to_owned()
+        }
+    };
+    let writer = key(r#"["locks:write"]"#).await;
+    let secrets = key(r#"["locks:secrets"]"#).await;
+    let operator = key(r#"["locks:write","locks:secrets"]"#).await;
+    let acquired = app
+        .post_json(
+            "/v1/locks/deploy/acquire",
+            r#"{"ttl_ms":60000,"owner":"ci"}"#,
+            Some(&writer),
+        )
+        .await;
+    assert_eq!(acquired.status, 200, "{}", acquired.body);
+    let lease = acquired.body["lease_id"].as_str().unwrap();
+    let delete = |token: &str| {
+        let req = Request::delete("/v1/locks/deploy?reason=ops")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        fixture::send(&app.router, req)
+    };
+
+    let shown = |r: &Reply| r.body["holders"][0].get("lease_id").cloned();
+    assert_eq!(
+        shown(&app.get("/v1/locks/deploy", Some(&writer)).await),
+        None
+    );
+    assert_eq!(
+        shown(&app.get("/v1/locks/deploy", Some(&secrets)).await),
+        Some(lease.into())
+    );
+    assert_eq!(
+        shown(&app.get("/v1/locks/deploy", Some(ADMIN)).await),
+        Some(lease.into())
+    );
+
+    let r = delete(&writer).await;
+    assert_problem(&r, 403);
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("`locks:secrets`"),
+        "{}",
+        r.body
+    );
+    let r = delete(&secrets).await;
+    assert_problem(&r, 403);
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("`locks:write`"),
+        "{}",
+        r.body
+    );
+    let r = delete(&operator).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["released"][0]["lease_id"], lease);
+    assert_problem(&delete(ADMIN).await, 404);
+}
+
 #[tokio::test]
 async fn missing_invalid_and_malformed_tokens_are_401() {
     let app = secured_app().await;
