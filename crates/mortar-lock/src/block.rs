@@ -12,8 +12,7 @@ pub struct Lock;
 
 impl Block for Lock {
     const NAME: &'static str = "lock";
-    const ABOUT: &'static str =
-        "Distributed locks and semaphores: acquire, renew, release, status, list, run";
+    const ABOUT: &'static str = "Distributed locks and semaphores: acquire, renew, release, status, list, run, force-release";
     const DOCS: &'static [KeyDoc] = LockConfig::DOCS;
     type Config = LockConfig;
     type Service = LockService;

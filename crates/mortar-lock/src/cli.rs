@@ -34,7 +34,26 @@ pub enum LockCommand {
     /// Give a lease up.
     Release { name: String, lease_id: String },
     /// Holders and waiters of a lock.
+    ///
+    /// Lease ids are shown when the token may see them: the admin token, or an API key with
+    /// `locks:secrets`.
+    #[command(visible_alias = "show")]
     Status { name: String },
+    /// Release a lock by force (operators): end its holders' leases.
+    ///
+    /// Ends every holder's lease, or only --lease-id's (one holder of a semaphore), as if it
+    /// had expired: the holders' renewals then fail (410), waiters get the lock at once, and
+    /// the next fencing token is larger. Needs the admin token or an API key with
+    /// `locks:secrets` (and `locks:write`); the server logs it with the reason.
+    ForceRelease {
+        name: String,
+        /// Why (logged by the server with the evicted owners).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Release only this lease (see `mortar lock status`).
+        #[arg(long)]
+        lease_id: Option<String>,
+    },
     /// Locks in use.
     List {
         #[arg(long, default_value = "")]
@@ -98,6 +117,27 @@ pub async fn run(args: &ClientArgs, cmd: &LockCommand) -> Result<(String, i32), 
             return Ok((format!("released {name}\n"), 0));
         }
         LockCommand::Status { name } => client.get(&format!("/v1/locks/{}", encode(name))).await?,
+        LockCommand::ForceRelease {
+            name,
+            reason,
+            lease_id,
+        } => {
+            let mut query = Vec::new();
+            if let Some(r) = reason {
+                query.push(format!("reason={}", encode(r)));
+            }
+            if let Some(l) = lease_id {
+                query.push(format!("lease_id={}", encode(l)));
+            }
+            let query = if query.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", query.join("&"))
+            };
+            client
+                .delete(&format!("/v1/locks/{}{query}", encode(name)))
+                .await?
+        }
         LockCommand::List { prefix } => {
             client
                 .get(&format!("/v1/locks?limit=1000&prefix={}", encode(prefix)))
@@ -126,6 +166,7 @@ pub async fn run(args: &ClientArgs, cmd: &LockCommand) -> Result<(String, i32), 
             cell(&v["expires_at"])
         ),
         LockCommand::Status { .. } => lock_table(std::slice::from_ref(&v)),
+        LockCommand::ForceRelease { name, .. } => released_table(name, &v),
         LockCommand::List { .. } => {
             lock_table(v["items"].as_array().map_or(&[][..], Vec::as_slice))
         }
@@ -134,23 +175,58 @@ pub async fn run(args: &ClientArgs, cmd: &LockCommand) -> Result<(String, i32), 
     Ok((out, 0))
 }
 
+/// Holders, one row each; a LEASE column when the server showed lease ids.
 fn lock_table(locks: &[Value]) -> String {
-    let mut rows = Vec::new();
-    for l in locks {
-        for h in l["holders"].as_array().into_iter().flatten() {
-            rows.push(vec![
+    let holders = || {
+        locks.iter().flat_map(|l| {
+            l["holders"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |h| (l, h))
+        })
+    };
+    let leases = holders().any(|(_, h)| h.get("lease_id").is_some());
+    let rows: Vec<Vec<String>> = holders()
+        .map(|(l, h)| {
+            let mut row = vec![
                 cell(&l["name"]),
                 cell(&l["permits"]),
                 cell(&h["owner"]),
                 cell(&h["fencing_token"]),
                 cell(&h["expires_at"]),
                 l["waiters"].as_array().map_or(0, Vec::len).to_string(),
-            ]);
-        }
+            ];
+            if leases {
+                row.push(cell(&h["lease_id"]));
+            }
+            row
+        })
+        .collect();
+    let mut headers = vec!["NAME", "PERMITS", "HOLDER", "TOKEN", "EXPIRES", "WAITERS"];
+    if leases {
+        headers.push("LEASE");
     }
-    table(
-        &["NAME", "PERMITS", "HOLDER", "TOKEN", "EXPIRES", "WAITERS"],
-        &rows,
+    table(&headers, &rows)
+}
+
+/// What a force-release ended.
+fn released_table(name: &str, v: &Value) -> String {
+    let released = v["released"].as_array().map_or(&[][..], Vec::as_slice);
+    let rows: Vec<Vec<String>> = released
+        .iter()
+        .map(|h| {
+            vec![
+                cell(&h["owner"]),
+                cell(&h["fencing_token"]),
+                cell(&h["lease_id"]),
+            ]
+        })
+        .collect();
+    format!(
+        "force-released {} lease(s) of {name}\n{}",
+        released.len(),
+        table(&["HOLDER", "TOKEN", "LEASE"], &rows)
     )
 }
 
