@@ -258,7 +258,11 @@ pub async fn run(args: &ClientArgs, cmd: &ConfigCommand) -> Result<Output, Clien
                 .map(|(k, v)| json!({"op": "set", "key": k, "value": v}))
                 .collect();
             if *replace {
-                let own = c.get(&path(ns, env)).await?;
+                // A new environment has nothing to delete: the import creates it.
+                let own = match c.get(&path(ns, env)).await {
+                    Err(ClientError::Problem { status: 404, .. }) => json!({}),
+                    other => other?,
+                };
                 for (k, e) in own["values"].as_object().into_iter().flatten() {
                     if e["env"] == json!(env) && !values.contains_key(k) {
                         ops.push(json!({"op": "delete", "key": k}));
