@@ -178,6 +178,23 @@ pub enum StorageError {
     },
 }
 
+impl StorageError {
+    /// Whether the database did not answer (rather than refusing us, or a bad URL): a node may
+    /// start without it and wait, since waiting can cure it.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::Connect { source, .. } => source
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(gate::is_connection_error),
+            Self::Migrate {
+                source: sqlx::migrate::MigrateError::Execute(e),
+                ..
+            } => gate::is_connection_error(e),
+            _ => false,
+        }
+    }
+}
+
 /// How long a readiness probe may take per backend.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

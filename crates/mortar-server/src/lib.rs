@@ -9,6 +9,9 @@ pub mod blocks;
 pub mod cli;
 pub mod config;
 pub mod system;
+mod waiting;
+
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context as _;
 
@@ -16,7 +19,6 @@ use anyhow::Context as _;
 pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let otlp = mortar_core::telemetry::init(&config.log)?;
     mortar_core::metrics::install();
-    let mut app = app::build(&config).await?;
     let listeners = mortar_core::http::Listeners::bind(config.listen, config.http.event_loops())
         .with_context(|| {
             format!(
@@ -25,19 +27,86 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
             )
         })?;
     let addr = listeners.local_addr();
-    // The blocks' own listeners (the cache's RESP port), bound before anything is served.
+    // The blocks' own listeners (the cache's RESP port), opened when the app is built.
     let (stop_extra, extra_stopped) = tokio::sync::watch::channel(false);
-    let mut extra = Vec::new();
-    for l in std::mem::take(&mut app.listeners) {
-        let bound = mortar_core::http::Listeners::bind(l.addr, l.loops).with_context(|| {
-            format!(
-                "cannot listen on {} ({}; \"off\" turns it off)",
-                l.addr,
-                mortar_core::block::key_sources(l.key, l.flag)
+    let extra = Arc::new(Mutex::new(Vec::new()));
+    let activate = {
+        let extra = extra.clone();
+        move |app: &mut app::App| -> anyhow::Result<()> {
+            for l in std::mem::take(&mut app.listeners) {
+                let bound =
+                    mortar_core::http::Listeners::bind(l.addr, l.loops).with_context(|| {
+                        format!(
+                            "cannot listen on {} ({}; \"off\" turns it off)",
+                            l.addr,
+                            mortar_core::block::key_sources(l.key, l.flag)
+                        )
+                    })?;
+                let task = tokio::spawn((l.serve)(bound, extra_stopped.clone()));
+                extra
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(task);
+            }
+            Ok(())
+        }
+    };
+    let slot = waiting::Slot::default();
+    let (router, builder) = match app::build(&config).await {
+        Ok(mut app) => {
+            activate(&mut app)?;
+            log_listening(&app, addr, &config, otlp);
+            let router = app.router.clone();
+            slot.put(app);
+            (router, None)
+        }
+        Err(e) if waiting::is_unreachable_database(&e) => {
+            tracing::warn!(
+                addr = %addr,
+                waiting_for = "postgres",
+                error = %format!("{e:#}"),
+                detail = "the database does not answer: every route but /healthz answers 503 \
+                          until it does; connecting in the background",
+                "listening"
+            );
+            let router = slot.router(format!("{e:#}"));
+            (
+                router,
+                Some(slot.build_in_background(config.clone(), activate)),
             )
-        })?;
-        extra.push(tokio::spawn((l.serve)(bound, extra_stopped.clone())));
+        }
+        Err(e) => return Err(e),
+    };
+    let signalled = {
+        let slot = slot.clone();
+        async move {
+            shutdown_signal().await;
+            // Waiting clients are answered at once, so draining waits only for work in flight.
+            slot.begin_stopping();
+        }
+    };
+    mortar_core::http::serve(listeners, router, &config.http, signalled).await?;
+    if let Some(builder) = builder {
+        builder.abort();
     }
+    let _ = stop_extra.send(true);
+    let tasks = std::mem::take(&mut *extra.lock().unwrap_or_else(PoisonError::into_inner));
+    for task in tasks {
+        let _ = task.await;
+    }
+    if let Some(app) = slot.take() {
+        for stop in app.stops {
+            stop().await;
+        }
+        tracing::info!("draining done; flushing storage");
+        app.node.storage.close().await;
+    }
+    mortar_core::telemetry::shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn log_listening(app: &app::App, addr: std::net::SocketAddr, config: &config::Config, otlp: bool) {
     let backends: Vec<String> = app
         .node
         .storage
@@ -54,25 +123,6 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         version = mortar_core::VERSION,
         "listening"
     );
-    let stopping = app.node.storage.stopping.clone();
-    let signalled = async move {
-        shutdown_signal().await;
-        // Waiting clients are answered at once, so draining waits only for work in flight.
-        stopping.begin();
-    };
-    mortar_core::http::serve(listeners, app.router, &config.http, signalled).await?;
-    let _ = stop_extra.send(true);
-    for task in extra {
-        let _ = task.await;
-    }
-    for stop in app.stops {
-        stop().await;
-    }
-    tracing::info!("draining done; flushing storage");
-    app.node.storage.close().await;
-    mortar_core::telemetry::shutdown();
-    tracing::info!("stopped");
-    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -194,3 +194,53 @@ async fn a_restart_on_postgres_logs_no_notices_at_info() {
         "{logs}"
     );
 }
+
+#[tokio::test]
+async fn a_node_starts_while_postgres_is_down_and_becomes_ready_by_itself() {
+    let Some(pg) = PrivatePostgres::start().unwrap() else {
+        return;
+    };
+    pg.stop().unwrap();
+    let resp = free_port();
+    let mut config = NodeConfig::named("no-postgres-yet")
+        .env("MORTAR_DATABASE_URL", &pg.url())
+        .arg("--resp-listen")
+        .arg(&format!("127.0.0.1:{resp}"));
+    config.wait_ready = false;
+    let mut node = Node::start(config).await.unwrap();
+    let http = reqwest::Client::new();
+    // Alive, not ready; every route names the dependency it waits for.
+    assert_eq!(timed(http.get(node.url("/healthz"))).await.0, 200);
+    for path in ["/readyz", "/v1/jobs/queues", "/v1/status"] {
+        let (status, body, took) = timed(http.get(node.url(path))).await;
+        assert_eq!(
+            (status, &body["dependency"]),
+            (503, &json!("postgres")),
+            "{path}: {body}"
+        );
+        assert!(took < Duration::from_millis(100), "{path} took {took:?}");
+    }
+    assert!(std::net::TcpStream::connect(("127.0.0.1", resp)).is_err());
+    pg.restart().unwrap();
+    eventually(
+        "readiness without a restart",
+        Duration::from_secs(15),
+        || async { timed(http.get(node.url("/readyz"))).await.0 == 200 },
+    )
+    .await;
+    // The blocks' own listeners open with the application.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", resp)).is_ok());
+    let (status, body, _) = timed(
+        http.post(node.url("/v1/jobs"))
+            .json(&json!({"queue": "q", "kind": "k"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    // A clean stop after a late start: nothing logged at ERROR.
+    assert!(node.terminate().unwrap().success());
+    let logs = node.logs();
+    assert!(
+        logs.contains("the database answers") && !logs.contains("\"ERROR\""),
+        "{logs}"
+    );
+}
