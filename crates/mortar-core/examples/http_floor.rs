@@ -40,6 +40,7 @@ fn main() {
                     .block_on(Storage::connect(&StorageConfig {
                         data_dir: dir,
                         database_url: None,
+                        database_schema: None,
                         redis_url: None,
                         redis_prefix: "mortar:".into(),
                     }))

@@ -315,6 +315,44 @@ impl AuthConfig {
     }
 }
 
+/// `[database]`: the durable store's settings beyond its URL.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// PostgreSQL schema holding mortar's tables and migrations table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+}
+
+impl DatabaseConfig {
+    pub const DOCS: &[KeyDoc] = &[KeyDoc::new(
+        "database.schema",
+        "PostgreSQL schema for mortar's tables, functions and migrations table (created if\n\
+         missing), so they never mix with an application's own in a shared database. Unset:\n\
+         `mortar`, or `public` for an install that already keeps its tables there. Cluster\n\
+         mode only",
+    )];
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match &self.schema {
+            Some(s)
+                if s.is_empty()
+                    || s.len() > 63
+                    || s.starts_with(|c: char| c.is_ascii_digit())
+                    || !s
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') =>
+            {
+                Err(ConfigError(format!(
+                    "key `database.schema`: {s:?} must be 1 to 63 of a-z, 0-9 and _, not starting \
+                     with a digit"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// `[log]`: structured logging.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]

@@ -7,6 +7,7 @@
 
 pub mod gate;
 pub mod notify;
+mod open;
 pub mod sql;
 pub mod sqlite_writer;
 
@@ -15,18 +16,22 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use open::{
+    connect_err, open_sqlite, prepare_schema, probe, probe_postgres, probe_redis, with_others,
+};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 
 /// What the storage layer needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
+    /// PostgreSQL schema for mortar's tables (`None`: `mortar`, or `public` for an install
+    /// that already keeps its tables there).
+    pub database_schema: Option<String>,
     pub redis_url: Option<String>,
     pub redis_prefix: String,
 }
@@ -171,6 +176,8 @@ pub enum StorageError {
     },
     #[error("unsupported database_url scheme in {0:?}: use postgres://… or sqlite://…")]
     Scheme(String),
+    #[error("key `database.schema`: {0}")]
+    Schema(String),
     #[error("migrations of {block} failed: {source}")]
     Migrate {
         block: &'static str,
@@ -230,6 +237,10 @@ impl Storage {
                 let location = redact(url);
                 let opts = PgConnectOptions::from_str(url)
                     .map_err(|e| connect_err("postgres", &location, e))?;
+                let schema =
+                    prepare_schema(&opts, cfg.database_schema.as_deref(), &location).await?;
+                let opts = opts.options([("search_path", format!("\"{schema}\""))]);
+                let location = format!("{location} (schema {schema})");
                 let pool = PgPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(CONNECT_TIMEOUT)
@@ -412,104 +423,6 @@ impl Durable {
     }
 }
 
-/// The durable gate's probe: `SELECT 1` on a connection of its own (never the pool's, whose
-/// acquire waits out its timeout while the server refuses connections).
-fn probe_postgres(gate: &Arc<gate::Gate>, pool: &PgPool) {
-    use sqlx::Connection;
-    let opts = pool.connect_options();
-    gate.spawn_kept_probe(
-        move || {
-            let opts = opts.clone();
-            async move {
-                sqlx::PgConnection::connect_with(&opts)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        },
-        |mut conn: sqlx::PgConnection| async move {
-            sqlx::query("SELECT 1")
-                .execute(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(conn)
-        },
-    );
-}
-
-/// The Redis gate's probe: `PING` on a connection of its own.
-fn probe_redis(gate: &Arc<gate::Gate>, client: redis::Client) {
-    gate.spawn_kept_probe(
-        move || {
-            let client = client.clone();
-            async move {
-                client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        },
-        |mut conn: redis::aio::MultiplexedConnection| async move {
-            redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(conn)
-        },
-    );
-}
-
-async fn open_sqlite(opts: SqliteConnectOptions, location: &str) -> Result<Durable, StorageError> {
-    let opts = opts
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(5));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(8)
-        .connect_with(opts)
-        .await
-        .map_err(|e| connect_err("sqlite", location, e))?;
-    Ok(Durable::Sqlite(pool))
-}
-
-/// A copy of `m` that tolerates versions applied by other blocks' migrators.
-fn with_others(m: &Migrator) -> Migrator {
-    let mut m = Migrator {
-        migrations: m.migrations.clone(),
-        ..Migrator::DEFAULT
-    };
-    m.set_ignore_missing(true);
-    m
-}
-
-async fn probe<F, E>(name: &str, fut: F) -> BackendHealth
-where
-    F: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
-    let error = match tokio::time::timeout(PROBE_TIMEOUT, fut).await {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(_) => Some(format!("no answer within {} ms", PROBE_TIMEOUT.as_millis())),
-    };
-    BackendHealth {
-        name: name.to_owned(),
-        ok: error.is_none(),
-        error,
-    }
-}
-
-fn connect_err(
-    backend: &'static str,
-    location: &str,
-    e: impl std::error::Error + Send + Sync + 'static,
-) -> StorageError {
-    StorageError::Connect {
-        backend,
-        location: location.to_owned(),
-        source: Box::new(e),
-    }
-}
-
 /// Removes the password from a URL (`postgres://u:secret@h/db` → `postgres://u:***@h/db`).
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -573,6 +486,7 @@ mod tests {
         let storage = Storage::connect(&StorageConfig {
             data_dir: dir.path().into(),
             database_url: None,
+            database_schema: None,
             redis_url: Some(url),
             redis_prefix: "mortar-test:".into(),
         })
@@ -657,6 +571,7 @@ mod tests {
         let cfg = StorageConfig {
             data_dir: dir.path().join("nested/data"),
             database_url: None,
+            database_schema: None,
             redis_url: None,
             redis_prefix: "mortar:".into(),
         };
@@ -682,6 +597,7 @@ mod tests {
         let cfg = StorageConfig {
             data_dir: PathBuf::from("."),
             database_url: Some("mysql://u:pw@h/db".into()),
+            database_schema: None,
             redis_url: None,
             redis_prefix: "mortar:".into(),
         };

@@ -69,7 +69,11 @@ async fn every_fire_time_enqueued_exactly_once_while_a_node_is_killed() {
 
     // Wait for the last fire plus the sweeper's delay, then until every run is settled.
     sleep_until(end + 1_000).await;
-    let pool = sqlx::PgPool::connect(&cluster.db.url).await.unwrap();
+    // Mortar's tables are in its own schema (`database.schema`).
+    let opts: sqlx::postgres::PgConnectOptions = cluster.db.url.parse().unwrap();
+    let pool = sqlx::PgPool::connect_with(opts.options([("search_path", "mortar")]))
+        .await
+        .unwrap();
     let expected = SCHEDULES as i64 * WINDOW_S as i64;
     let deadline = now_ms() + 20_000;
     loop {

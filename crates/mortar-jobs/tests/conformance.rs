@@ -883,9 +883,18 @@ async fn transactional_enqueue_exists_only_if_the_transaction_commits() {
     };
     let db = services.create_database().await.unwrap();
     let (svc, _clock, _dir, st) = service(Some(db.url.clone())).await;
-    let mortar_core::storage::Durable::Postgres(pool) = &st.durable else {
-        panic!()
-    };
+    // Mortar keeps its tables (and migrations table) in its own schema; the application's
+    // connection has the default search path and its tables in `public`.
+    let app = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let pool = &app;
+    let placed: (bool, bool) = sqlx::query_as(
+        "SELECT to_regclass('mortar.jobs_jobs') IS NOT NULL, \
+                to_regclass('public._sqlx_migrations') IS NULL",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(placed, (true, true));
     // The application's own table, written in the same transaction.
     sqlx::query("CREATE TABLE orders (id INT PRIMARY KEY)")
         .execute(pool)
@@ -913,6 +922,11 @@ async fn transactional_enqueue_exists_only_if_the_transaction_commits() {
     let kept = mortar_jobs::service::enqueue_in_tx(&mut tx, &job("outbox", 10))
         .await
         .unwrap();
+    // The transaction's search path is the application's again.
+    sqlx::query("INSERT INTO orders VALUES (3)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     let mut bad = job("outbox", 10);
     bad.max_attempts = 0;
     assert!(matches!(
@@ -934,7 +948,7 @@ async fn transactional_enqueue_exists_only_if_the_transaction_commits() {
     // The plain-SQL form, for any language.
     let mut tx = pool.begin().await.unwrap();
     let id: String = sqlx::query_scalar(
-        "SELECT mortar_jobs_enqueue('outbox', 'email', '{\"to\": \"x\"}'::jsonb)",
+        "SELECT mortar.mortar_jobs_enqueue('outbox', 'email', '{\"to\": \"x\"}'::jsonb)",
     )
     .fetch_one(&mut *tx)
     .await
@@ -947,7 +961,7 @@ async fn transactional_enqueue_exists_only_if_the_transaction_commits() {
     );
     assert_eq!(lease_one(&svc, "outbox").await.id, id);
     assert!(
-        sqlx::query("SELECT mortar_jobs_enqueue('outbox', 'email', '{}'::jsonb, 500)")
+        sqlx::query("SELECT mortar.mortar_jobs_enqueue('outbox', 'email', '{}'::jsonb, 500)")
             .execute(pool)
             .await
             .is_err()

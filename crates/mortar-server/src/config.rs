@@ -36,6 +36,7 @@ impl Config {
     /// Checks rules the types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.validate()?;
+        self.database.validate()?;
         self.auth.validate()?;
         self.validate_blocks()?;
         if self.redis_prefix.is_empty() || self.redis_prefix.len() > 64 {
@@ -69,6 +70,7 @@ impl Config {
         StorageConfig {
             data_dir: self.data_dir.clone(),
             database_url: self.database_url.clone(),
+            database_schema: self.database.schema.clone(),
             redis_url: self.redis_url.clone(),
             redis_prefix: self.redis_prefix.clone(),
         }

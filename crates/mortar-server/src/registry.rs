@@ -13,7 +13,9 @@ macro_rules! blocks {
 
         use mortar_core::block::{Block, Ctx, Output, Serving};
         use mortar_core::client::{ClientArgs, ClientError};
-        use mortar_core::config::{AuthConfig, ConfigError, HttpConfig, KeyDoc, LogConfig};
+        use mortar_core::config::{
+            AuthConfig, ConfigError, DatabaseConfig, HttpConfig, KeyDoc, LogConfig,
+        };
         use mortar_core::storage::Migrations;
 
         /// Everything `mortar serve` reads. Every key is optional.
@@ -27,6 +29,7 @@ macro_rules! blocks {
             #[serde(skip_serializing_if = "Option::is_none")]
             pub redis_url: Option<String>,
             pub redis_prefix: String,
+            pub database: DatabaseConfig,
             pub http: HttpConfig,
             pub auth: AuthConfig,
             pub log: LogConfig,
@@ -41,6 +44,7 @@ macro_rules! blocks {
                     database_url: None,
                     redis_url: None,
                     redis_prefix: "mortar:".into(),
+                    database: DatabaseConfig::default(),
                     http: HttpConfig::default(),
                     auth: AuthConfig::default(),
                     log: LogConfig::default(),
@@ -54,6 +58,7 @@ macro_rules! blocks {
             pub fn docs() -> Vec<KeyDoc> {
                 [
                     crate::config::TOP_DOCS,
+                    DatabaseConfig::DOCS,
                     HttpConfig::DOCS,
                     AuthConfig::DOCS,
                     LogConfig::DOCS,

@@ -43,6 +43,7 @@ pub async fn storage_at(
     let storage = Storage::connect(&StorageConfig {
         data_dir: dir.into(),
         database_url,
+        database_schema: None,
         redis_url: None,
         redis_prefix: "mortar:".into(),
     })

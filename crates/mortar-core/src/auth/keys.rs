@@ -316,6 +316,7 @@ mod tests {
         let storage = Storage::connect(&StorageConfig {
             data_dir: dir.path().to_owned(),
             database_url: None,
+            database_schema: None,
             redis_url: None,
             redis_prefix: "mortar:".into(),
         })

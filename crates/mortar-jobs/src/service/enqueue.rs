@@ -13,9 +13,22 @@ use crate::store::LeaseAsk;
 
 /// Enqueues `job` inside the caller's PostgreSQL transaction (the transactional outbox): it
 /// exists only if that transaction commits, and workers on every node are woken when it does.
-/// Validation is the same as `POST /v1/jobs` (payload limit: the default, 1 MiB).
+/// Validation is the same as `POST /v1/jobs` (payload limit: the default, 1 MiB). Mortar's
+/// tables are found in the schema `mortar` (the default `database.schema`), else on the
+/// transaction's own search path (an install that keeps them in `public`); another
+/// `database.schema` is [`enqueue_in_tx_at`]'s.
 pub async fn enqueue_in_tx(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    job: &NewJob,
+) -> Result<Enqueued, JobsError> {
+    enqueue_in_tx_at(tx, "mortar", job).await
+}
+
+/// [`enqueue_in_tx`] for mortar's tables in `schema` (`database.schema`). The transaction's
+/// search path is the caller's again when this returns.
+pub async fn enqueue_in_tx_at(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    schema: &str,
     job: &NewJob,
 ) -> Result<Enqueued, JobsError> {
     let now = mortar_core::clock::unix_time().as_millis() as u64;
@@ -23,8 +36,17 @@ pub async fn enqueue_in_tx(
         .map_err(JobsError::Invalid)?;
     let conn: &mut sqlx::PgConnection = tx;
     let mut out = async {
+        let saved: String = sqlx::query_scalar(
+            "SELECT o.old FROM (SELECT current_setting('search_path') AS old) AS o, \
+             LATERAL (SELECT set_config('search_path', quote_ident($1) || ', ' || o.old, true)) \
+             AS s",
+        )
+        .bind(schema)
+        .fetch_one(&mut *conn)
+        .await?;
         let out = crate::store::insert_pg(conn, vec![row], now as i64).await?;
-        sqlx::query("SELECT pg_notify('mortar_jobs', '')")
+        sqlx::query("SELECT pg_notify('mortar_jobs', ''), set_config('search_path', $1, true)")
+            .bind(&saved)
             .execute(&mut *conn)
             .await?;
         Ok::<_, sqlx::Error>(out)

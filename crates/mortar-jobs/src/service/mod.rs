@@ -34,7 +34,7 @@ pub use self::config::{
     Backoff, BatchCompleted, Enqueued, JobsConfig, NewJob, QueueInfo, QueueRate, QueueSettings,
     migrations,
 };
-pub use self::enqueue::enqueue_in_tx;
+pub use self::enqueue::{enqueue_in_tx, enqueue_in_tx_at};
 pub use self::telemetry::{COMPLETED, DEAD, DEPTH, ENQUEUED, FAILED, RUN, STARTED, WAIT};
 pub(crate) use self::validate::prepare;
 
