@@ -170,6 +170,7 @@ mod tests {
             .environments
             .insert("prod".into(), vec!["staging".into()]);
         cfg.config.secret_key = Some("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into());
+        cfg.database.schema = Some("mortar".into());
         let keys = leaf_keys(&cfg);
         let docs = Config::docs();
         // A doc covers its key and, for tables of named entries, everything under it.

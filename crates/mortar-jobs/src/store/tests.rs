@@ -50,7 +50,10 @@ async fn with_schema(
     let migrations = [crate::service::migrations()];
     let storage =
         mortar_testkit::fixture::storage_at(dir.path(), Some(db.url.clone()), &migrations).await;
-    let pool = PgPool::connect(&db.url).await.unwrap();
+    let Durable::Postgres(pool) = &storage.durable else {
+        unreachable!("a PostgreSQL url")
+    };
+    let pool = pool.clone();
     (storage, pool, db, dir)
 }
 
