@@ -1,5 +1,6 @@
 //! `/v1/cache/…`: the same cache over HTTP. `{namespace}/{key}` is the RESP key
-//! `{namespace}:{key}`, so both protocols see the same entries.
+//! `{namespace}:{key}`, so both protocols see the same entries; the namespace `_` names keys as
+//! given (`/v1/cache/_/greeting` is `greeting`), so keys without a `:` are reachable too.
 
 use std::sync::Arc;
 
@@ -52,6 +53,9 @@ fn path_key(ns: &str, k: &str) -> Result<bytes::Bytes, Problem> {
     key(ns, k)
 }
 
+/// The namespace that names keys as given: `/v1/cache/_/greeting` is the RESP key `greeting`.
+pub const ROOT: &str = "_";
+
 fn key(ns: &str, k: &str) -> Result<bytes::Bytes, Problem> {
     if ns.is_empty() || ns.contains(':') || ns.chars().count() > 256 {
         return Err(Problem::validation(vec![mortar_core::FieldError::new(
@@ -65,6 +69,9 @@ fn key(ns: &str, k: &str) -> Result<bytes::Bytes, Problem> {
             "1 byte to 64 KiB",
         )]));
     }
+    if ns == ROOT {
+        return Ok(bytes::Bytes::from(k.to_owned()));
+    }
     Ok(bytes::Bytes::from(format!("{ns}:{k}")))
 }
 
@@ -72,7 +79,7 @@ fn key(ns: &str, k: &str) -> Result<bytes::Bytes, Problem> {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct KeyPath {
-    /// 1 to 256 characters, no `:`.
+    /// 1 to 256 characters, no `:`; `_` names keys as given (no namespace).
     #[param(pattern = "^[^:]{1,256}$")]
     pub namespace: String,
     /// 1 to 4096 characters (longer keys, up to 64 KiB: mget).

@@ -3,23 +3,37 @@
 use std::time::Duration;
 
 use clap::Subcommand;
-use mortar_core::client::{Client, ClientArgs, ClientError, cell, encode_segment, table};
+use mortar_core::client::{
+    Client, ClientArgs, ClientError, cell, encode_segment, parse_duration, table,
+};
 
+/// Namespace and key name the RESP key `namespace:key`; the namespace `_` names a key as given
+/// (`mortar cache get _ greeting` reads the RESP key `greeting`).
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
     /// Print a value (raw bytes to stdout).
-    Get { namespace: String, key: String },
-    /// Store a value.
-    Set {
+    Get {
+        /// The key's namespace (`_`: none).
         namespace: String,
         key: String,
+    },
+    /// Store a value.
+    Set {
+        /// The key's namespace (`_`: none).
+        namespace: String,
+        key: String,
+        /// The value; `-` reads it from stdin (any bytes).
         value: String,
-        /// Time to live in milliseconds.
-        #[arg(long)]
-        ttl_ms: Option<u64>,
+        /// Time to live: 10s, 250ms, 1h, or plain milliseconds (none: no expiry).
+        #[arg(long, alias = "ttl-ms", value_parser = parse_duration)]
+        ttl: Option<Duration>,
     },
     /// Remove a key.
-    Del { namespace: String, key: String },
+    Del {
+        /// The key's namespace (`_`: none).
+        namespace: String,
+        key: String,
+    },
     /// Sizes and counters.
     Stats,
 }
@@ -73,13 +87,21 @@ pub async fn run(args: &ClientArgs, cmd: &CacheCommand) -> Result<Vec<u8>, Clien
             namespace,
             key,
             value,
-            ttl_ms,
+            ttl,
         } => {
             let mut url = path(namespace, key);
-            if let Some(t) = ttl_ms {
-                url.push_str(&format!("?ttl_ms={t}"));
+            if let Some(t) = ttl {
+                url.push_str(&format!("?ttl_ms={}", t.as_millis().max(1)));
             }
-            send(http.put(url).body(value.clone())).await?;
+            let body = if value == "-" {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+                    .map_err(|e| ClientError::Transport(format!("cannot read stdin: {e}")))?;
+                bytes
+            } else {
+                value.clone().into_bytes()
+            };
+            send(http.put(url).body(body)).await?;
             b"OK\n".to_vec()
         }
         CacheCommand::Del { namespace, key } => {

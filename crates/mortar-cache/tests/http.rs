@@ -164,3 +164,60 @@ async fn http_and_resp_share_entries_and_the_cli_works() {
         "{bench}"
     );
 }
+
+/// Keys without a `:` are reachable through the namespace `_`; `-` reads a value from stdin.
+#[tokio::test]
+async fn keys_without_a_namespace_and_values_from_stdin() {
+    let resp_port = mortar_testkit::free_port();
+    let node = Node::start(NodeConfig::named("cache-root").env(
+        "MORTAR_CACHE__RESP_LISTEN",
+        &format!("127.0.0.1:{resp_port}"),
+    ))
+    .await
+    .unwrap();
+    let mut c = redis::Client::open(format!("redis://127.0.0.1:{resp_port}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("greeting")
+        .arg("hello")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let r = reqwest::get(node.url("/v1/cache/_/greeting"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "hello");
+
+    let url = node.url("");
+    let (set, get) = tokio::task::spawn_blocking(move || {
+        let mut set = Command::new(mortar_bin())
+            .args(["cache", "set", "_", "blob", "-", "--ttl", "1m"])
+            .env("MORTAR_URL", &url)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut set.stdin.take().unwrap(), &[0, 1, 2, b'-']).unwrap();
+        let set = set.wait_with_output().unwrap();
+        let get = Command::new(mortar_bin())
+            .args(["cache", "get", "_", "blob"])
+            .env("MORTAR_URL", &url)
+            .output()
+            .unwrap();
+        (set, get)
+    })
+    .await
+    .unwrap();
+    assert!(set.status.success(), "{set:?}");
+    assert_eq!(get.stdout, vec![0, 1, 2, b'-']);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("blob")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!((50_000..=60_000).contains(&ttl), "{ttl}");
+}

@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 
 use crate::error::CronError;
 use crate::service::{CronService, RunInfo, ScheduleSpec};
-use crate::store::Schedule;
+use crate::store::{Run, Schedule};
 
 pub fn router(svc: Arc<CronService>) -> OpenApiRouter {
     OpenApiRouter::new()
@@ -74,9 +74,14 @@ pub struct ScheduleView {
     /// The next fire time (absent while paused or once the schedule has ended).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_fire_at: Option<String>,
-    /// The latest fire time claimed by the scheduler.
+    /// The latest fire time claimed by the scheduler (scheduled and catch-up fires: the time
+    /// the next fire is counted from).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_fire_at: Option<String>,
+    /// The latest run of any kind, manual and backfill included (on reads; absent before the
+    /// first run and in the answers of writes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<LastRun>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -85,8 +90,42 @@ fn time(ms: Option<i64>) -> Option<String> {
     ms.map(|t| rfc3339(t as u64))
 }
 
+/// A schedule's latest run.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LastRun {
+    /// The fire time it ran for.
+    pub fire_at: String,
+    /// `scheduled`, `catchup`, `manual` or `backfill`.
+    pub kind: String,
+    /// `claimed`, `enqueued`, `skipped` or `buffered`.
+    pub status: String,
+    pub claimed_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+}
+
+/// `s` with its latest run, found among `runs` (those of several schedules).
+fn view_with(s: Schedule, runs: &[Run]) -> ScheduleView {
+    let last = runs
+        .iter()
+        .filter(|r| r.schedule_id == s.id)
+        .max_by_key(|r| (r.claimed_at_ms, r.fire_at_ms))
+        .map(|r| LastRun {
+            fire_at: rfc3339(r.fire_at_ms as u64),
+            kind: r.kind.clone(),
+            status: r.status.clone(),
+            claimed_at: rfc3339(r.claimed_at_ms as u64),
+            job_id: r.job_id.clone(),
+        });
+    ScheduleView {
+        last_run: last,
+        ..view(s)
+    }
+}
+
 fn view(s: Schedule) -> ScheduleView {
     ScheduleView {
+        last_run: None,
         job: serde_json::from_str(&s.job).unwrap_or(serde_json::Value::Null),
         start_at: time(s.start_at_ms),
         end_at: time(s.end_at_ms),
@@ -209,7 +248,9 @@ async fn list(
     let items = svc
         .list(p.cursor.as_deref().unwrap_or(""), limit + 1)
         .await?;
-    let page = Page::from_overfetch(items, limit, |s| s.name.clone()).map(view);
+    let page = Page::from_overfetch(items, limit, |s| s.name.clone());
+    let runs = svc.last_runs(&page.items).await?;
+    let page = page.map(|s| view_with(s, &runs));
     Ok(ApiJson(ScheduleList {
         items: page.items,
         next_cursor: page.next_cursor,
@@ -223,7 +264,9 @@ async fn get_schedule(
     State(svc): State<Arc<CronService>>,
     ApiPath(SchedulePath { id }): ApiPath<SchedulePath>,
 ) -> Result<ApiJson<ScheduleView>, Problem> {
-    Ok(ApiJson(view(svc.get(&id).await?)))
+    let s = svc.get(&id).await?;
+    let runs = svc.last_runs(std::slice::from_ref(&s)).await?;
+    Ok(ApiJson(view_with(s, &runs)))
 }
 
 /// Replace a schedule's definition (same name). Takes effect from the next fire; fire times

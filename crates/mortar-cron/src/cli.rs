@@ -1,8 +1,12 @@
-//! `mortar cron add|list|show|pause|resume|trigger|backfill|runs|preview|delete`: a client of
-//! the HTTP API.
+//! `mortar cron add|update|list|show|pause|resume|trigger|backfill|runs|preview|delete`: a
+//! client of the HTTP API.
 
 use clap::Subcommand;
-use mortar_core::client::{Client, ClientArgs, ClientError, cell, encode_segment, table};
+use std::time::Duration;
+
+use mortar_core::client::{
+    Client, ClientArgs, ClientError, cell, encode_segment, parse_duration, table,
+};
 use serde_json::{Value, json};
 
 #[derive(Debug, Subcommand)]
@@ -30,10 +34,12 @@ pub enum CronCommand {
         /// skip, fire_once or fire_all.
         #[arg(long, default_value = "fire_once")]
         misfire: String,
-        #[arg(long, default_value_t = 3_600_000)]
-        catchup_window_ms: u64,
-        #[arg(long, default_value_t = 0)]
-        jitter_ms: u64,
+        /// How far back missed fire times are caught up: 1h, 30m, or plain milliseconds.
+        #[arg(long, alias = "catchup-window-ms", default_value = "1h", value_parser = parse_duration)]
+        catchup_window: Duration,
+        /// Random delay added to each fire, up to this: 30s, or plain milliseconds.
+        #[arg(long, alias = "jitter-ms", default_value = "0", value_parser = parse_duration)]
+        jitter: Duration,
         /// RFC 3339.
         #[arg(long)]
         start_at: Option<String>,
@@ -44,22 +50,47 @@ pub enum CronCommand {
         #[arg(long)]
         paused: bool,
     },
-    /// Schedules with their next and last fire.
+    /// Change a schedule (id or name): only the flags given change; it applies from the next
+    /// fire time (`PUT /v1/cron/schedules/{id}` with the rest kept).
+    Update {
+        schedule: String,
+        /// A new expression.
+        #[arg(long)]
+        expr: Option<String>,
+        #[arg(long)]
+        timezone: Option<String>,
+        /// The job's queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// The job's kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// The job's payload (JSON).
+        #[arg(long)]
+        payload: Option<String>,
+        /// allow, skip or buffer_one.
+        #[arg(long)]
+        overlap: Option<String>,
+        /// skip, fire_once or fire_all.
+        #[arg(long)]
+        misfire: Option<String>,
+        /// 1h, 30m, or plain milliseconds.
+        #[arg(long, alias = "catchup-window-ms", value_parser = parse_duration)]
+        catchup_window: Option<Duration>,
+        /// 30s, or plain milliseconds.
+        #[arg(long, alias = "jitter-ms", value_parser = parse_duration)]
+        jitter: Option<Duration>,
+    },
+    /// Schedules with their next fire and latest run (LAST: manual and backfill runs too).
     List,
     /// One schedule (id or name).
-    Show {
-        schedule: String,
-    },
-    Pause {
-        schedule: String,
-    },
-    Resume {
-        schedule: String,
-    },
-    /// Fire now.
-    Trigger {
-        schedule: String,
-    },
+    Show { schedule: String },
+    /// Stop firing (fire times while paused are misfires when it resumes).
+    Pause { schedule: String },
+    /// Fire again, from the next fire time (misfire policy for those missed).
+    Resume { schedule: String },
+    /// Fire now, once (a `manual` run; the schedule's own fires are unchanged).
+    Trigger { schedule: String },
     /// Fire every never-claimed fire time in (from, to].
     Backfill {
         schedule: String,
@@ -91,9 +122,8 @@ pub enum CronCommand {
         #[arg(long)]
         from: Option<String>,
     },
-    Delete {
-        schedule: String,
-    },
+    /// Remove a schedule and its run history (jobs already enqueued stay).
+    Delete { schedule: String },
 }
 
 fn path(schedule: &str, rest: &str) -> String {
@@ -120,8 +150,8 @@ pub async fn run(args: &ClientArgs, cmd: &CronCommand) -> Result<String, ClientE
             payload,
             overlap,
             misfire,
-            catchup_window_ms,
-            jitter_ms,
+            catchup_window,
+            jitter,
             start_at,
             end_at,
             paused,
@@ -131,10 +161,17 @@ pub async fn run(args: &ClientArgs, cmd: &CronCommand) -> Result<String, ClientE
             let body = json!({
                 "name": name, "expr": expr, "timezone": timezone,
                 "job": {"queue": queue, "kind": kind, "payload": payload},
-                "overlap": overlap, "misfire": misfire, "catchup_window_ms": catchup_window_ms,
-                "jitter_ms": jitter_ms, "start_at": start_at, "end_at": end_at, "enabled": !paused,
+                "overlap": overlap, "misfire": misfire,
+                "catchup_window_ms": catchup_window.as_millis(), "jitter_ms": jitter.as_millis(),
+                "start_at": start_at, "end_at": end_at, "enabled": !paused,
             });
             client.post("/v1/cron/schedules", &body).await?
+        }
+        CronCommand::Update { schedule, .. } => {
+            let current = client.get(&path(schedule, "")).await?;
+            client
+                .put(&path(schedule, ""), &updated(current, cmd)?)
+                .await?
         }
         CronCommand::List => client.get("/v1/cron/schedules?limit=1000").await?,
         CronCommand::Show { schedule } => client.get(&path(schedule, "")).await?,
@@ -190,6 +227,7 @@ pub async fn run(args: &ClientArgs, cmd: &CronCommand) -> Result<String, ClientE
     Ok(match cmd {
         CronCommand::List => schedules(v["items"].as_array().map_or(&[][..], Vec::as_slice)),
         CronCommand::Add { .. }
+        | CronCommand::Update { .. }
         | CronCommand::Show { .. }
         | CronCommand::Pause { .. }
         | CronCommand::Resume { .. } => schedules(std::slice::from_ref(&v)),
@@ -213,6 +251,68 @@ pub async fn run(args: &ClientArgs, cmd: &CronCommand) -> Result<String, ClientE
     })
 }
 
+/// A schedule's spec (as `GET` shows it) with `update`'s flags applied.
+fn updated(current: Value, cmd: &CronCommand) -> Result<Value, ClientError> {
+    let CronCommand::Update {
+        expr,
+        timezone,
+        queue,
+        kind,
+        payload,
+        overlap,
+        misfire,
+        catchup_window,
+        jitter,
+        ..
+    } = cmd
+    else {
+        unreachable!("update's flags")
+    };
+    let mut spec = json!({});
+    for key in [
+        "name",
+        "expr",
+        "timezone",
+        "job",
+        "overlap",
+        "misfire",
+        "catchup_window_ms",
+        "jitter_ms",
+        "start_at",
+        "end_at",
+        "enabled",
+    ] {
+        if let Some(v) = current.get(key) {
+            spec[key] = v.clone();
+        }
+    }
+    let mut set = |key: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            spec[key] = v;
+        }
+    };
+    set("expr", expr.as_ref().map(|v| json!(v)));
+    set("timezone", timezone.as_ref().map(|v| json!(v)));
+    set("overlap", overlap.as_ref().map(|v| json!(v)));
+    set("misfire", misfire.as_ref().map(|v| json!(v)));
+    set(
+        "catchup_window_ms",
+        catchup_window.map(|d| json!(d.as_millis())),
+    );
+    set("jitter_ms", jitter.map(|d| json!(d.as_millis())));
+    if let Some(q) = queue {
+        spec["job"]["queue"] = json!(q);
+    }
+    if let Some(k) = kind {
+        spec["job"]["kind"] = json!(k);
+    }
+    if let Some(p) = payload {
+        spec["job"]["payload"] = serde_json::from_str(p)
+            .map_err(|e| ClientError::Transport(format!("--payload is not JSON: {e}")))?;
+    }
+    Ok(spec)
+}
+
 fn schedules(items: &[Value]) -> String {
     let rows: Vec<Vec<String>> = items
         .iter()
@@ -227,7 +327,10 @@ fn schedules(items: &[Value]) -> String {
                     "paused".into()
                 },
                 cell(&s["next_fire_at"]),
-                cell(&s["last_fire_at"]),
+                match s.get("last_run") {
+                    Some(r) => format!("{} ({})", cell(&r["fire_at"]), cell(&r["kind"])),
+                    None => cell(&s["last_fire_at"]),
+                },
                 format!("{}/{}", cell(&s["job"]["queue"]), cell(&s["job"]["kind"])),
                 cell(&s["id"]),
             ]

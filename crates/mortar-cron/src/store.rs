@@ -360,6 +360,22 @@ impl CronStore {
             .bind(schedule_id).bind(before).bind(i64::from(limit)).fetch_all(pool).await)
     }
 
+    /// Each schedule's latest run of any kind — scheduled, catch-up, manual or backfill — by
+    /// claim time (the latest fire time among runs claimed together).
+    pub async fn last_runs(&self, schedule_ids: &[&str]) -> Result<Vec<Run>, sqlx::Error> {
+        if schedule_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM cron_runs r WHERE r.schedule_id IN ({}) AND r.fire_at_ms = \
+             (SELECT m.fire_at_ms FROM cron_runs m WHERE m.schedule_id = r.schedule_id \
+              ORDER BY m.claimed_at_ms DESC, m.fire_at_ms DESC LIMIT 1)",
+            self.db.dialect().json_strings(1)
+        );
+        with_pool!(self.db.durable(), pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(json(schedule_ids)).fetch_all(pool).await)
+    }
+
     /// Forgets finished runs claimed before `before`; returns how many.
     pub async fn prune(&self, before: u64) -> Result<u64, sqlx::Error> {
         let done = self

@@ -320,6 +320,14 @@ async fn trigger_backfill_pause_resume_update(env: &Env, n: &Node) {
         again.fire_at_ms, run.fire_at_ms,
         "by id too; a distinct run"
     );
+    // The schedule's latest run, of any kind: the second manual one.
+    let last = n.cron.last_runs(std::slice::from_ref(&s)).await.unwrap();
+    assert_eq!(
+        last.iter()
+            .map(|r| (r.kind.as_str(), r.fire_at_ms))
+            .collect::<Vec<_>>(),
+        [("manual", again.fire_at_ms)]
+    );
 
     // Hourly fires between 3 and 6 hours ago: 3 of them (exclusive from, inclusive to).
     let hour = 3_600_000;

@@ -31,11 +31,12 @@ pub enum PolicyCommand {
         /// token_bucket, sliding_log, sliding_counter or fixed_window.
         #[arg(long)]
         algorithm: String,
+        /// Requests (cost units) allowed per window.
         #[arg(long)]
         limit: i64,
-        /// Window in milliseconds.
-        #[arg(long)]
-        window_ms: i64,
+        /// The window: 1s, 500ms, 1m, 24h, or plain milliseconds.
+        #[arg(long, alias = "window-ms", value_parser = mortar_core::client::parse_duration)]
+        window: std::time::Duration,
         /// Token bucket capacity (default: limit).
         #[arg(long)]
         burst: Option<i64>,
@@ -43,13 +44,12 @@ pub enum PolicyCommand {
         #[arg(long)]
         fail_closed: bool,
     },
-    Get {
-        name: String,
-    },
+    /// Show one policy.
+    Get { name: String },
+    /// Every policy, from the API and from mortar.toml.
     List,
-    Delete {
-        name: String,
-    },
+    /// Remove a policy created through the API (mortar.toml's are read-only).
+    Delete { name: String },
 }
 
 /// `POST /v1/ratelimit/check` with a temporary always-allowing policy (or --policy).
@@ -125,10 +125,11 @@ pub async fn run(args: &ClientArgs, cmd: &RateLimitCommand) -> Result<(String, b
             name,
             algorithm,
             limit,
-            window_ms,
+            window,
             burst,
             fail_closed,
         }) => {
+            let window_ms = window.as_millis();
             let mut body = json!({ "algorithm": algorithm, "limit": limit, "window_ms": window_ms,
                 "failure_mode": if *fail_closed { "fail_closed" } else { "fail_open" } });
             if let Some(b) = burst {

@@ -63,6 +63,12 @@ impl CronService {
         self.store.list(after, limit).await.map_err(self.db())
     }
 
+    /// The latest run of each schedule, of any kind (manual and backfill runs included).
+    pub async fn last_runs(&self, schedules: &[Schedule]) -> Result<Vec<Run>, CronError> {
+        let ids: Vec<&str> = schedules.iter().map(|s| s.id.as_str()).collect();
+        self.store.last_runs(&ids).await.map_err(self.db())
+    }
+
     pub async fn delete(&self, id_or_name: &str) -> Result<Schedule, CronError> {
         let s = self.get(id_or_name).await?;
         self.store.delete(&s.id).await.map_err(self.db())?;
