@@ -252,7 +252,7 @@ pub async fn run(args: &ClientArgs, cmd: &CronCommand) -> Result<String, ClientE
 }
 
 /// A schedule's spec (as `GET` shows it) with `update`'s flags applied.
-fn updated(current: Value, cmd: &CronCommand) -> Result<Value, ClientError> {
+fn updated(current: &Value, cmd: &CronCommand) -> Result<Value, ClientError> {
     let CronCommand::Update {
         expr,
         timezone,
