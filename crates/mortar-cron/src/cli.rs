@@ -170,7 +170,7 @@ pub async fn run(args: &ClientArgs, cmd: &CronCommand) -> Result<String, ClientE
         CronCommand::Update { schedule, .. } => {
             let current = client.get(&path(schedule, "")).await?;
             client
-                .put(&path(schedule, ""), &updated(current, cmd)?)
+                .put(&path(schedule, ""), &updated(&current, cmd)?)
                 .await?
         }
         CronCommand::List => client.get("/v1/cron/schedules?limit=1000").await?,
