@@ -499,3 +499,103 @@ fn queue_table(v: &Value) -> String {
         &rows,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::{CommandFactory as _, Parser};
+
+    use super::JobsCommand;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        jobs: JobsCommand,
+    }
+
+    #[test]
+    fn every_verb_and_argument_says_what_it_is() {
+        let cli = Cli::command();
+        let mut missing = Vec::new();
+        for verb in cli.get_subcommands() {
+            if verb.get_about().is_none() {
+                missing.push(verb.get_name().to_owned());
+            }
+            for arg in verb.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{} {}", verb.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    fn enqueue(args: &[&str]) -> Result<serde_json::Value, String> {
+        let cli = Cli::try_parse_from(["jobs", "enqueue", "q", "k"].iter().chain(args))
+            .map_err(|e| e.to_string())?;
+        super::enqueue_body(&cli.jobs).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn duration_flags_take_one_syntax_and_plain_numbers_are_milliseconds() {
+        let b = enqueue(&["--timeout", "2s", "--delay", "250ms"]).unwrap();
+        assert_eq!(
+            (b["timeout_ms"].as_u64(), b["delay_ms"].as_u64()),
+            (Some(2000), Some(250))
+        );
+        let b = enqueue(&["--timeout-ms", "1500", "--delay-ms", "1h"]).unwrap();
+        assert_eq!(
+            (b["timeout_ms"].as_u64(), b["delay_ms"].as_u64()),
+            (Some(1500), Some(3_600_000)),
+            "the _ms spellings are aliases of the same flags"
+        );
+        let b = enqueue(&[
+            "--unique-key",
+            "u",
+            "--unique-while",
+            "for_ms",
+            "--unique-for-ms",
+            "90000",
+        ])
+        .unwrap();
+        assert_eq!(b["unique_for_ms"].as_u64(), Some(90_000));
+        let e = enqueue(&["--timeout", "1.5s"]).unwrap_err();
+        assert!(e.contains("whole numbers only"), "{e}");
+        let e = enqueue(&["--timeout", "soon"]).unwrap_err();
+        assert!(e.contains("not a duration"), "{e}");
+        let e = enqueue(&["--timeout", "3d"]).unwrap_err();
+        assert!(e.contains("use ms, s, m or h"), "{e}");
+        let work = Cli::try_parse_from([
+            "jobs",
+            "work",
+            "--queue",
+            "q",
+            "--exec",
+            "true",
+            "--term-grace",
+            "500",
+        ])
+        .unwrap();
+        let JobsCommand::Work {
+            term_grace,
+            shutdown_timeout,
+            ..
+        } = work.jobs
+        else {
+            panic!("{work:?}")
+        };
+        assert_eq!(
+            (term_grace, shutdown_timeout),
+            (Duration::from_millis(500), Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn an_idempotency_key_is_a_header_not_a_unique_key() {
+        let b = enqueue(&["--idempotency-key", "order-7"]).unwrap();
+        assert!(b.get("unique_key").is_none(), "{b}");
+        let e = enqueue(&["--idempotency-key", "k", "--unique-key", "u"]).unwrap_err();
+        assert!(e.contains("cannot be used with"), "{e}");
+    }
+}
