@@ -321,13 +321,13 @@ esac"#;
     );
     assert!(
         stderr.contains(&format!(
-            "mortar: job {echo} (sh/echo, attempt 1) completed after "
+            "mortar: job {echo} (sh/echo, attempt 1) completed in "
         )),
         "{stderr}"
     );
     assert!(
         stderr.contains(&format!(
-            "mortar: job {failing} (sh/fail, attempt 2) failed after "
+            "mortar: job {failing} (sh/fail, attempt 2) failed in "
         )) && stderr.contains("s: exit code 3: went wrong on attempt 2"),
         "{stderr}"
     );
@@ -586,7 +586,7 @@ async fn work_exec_stops_a_command_at_its_timeout_and_when_its_job_is_cancelled(
     );
     assert!(
         stderr.contains(&format!(
-            "mortar: job {slow} (stop/slow, attempt 1) timed out after 1000 ms after "
+            "mortar: job {slow} (stop/slow, attempt 1) timed out after 1000 ms (ran "
         )),
         "{stderr}"
     );

@@ -68,7 +68,9 @@ fn log_line(r: Report<'_>) {
         Report::Ended { job, outcome, ran } => {
             let took = format!("{:.3} s", ran.as_secs_f64());
             let line = match outcome {
-                Outcome::Failed(e) => format!("failed after {took}: {}", first_line(e)),
+                Outcome::Completed => format!("completed in {took}"),
+                Outcome::Failed(e) => format!("failed in {took}: {}", first_line(e)),
+                Outcome::TimedOut(_) => format!("{outcome} (ran {took})"),
                 other => format!("{other} after {took}"),
             };
             eprintln!("mortar: {} {line}", who(job));
