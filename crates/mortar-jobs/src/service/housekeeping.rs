@@ -149,15 +149,25 @@ pub(super) async fn listen(svc: std::sync::Weak<JobsService>, channel: Channel) 
 /// sleeps until the earliest known due time — woken early when an earlier one becomes known —
 /// at least `poll_ms` and at most `prune_every_ms` (other nodes' jobs).
 pub(super) async fn due_loop(svc: std::sync::Weak<JobsService>) {
+    let mut failures = 0u32;
     loop {
         let Some(s) = svc.upgrade() else { return };
         let now = s.clock.now_ms();
-        if let Err(e) = s.maintain(now).await {
-            tracing::warn!(error = %e, "jobs: maintenance failed");
-        }
-        let due = s.next_due.load(Ordering::SeqCst);
-        let nap = (due.saturating_sub(now as i64).max(0) as u64)
-            .clamp(s.cfg.poll_ms.max(10), s.cfg.prune_every_ms.max(100));
+        let floor = s.cfg.poll_ms.max(10);
+        let ceiling = s.cfg.prune_every_ms.max(100);
+        let nap = match s.maintain(now).await {
+            Ok(()) => {
+                failures = 0;
+                let due = s.next_due.load(Ordering::SeqCst);
+                (due.saturating_sub(now as i64).max(0) as u64).clamp(floor, ceiling)
+            }
+            // The store is down (say): back off rather than knock every poll_ms.
+            Err(e) => {
+                failures = (failures + 1).min(8);
+                tracing::warn!(error = %e, "jobs: maintenance failed");
+                (floor << failures).min(ceiling.max(floor))
+            }
+        };
         let sooner = s.due_sooner.clone();
         let stopping = s.stopping.clone();
         drop(s);
