@@ -158,7 +158,7 @@ SEMANTIC = {
     "POST /v1/cron/schedules/{id}/backfill": {"from", "to"},  # RFC 3339, not in the future
     "POST /v1/cron/schedules/{id}/trigger": {"job"},  # the stored job, checked by jobs
     "POST /v1/ratelimit/check": {"cost", "policies"},  # cost <= each policy's capacity, no repeats
-    "POST /v1/jobs/{id}/heartbeat": {"extend_ms"},  # default: the job's own timeout
+    "POST /v1/jobs/{id}/heartbeat": {"extend_ms"},  # default: jobs.lease_ms, capped at the deadline
     "PUT /v1/ratelimit/policies/{name}": {"burst", "name"},  # token_bucket only; reserved names
     "POST /v1/config/{ns}/{env}/rollback": {"to_revision"},  # a revision the history still keeps
     # A key twice in one change set; a secret on a node without [config] secret_key.

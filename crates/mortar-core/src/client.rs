@@ -227,13 +227,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("`{s}` is not a duration (e.g. 10s, 500ms, 2m)"))?;
     let ms = match unit {
-        "" | "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
+        "" | "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        u if u.starts_with(['.', ',']) => {
+            return Err(format!(
+                "`{s}`: whole numbers only; use a smaller unit (e.g. 1500ms for 1.5s)"
+            ));
+        }
         _ => return Err(format!("unknown unit in `{s}`: use ms, s, m or h")),
     };
-    Ok(Duration::from_millis(ms))
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| format!("`{s}` is too long a duration"))
 }
 
 #[cfg(test)]
@@ -248,6 +254,12 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5d").is_err());
+        assert!(
+            parse_duration("1.5s")
+                .unwrap_err()
+                .contains("whole numbers only")
+        );
+        assert!(parse_duration("99999999999999999h").is_err());
     }
 
     #[test]

@@ -22,6 +22,10 @@ impl Block for Jobs {
     type Command = cli::JobsCommand;
     type Bench = bench::BenchArgs;
 
+    fn validate(cfg: &JobsConfig) -> Result<(), mortar_core::config::ConfigError> {
+        cfg.validate()
+    }
+
     fn migrations() -> Option<mortar_core::storage::Migrations> {
         Some(service::migrations())
     }

@@ -21,18 +21,31 @@ pub struct Job {
     #[serde(default)]
     pub priority: i32,
     pub state: String,
-    /// 1 for the first attempt.
+    /// 1 for the first attempt; it keeps counting across retries.
     #[serde(default)]
     pub attempt: i32,
+    /// Attempts per budget (a retry starts a fresh one).
     #[serde(default)]
     pub max_attempts: i32,
+    /// Attempts made before the last retry.
+    #[serde(default)]
+    pub attempts_before_retry: i32,
     #[serde(default)]
     pub run_at: String,
     #[serde(default)]
     pub created_at: String,
-    /// The lease length a worker gets (milliseconds).
+    /// The most one attempt may run, from when it is leased (milliseconds).
     #[serde(default)]
     pub timeout_ms: u64,
+    /// When the current (or last) attempt started.
+    #[serde(default)]
+    pub started_at: Option<String>,
+    /// While running: when this attempt times out.
+    #[serde(default)]
+    pub deadline_at: Option<String>,
+    /// While running: its cancellation was asked for.
+    #[serde(default)]
+    pub cancel_requested: bool,
     #[serde(default)]
     pub tags: Vec<String>,
     /// On enqueue: true when an existing job (same unique key) was returned instead.
@@ -59,13 +72,25 @@ pub struct AttemptError {
 }
 
 impl Job {
-    /// How long a lease of this job lasts: its `timeout_ms`, else (older servers) the time
-    /// left until `lease_expires_at`.
+    /// How long a lease of this job lasts, as the server gave it: from `started_at` to
+    /// `lease_expires_at` (both the server's times), else its `timeout_ms`, else the time left
+    /// until `lease_expires_at`.
     pub fn lease_length(&self) -> Option<Duration> {
+        let parse = |t: &Option<String>| mortar_core::clock::parse_rfc3339(t.as_deref()?);
+        if let (Some(start), Some(until)) = (parse(&self.started_at), parse(&self.lease_expires_at))
+            && until > start
+        {
+            return Some(Duration::from_millis(until - start));
+        }
         if self.timeout_ms > 0 {
             return Some(Duration::from_millis(self.timeout_ms));
         }
         self.lease_left()
+    }
+
+    /// The most one attempt may run (its `timeout_ms`), when the server says.
+    pub fn timeout(&self) -> Option<Duration> {
+        (self.timeout_ms > 0).then(|| Duration::from_millis(self.timeout_ms))
     }
 
     /// The lease's length as of now (time until `lease_expires_at`), when leased.
@@ -100,6 +125,48 @@ pub struct Completion {
     pub result: Option<Value>,
 }
 
+/// Why the server refused a call on a leased attempt (heartbeat, complete, fail, release).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// 410 `timed-out`: the attempt ran past its `timeout_ms` and failed as timed out.
+    TimedOut,
+    /// 410 `cancelled`: the job was cancelled while the attempt ran.
+    Cancelled,
+    /// 409 (or 404): the lease is not (or no longer) this one's; another attempt may run.
+    Lost,
+}
+
+impl Refusal {
+    /// The refusal a problem from the server is, if it is one.
+    pub fn of(e: &ClientError) -> Option<Self> {
+        let ClientError::Problem { status, body, .. } = e else {
+            return None;
+        };
+        let kind = body
+            .get("type")
+            .and_then(Value::as_str)
+            .and_then(|t| t.strip_prefix(mortar_core::problem::TYPE_BASE));
+        match (status, kind) {
+            (410, Some("timed-out")) => Some(Refusal::TimedOut),
+            (410, Some("cancelled")) => Some(Refusal::Cancelled),
+            (409 | 410 | 404, _) => Some(Refusal::Lost),
+            _ => None,
+        }
+    }
+}
+
+/// Which jobs `GET /v1/jobs` lists (empty filters are left out).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    pub state: String,
+    pub queue: String,
+    pub kind: String,
+    /// Page size, 1 to 1000.
+    pub limit: u32,
+    /// The previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
 /// A client of the jobs API.
 #[derive(Debug, Clone)]
 pub struct JobsClient {
@@ -130,6 +197,14 @@ impl JobsClient {
     /// Enqueues one job: `job` is a `NewJob` body (`queue`, `kind`, `payload`, …).
     pub async fn enqueue(&self, job: &Value) -> Result<Job, ClientError> {
         parse(self.client.post("/v1/jobs", job).await?)
+    }
+
+    /// Enqueues one job with an `Idempotency-Key`: a retried request with the same key (and
+    /// body) returns the job the first one created, with `duplicate: true` (24 h).
+    pub async fn enqueue_with_key(&self, job: &Value, key: &str) -> Result<Job, ClientError> {
+        self.client
+            .post_as_with("/v1/jobs", job, &[("idempotency-key", key)])
+            .await
     }
 
     /// Enqueues jobs atomically (all or none).
@@ -261,17 +336,30 @@ impl JobsClient {
         limit: u32,
         cursor: Option<&str>,
     ) -> Result<Value, ClientError> {
-        let mut q = format!("/v1/jobs?limit={limit}");
+        self.list_page(&ListQuery {
+            state: state.to_owned(),
+            queue: queue.to_owned(),
+            kind: String::new(),
+            limit,
+            cursor: cursor.map(ToOwned::to_owned),
+        })
+        .await
+    }
+
+    /// Raw `GET /v1/jobs?…` (`{items, next_cursor}`) by every filter; empty ones are left out.
+    pub async fn list_page(&self, q: &ListQuery) -> Result<Value, ClientError> {
+        let mut path = format!("/v1/jobs?limit={}", q.limit);
         for (k, v) in [
-            ("state", state),
-            ("queue", queue),
-            ("cursor", cursor.unwrap_or("")),
+            ("state", q.state.as_str()),
+            ("queue", q.queue.as_str()),
+            ("kind", q.kind.as_str()),
+            ("cursor", q.cursor.as_deref().unwrap_or("")),
         ] {
             if !v.is_empty() {
-                q.push_str(&format!("&{k}={}", encode(v)));
+                path.push_str(&format!("&{k}={}", encode(v)));
             }
         }
-        self.client.get(&q).await
+        self.client.get(&path).await
     }
 
     pub async fn retry(&self, id: &str) -> Result<Job, ClientError> {
@@ -282,6 +370,8 @@ impl JobsClient {
         )
     }
 
+    /// Cancels a job: at once when it waits; when it runs, its worker is asked to stop (the
+    /// answer shows it still `running` with `cancel_requested`).
     pub async fn cancel(&self, id: &str) -> Result<Job, ClientError> {
         parse(
             self.client

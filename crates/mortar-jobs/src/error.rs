@@ -10,6 +10,13 @@ pub enum JobsError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A call on an attempt that ran past its deadline (`timeout_ms`): the attempt failed as
+    /// timed out.
+    #[error("{0}")]
+    TimedOut(String),
+    /// A call on an attempt whose job was cancelled while it ran.
+    #[error("{0}")]
+    Cancelled(String),
     #[error("{0} is unavailable")]
     Unavailable(String),
 }

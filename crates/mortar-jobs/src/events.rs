@@ -3,7 +3,10 @@
 //!
 //! Every change a node's service makes is published: enqueued (`job.available` /
 //! `job.scheduled`), started (`job.running`), completed, failed (`job.retryable` / `job.dead`),
-//! a lease that ran out on its last attempt (`job.dead`), released, retried, cancelled. Jobs
+//! an attempt whose lease ran out (timed out, or its worker gone: `job.retryable`,
+//! `job.available` or `job.dead`), released, retried, cancelled — and, for a running job, the
+//! cancellation asked of its worker (`job.cancel_requested`, the job still running) before it
+//! ends `job.cancelled`. Jobs
 //! inserted by SQL (`mortar_jobs_enqueue`, [`crate::service::enqueue_in_tx`]) appear when they
 //! start. Nothing is built while nobody watches, on any node.
 
@@ -23,12 +26,19 @@ pub struct JobEvent {
     pub attempt: Option<i32>,
     /// When the change happened (Unix milliseconds).
     pub at_ms: u64,
+    /// The job runs, and its cancellation was asked for (`job.cancel_requested`): its worker
+    /// learns at its next heartbeat.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_requested: bool,
 }
 
 impl Event for JobEvent {
     const TOPIC: &'static str = "jobs";
 
     fn event(&self) -> &'static str {
+        if self.cancel_requested {
+            return "job.cancel_requested";
+        }
         match self.state.as_str() {
             "scheduled" => "job.scheduled",
             "available" => "job.available",
@@ -64,8 +74,25 @@ pub(crate) fn publish<'a>(
             state: state.to_owned(),
             attempt,
             at_ms,
+            cancel_requested: false,
         });
     }
+}
+
+/// Publishes that cancelling a running job was asked for.
+pub(crate) fn publish_cancel_requested(hub: &Hub, at_ms: u64, job: &crate::store::Job) {
+    if !hub.wants(JobEvent::TOPIC) {
+        return;
+    }
+    hub.emit(&JobEvent {
+        id: job.id.clone(),
+        queue: job.queue.clone(),
+        kind: job.kind.clone(),
+        state: job.state.clone(),
+        attempt: Some(job.attempt),
+        at_ms,
+        cancel_requested: true,
+    });
 }
 
 /// The state an enqueue publishes for a job now in `state`: a job handed to a waiting lease
@@ -89,5 +116,5 @@ mortar_core::watch_route! {
     /// Job state changes as they happen, filtered by queue.
     fn watch_jobs, path = "/v1/jobs/events", tag = "jobs", service = crate::JobsService,
     topic = JobEvent::TOPIC, filter = EventFilter, field = queue,
-    item = "job changes: SSE events named `job.<state>` whose `data:` is a JobEvent, or with `wait_ms` the changes that came",
+    item = "job changes: SSE events named `job.<state>` (and `job.cancel_requested`) whose `data:` is a JobEvent, or with `wait_ms` the changes that came",
 }

@@ -8,15 +8,34 @@
 //!
 //! - **Ordering**: lower `priority` first (0 to 100, default 10), then earlier `run_at`, then
 //!   enqueue order (ULIDs) — FIFO within equal priority.
-//! - **At-least-once with fencing**: a worker leases jobs (`POST /v1/jobs/lease`, long-poll)
-//!   for each job's `timeout_ms`; heartbeats extend the lease. A lease that runs out returns the
-//!   job for another attempt (the lost attempt counts), and the old lease can no longer
-//!   complete, fail or heartbeat it (409): effects can be fenced by lease id. PostgreSQL's
-//!   `FOR UPDATE SKIP LOCKED` gives each job to one worker at a time across all nodes.
+//! - **At-least-once with fencing**: a worker leases jobs (`POST /v1/jobs/lease`, long-poll);
+//!   a lease lasts `jobs.lease_ms` (30 s, or the job's `timeout_ms` if shorter) and
+//!   heartbeats renew it. A lease that runs out before the attempt's deadline (the worker
+//!   died, hung or lost its way) returns the job at once for another attempt (the lost attempt
+//!   counts), and the old lease can no longer complete, fail or heartbeat it (409): effects
+//!   can be fenced by lease id. PostgreSQL's `FOR UPDATE SKIP LOCKED` gives each job to one
+//!   worker at a time across all nodes.
+//! - **Timeouts are enforced**: `timeout_ms` (default 30 s, at most 24 h) is the most one
+//!   attempt may run, counted from its lease, however often its worker heartbeats: no lease
+//!   reaches past `started_at + timeout_ms` (`deadline_at` on a running job). At the deadline
+//!   the attempt fails as timed out (`timed out after N ms`) — retried with the backoff, dead
+//!   when its attempts are spent — and any call on it after that is refused (410
+//!   `timed-out`). Ended by maintenance on any node, or at once when its holder calls. The
+//!   Rust worker stops the handler at the deadline; `mortar jobs work --exec` its command.
+//! - **Cancelling a running job** (`DELETE /v1/jobs/{id}` or `POST /v1/jobs/{id}/cancel`:
+//!   202, the job shows `cancel_requested`) asks its worker to stop: its next heartbeat is
+//!   refused 410 `cancelled` and the attempt ends `cancelled`, never retried. A completion
+//!   that arrives first wins (the job is `completed`); a failure, release or lease that runs
+//!   out after the request ends it `cancelled` (decided in the statement that ends the
+//!   attempt, so a request is never lost to a retry). Waiting jobs are cancelled at once
+//!   (200). The events stream shows `job.cancel_requested`, then `job.cancelled`.
 //! - **Retries and the DLQ**: failures retry with exponential backoff and equal jitter (half
 //!   fixed, half random) up to `max_attempts`; then, or on a non-retryable failure, the job is
 //!   **dead** (`GET /v1/jobs?state=dead`) with every attempt's error kept; retry or discard it
-//!   one by one or in bulk by filter.
+//!   one by one or in bulk by filter. A retry (of a dead, cancelled or retryable job) gives it
+//!   a fresh budget of `max_attempts` attempts, as Sidekiq and BullMQ do, while attempt
+//!   numbers keep counting (`attempts_before_retry` says where the budget starts): every
+//!   error in a job's history has a number of its own.
 //! - **Unique jobs**, enforced by the database (a partial unique index on the key while it
 //!   holds, so concurrent enqueues on any node cannot both win): `unique_while = queued` (until
 //!   it starts), `active` (until completed, dead or cancelled; the default), `for_ms` (for

@@ -8,7 +8,9 @@
 //! attempt, max_attempts, tags}` with headers `Mortar-Job-Id`, `Mortar-Attempt` and, when the
 //! queue has a secret,
 //! `Mortar-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>` (verify it
-//! and reject old `t` to stop replays). The request times out after the job's `timeout_ms`.
+//! and reject old `t` to stop replays). The request times out at the attempt's deadline (the
+//! job's `timeout_ms` from its lease); meanwhile the dispatcher heartbeats its lease, and a
+//! cancellation of the job (or a lost lease) abandons the request.
 //!
 //! A 2xx completes the job (a JSON response body becomes its result). Anything else is a failed
 //! attempt retried with the job's backoff — `Retry-After` (seconds) is honoured — until
@@ -169,9 +171,12 @@ async fn deliver(
         "tags": serde_json::from_str::<serde_json::Value>(&job.tags).unwrap_or_default(),
     })
     .to_string();
+    let left = job
+        .deadline_ms()
+        .map_or(job.timeout_ms as u64, |d| d.saturating_sub(svc.now_ms()));
     let mut request = http
         .post(url)
-        .timeout(Duration::from_millis(job.timeout_ms as u64))
+        .timeout(Duration::from_millis(left.max(1)))
         .header(http::header::CONTENT_TYPE, "application/json")
         .header("Mortar-Job-Id", &job.id)
         .header("Mortar-Attempt", job.attempt.to_string());
@@ -179,24 +184,47 @@ async fn deliver(
         let t = svc.now_ms() / 1000;
         request = request.header("Mortar-Signature", signature(secret, t, &body));
     }
-    let sent = breaker
-        .call_classified(
-            || async move {
-                let r = request.body(body).send().await?;
-                let status = r.status();
-                let retry_after = r
-                    .headers()
-                    .get(http::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-                let text = r.text().await.unwrap_or_default();
-                Ok::<_, reqwest::Error>((status, retry_after, text))
-            },
-            |r| match r {
-                Ok((status, _, _)) => status.is_server_error(),
-                Err(_) => true,
-            },
-        )
-        .await;
+    let call = breaker.call_classified(
+        || async move {
+            let r = request.body(body).send().await?;
+            let status = r.status();
+            let retry_after = r
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+            let text = r.text().await.unwrap_or_default();
+            Ok::<_, reqwest::Error>((status, retry_after, text))
+        },
+        |r| match r {
+            Ok((status, _, _)) => status.is_server_error(),
+            Err(_) => true,
+        },
+    );
+    // Keep the lease alive while the target works (a lease is `jobs.lease_ms`, the request
+    // may take up to `timeout_ms`); a refused heartbeat (cancelled, lease lost) abandons it.
+    let lease = job
+        .lease_until_ms
+        .zip(job.started_at_ms)
+        .map_or(30_000, |(until, start)| (until - start).max(60) as u64);
+    let every = Duration::from_millis(lease / 3);
+    tokio::pin!(call);
+    let sent = loop {
+        tokio::select! {
+            sent = &mut call => break sent,
+            () = tokio::time::sleep(every) => {
+                match svc.heartbeat(&job.id, &lease_id, None).await {
+                    Ok(_) => {}
+                    Err(e @ crate::error::JobsError::Unavailable(_)) => {
+                        tracing::warn!(job = %job.id, error = %e, "jobs: push heartbeat failed");
+                    }
+                    Err(e) => {
+                        tracing::info!(job = %job.id, error = %e, "jobs: push delivery abandoned");
+                        return;
+                    }
+                }
+            }
+        }
+    };
     let outcome = match sent {
         Ok((status, _, text)) if status.is_success() => {
             let result = serde_json::from_str::<serde_json::Value>(&text).ok();

@@ -1,5 +1,6 @@
 //! `mortar jobs …` through the binary against a real node: the commands' happy paths, bad
-//! input (a clear message, exit code 1), `work --exec`, and a worker killed with SIGKILL
+//! input (a clear message, exit code 1), paging and filters, idempotency keys, duration flags,
+//! `work --exec` (its log, timeouts and cancellation), and a worker killed with SIGKILL
 //! mid-job.
 
 use std::process::{Command, Output, Stdio};
@@ -312,6 +313,24 @@ esac"#;
         stdout.contains("stopped: 2 completed, 2 failed"),
         "{stdout}"
     );
+    // One line per job start and end on stderr: id, queue/kind, attempt, outcome, run time.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("mortar: job {echo} (sh/echo, attempt 1) started")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "mortar: job {echo} (sh/echo, attempt 1) completed in "
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "mortar: job {failing} (sh/fail, attempt 2) failed in "
+        )) && stderr.contains("s: exit code 3: went wrong on attempt 2"),
+        "{stderr}"
+    );
 
     // Bad input: no command.
     let o = mortar(&node, &["jobs", "work", "--queue", "sh", "--exec", " "]);
@@ -321,12 +340,13 @@ esac"#;
 
 #[tokio::test]
 async fn a_worker_killed_mid_job_loses_the_job_to_the_next_attempt() {
-    let node = Node::start(NodeConfig::named("jobs-cli-kill"))
+    // Leases of 600 ms; the job may run a minute.
+    let node = Node::start(NodeConfig::named("jobs-cli-kill").env("MORTAR_JOBS__LEASE_MS", "600"))
         .await
         .unwrap();
     let client = JobsClient::connect(&node.url(""));
     let id = client
-        .enqueue(&json!({"queue": "k9", "kind": "slow", "timeout_ms": 1000}))
+        .enqueue(&json!({"queue": "k9", "kind": "slow", "timeout_ms": 60_000}))
         .await
         .unwrap()
         .id;
@@ -353,6 +373,12 @@ async fn a_worker_killed_mid_job_loses_the_job_to_the_next_attempt() {
     assert_eq!((again[0].id.as_str(), again[0].attempt), (id.as_str(), 2));
     assert_ne!(again[0].lease_id.as_deref(), Some(killed_lease.as_str()));
 
+    let first = client.get(&id).await.unwrap();
+    assert!(
+        first.errors[0].error.starts_with("lease expired"),
+        "{first:#?}"
+    );
+
     // The killed worker's lease can no longer complete it.
     let late = client.complete(&id, &killed_lease, None).await.unwrap_err();
     assert!(
@@ -367,4 +393,220 @@ async fn a_worker_killed_mid_job_loses_the_job_to_the_next_attempt() {
         .await
         .unwrap();
     assert_eq!((done.state.as_str(), done.attempt), ("completed", 2));
+}
+
+#[tokio::test]
+async fn list_pages_kinds_idempotency_keys_and_duration_flags() {
+    let node = Node::start(NodeConfig::named("jobs-cli-flags"))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for kind in ["a", "b", "a"] {
+        let j = json_of(&node, &["jobs", "enqueue", "pages", kind]);
+        ids.push(j["id"].as_str().unwrap().to_owned());
+    }
+    // A page at a time: the table says how to ask for the next one.
+    let first = ok(&node, &["jobs", "list", "--queue", "pages", "--limit", "1"]);
+    assert!(first.contains(&ids[0]), "{first}");
+    let hint = format!("(more after {}: add --cursor {})", ids[0], ids[0]);
+    assert!(first.contains(&hint), "{first}");
+    let second = ok(
+        &node,
+        &[
+            "jobs", "list", "--queue", "pages", "--limit", "1", "--cursor", &ids[0],
+        ],
+    );
+    assert!(
+        second.contains(&ids[1]) && !second.contains(&ids[0]),
+        "{second}"
+    );
+    // By kind.
+    let a = json_of(&node, &["jobs", "list", "--queue", "pages", "--kind", "a"]);
+    let got: Vec<&str> = a["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, [ids[0].as_str(), ids[2].as_str()]);
+
+    // An Idempotency-Key: the same command again returns the first job.
+    let once = ok(
+        &node,
+        &[
+            "jobs",
+            "enqueue",
+            "pay",
+            "charge",
+            "--idempotency-key",
+            "order-7",
+        ],
+    );
+    let again = ok(
+        &node,
+        &[
+            "jobs",
+            "enqueue",
+            "pay",
+            "charge",
+            "--idempotency-key",
+            "order-7",
+        ],
+    );
+    let id = once.split_whitespace().nth(1).unwrap();
+    assert!(
+        again.contains(id) && again.contains("(duplicate: the existing job)"),
+        "{once}{again}"
+    );
+    let e = fails(
+        &node,
+        &[
+            "jobs",
+            "enqueue",
+            "pay",
+            "charge",
+            "--idempotency-key",
+            "order-7",
+            "--payload",
+            r#"{"x":1}"#,
+        ],
+    );
+    assert!(
+        e.contains("Idempotency-Key"),
+        "another body with the same key: {e}"
+    );
+
+    // One duration syntax; the API's `_ms` spellings as aliases.
+    let j = json_of(&node, &["jobs", "enqueue", "d", "k", "--timeout", "2s"]);
+    assert_eq!(j["timeout_ms"], 2000);
+    let j = json_of(
+        &node,
+        &[
+            "jobs",
+            "enqueue",
+            "d",
+            "k",
+            "--timeout-ms",
+            "1500",
+            "--delay-ms",
+            "60000",
+        ],
+    );
+    assert_eq!(
+        (&j["timeout_ms"], &j["state"]),
+        (&json!(1500), &json!("scheduled"))
+    );
+    let out = mortar(&node, &["jobs", "enqueue", "d", "k", "--timeout", "1.5s"]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("whole numbers only"));
+
+    // Help for every verb.
+    for verb in [
+        "pause", "resume", "get", "retry", "cancel", "dlq", "list", "enqueue", "work",
+    ] {
+        let help = ok(&node, &["jobs", verb, "--help"]);
+        assert!(help.lines().count() > 3, "{verb}: {help}");
+    }
+}
+
+#[tokio::test]
+async fn work_exec_stops_a_command_at_its_timeout_and_when_its_job_is_cancelled() {
+    // Leases of 600 ms: heartbeats every 200 ms, which is how the cancellation arrives.
+    let node = Node::start(NodeConfig::named("jobs-cli-stop").env("MORTAR_JOBS__LEASE_MS", "600"))
+        .await
+        .unwrap();
+    let client = JobsClient::connect(&node.url(""));
+    let dir = tempfile::tempdir().unwrap();
+    let slow = client
+        .enqueue(&json!({"queue": "stop", "kind": "slow", "timeout_ms": 1000, "max_attempts": 1}))
+        .await
+        .unwrap()
+        .id;
+    let long = client
+        .enqueue(&json!({"queue": "stop", "kind": "long", "timeout_ms": 60_000}))
+        .await
+        .unwrap()
+        .id;
+    // Each command notes its pid, then waits on a child of its own; SIGTERM ends both.
+    let script = format!(
+        r#"echo $$ > "{}/$MORTAR_JOB_KIND.pid"; sleep 30 & wait"#,
+        dir.path().display()
+    );
+    let worker = tokio::process::Command::new(mortar_bin())
+        .args([
+            "jobs",
+            "work",
+            "--queue",
+            "stop",
+            "--concurrency",
+            "2",
+            "--term-grace",
+            "2s",
+            "--exec",
+            &script,
+        ])
+        .env("MORTAR_URL", node.url(""))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    until_state(&client, &long, &["running"]).await;
+    let asked = ok(&node, &["jobs", "cancel", &long]);
+    assert_eq!(
+        asked,
+        format!(
+            "{long} is running: cancellation requested; its worker stops it at its next heartbeat\n"
+        )
+    );
+    let cancelled = until_state(&client, &long, &["cancelled"]).await;
+    assert!(
+        cancelled.errors[0]
+            .error
+            .starts_with("cancelled while running"),
+        "{cancelled:#?}"
+    );
+    let dead = until_state(&client, &slow, &["dead"]).await;
+    assert_eq!(dead.errors[0].error, "timed out after 1000 ms", "{dead:#?}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(20), worker.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("1 timed out, 1 cancelled"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "mortar: job {slow} (stop/slow, attempt 1) timed out after 1000 ms (ran "
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "mortar: job {long} (stop/long, attempt 1) cancelled after "
+        )),
+        "{stderr}"
+    );
+    // Both commands are gone: killed, not left running.
+    for kind in ["slow", "long"] {
+        let pid: i32 = std::fs::read_to_string(dir.path().join(format!("{kind}.pid")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH),
+            "the {kind} command is still running"
+        );
+    }
 }

@@ -126,12 +126,21 @@ async fn complete_fail_retry_and_the_dlq(svc: &JobsService, clock: &ManualClock)
     let dlq = svc.list(&filter("dead", "q2"), "", 100).await.unwrap();
     assert_eq!(dlq.len(), 1);
     let revived = svc.retry(&id).await.unwrap();
-    assert_eq!((revived.state.as_str(), revived.attempt), ("available", 0));
+    assert_eq!(
+        (
+            revived.state.as_str(),
+            revived.attempt,
+            revived.attempt_base
+        ),
+        ("available", 2, 2),
+        "a fresh budget; attempt numbers keep counting"
+    );
     let third = svc
         .lease(&["q2".into()], 1, 0, "w")
         .await
         .unwrap()
         .remove(0);
+    assert_eq!(third.attempt, 3);
     let done = svc
         .complete(
             &id,
@@ -202,6 +211,7 @@ async fn an_expired_lease_returns_the_job_and_fences_the_old_holder(
         .await
         .unwrap();
     // A lease that runs out on the last attempt: dead, with the lost attempt as its error.
+    // Here the lease (jobs.lease_ms, 30 s) reaches the job's 10 s timeout: it timed out.
     let mut last = job("q3", 10);
     last.max_attempts = 1;
     let id = svc.enqueue(&[last]).await.unwrap().remove(0).job.id;
@@ -215,7 +225,7 @@ async fn an_expired_lease_returns_the_job_and_fences_the_old_holder(
     );
     let (dead, errors) = svc.get(&id).await.unwrap();
     assert_eq!(dead.state(), State::Dead);
-    assert!(errors[0].error.starts_with("lease expired"), "{errors:?}");
+    assert_eq!(errors[0].error, "timed out after 10000 ms", "{errors:?}");
 }
 
 async fn cancel_and_bad_input(svc: &JobsService) {

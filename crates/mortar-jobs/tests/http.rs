@@ -1,4 +1,5 @@
-//! The jobs API through a real node: a worker's life cycle over HTTP and bad input.
+//! The jobs API through a real node: a worker's life cycle over HTTP, bad input, and how an
+//! attempt ends early (cancelled while running, timed out) on SQLite and PostgreSQL.
 
 use mortar_testkit::{Node, NodeConfig};
 use reqwest::Method;
@@ -401,4 +402,159 @@ async fn idempotency_queues_batches_and_bad_input_over_http() {
             "{body} should name {field}: {p}"
         );
     }
+}
+
+#[tokio::test]
+async fn running_jobs_cancel_with_202_and_late_calls_on_an_attempt_get_410_embedded() {
+    let node = Node::start(NodeConfig::named("jobs-http-ends"))
+        .await
+        .unwrap();
+    attempt_ends_over_http(&node).await;
+}
+
+#[tokio::test]
+async fn running_jobs_cancel_with_202_and_late_calls_on_an_attempt_get_410_on_postgres() {
+    let Some(cluster) = mortar_testkit::Cluster::start(1).await.unwrap() else {
+        return;
+    };
+    attempt_ends_over_http(&cluster.nodes[0]).await;
+}
+
+/// Cancelling a running job (202, then 410 `cancelled` at the worker's heartbeat, the events
+/// in order) and a timeout (heartbeats capped at the deadline, then 410 `timed-out`).
+async fn attempt_ends_over_http(node: &Node) {
+    let http = reqwest::Client::new();
+    let call = |method: Method, path: String, body: Value| {
+        let rq = http.request(method, node.url(&path)).json(&body);
+        async move {
+            let r = rq.send().await.unwrap();
+            let status = r.status().as_u16();
+            let ctype = r
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let v = r.json::<Value>().await.unwrap_or(Value::Null);
+            if status >= 400 {
+                assert_eq!(ctype.as_deref(), Some("application/problem+json"), "{v}");
+            }
+            (status, v)
+        }
+    };
+    // The jobs stream of this queue, read as it comes.
+    let mut sse = http
+        .get(node.url("/v1/jobs/events?queue=ends"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+
+    let (s, job) = call(
+        Method::POST,
+        "/v1/jobs".into(),
+        json!({"queue": "ends", "kind": "k", "timeout_ms": 60000}),
+    )
+    .await;
+    assert_eq!(s, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let (_, leased) = call(
+        Method::POST,
+        "/v1/jobs/lease".into(),
+        json!({"queues": ["ends"], "worker": "w"}),
+    )
+    .await;
+    let lease = leased["items"][0]["lease_id"].clone();
+    assert!(leased["items"][0]["deadline_at"].is_string(), "{leased}");
+
+    // Running: asked to stop (202), twice alike, by POST …/cancel or DELETE.
+    let (s, asked) = call(Method::POST, format!("/v1/jobs/{id}/cancel"), json!({})).await;
+    assert_eq!(
+        (s, &asked["state"], &asked["cancel_requested"]),
+        (202, &json!("running"), &json!(true)),
+        "{asked}"
+    );
+    assert!(asked["cancel_requested_at"].is_string(), "{asked}");
+    let (s, _) = call(Method::DELETE, format!("/v1/jobs/{id}"), Value::Null).await;
+    assert_eq!(s, 202);
+    // The worker hears it at its heartbeat: 410 `cancelled`; the job is cancelled.
+    let (s, p) = call(
+        Method::POST,
+        format!("/v1/jobs/{id}/heartbeat"),
+        json!({"lease_id": lease}),
+    )
+    .await;
+    assert_eq!(s, 410, "{p}");
+    assert_eq!(p["type"], "https://mortar.dev/problems/cancelled", "{p}");
+    let (_, got) = call(Method::GET, format!("/v1/jobs/{id}"), Value::Null).await;
+    assert_eq!(got["state"], "cancelled", "{got}");
+    assert_eq!(got["errors"][0]["attempt"], 1, "{got}");
+    let (s, p) = call(Method::POST, format!("/v1/jobs/{id}/cancel"), json!({})).await;
+    assert_eq!(s, 409, "finished: {p}");
+    let (s, _) = call(Method::POST, "/v1/jobs/nope/cancel".into(), json!({})).await;
+    assert_eq!(s, 404);
+
+    // The stream showed the request, then the end.
+    let mut text = String::new();
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !text.contains("event: job.cancelled") {
+        let chunk = tokio::time::timeout_at(until, sse.chunk())
+            .await
+            .expect("the stream shows the cancellation")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let asked_at = text.find("event: job.cancel_requested").expect(&text);
+    assert!(
+        asked_at < text.find("event: job.cancelled").unwrap(),
+        "{text}"
+    );
+
+    // A timeout: heartbeats asking for an hour get no more than the deadline, and the
+    // first one after it is refused 410 `timed-out`.
+    call(
+        Method::POST,
+        "/v1/jobs".into(),
+        json!({"queue": "ends", "kind": "k", "timeout_ms": 300, "max_attempts": 1}),
+    )
+    .await;
+    let (_, leased) = call(
+        Method::POST,
+        "/v1/jobs/lease".into(),
+        json!({"queues": ["ends"], "worker": "w"}),
+    )
+    .await;
+    let j = &leased["items"][0];
+    let (id, lease) = (j["id"].as_str().unwrap().to_owned(), j["lease_id"].clone());
+    assert_eq!(j["lease_expires_at"], j["deadline_at"], "{j}");
+    let (p, s) = loop {
+        let (s, p) = call(
+            Method::POST,
+            format!("/v1/jobs/{id}/heartbeat"),
+            json!({"lease_id": lease, "extend_ms": 3_600_000}),
+        )
+        .await;
+        if s != 200 {
+            break (p, s);
+        }
+        assert_eq!(p["lease_expires_at"], j["deadline_at"], "capped: {p}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(s, 410, "{p}");
+    assert_eq!(p["type"], "https://mortar.dev/problems/timed-out", "{p}");
+    let (_, got) = call(Method::GET, format!("/v1/jobs/{id}"), Value::Null).await;
+    assert_eq!(
+        (&got["state"], &got["errors"][0]["error"]),
+        (&json!("dead"), &json!("timed out after 300 ms")),
+        "{got}"
+    );
+    let (s, p) = call(
+        Method::POST,
+        format!("/v1/jobs/{id}/complete"),
+        json!({"lease_id": lease}),
+    )
+    .await;
+    assert_eq!(
+        (s, &p["type"]),
+        (410, &json!("https://mortar.dev/problems/timed-out"))
+    );
 }

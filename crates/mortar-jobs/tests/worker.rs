@@ -1,12 +1,13 @@
 //! The Rust worker library against a real `mortar` process: completions, failures and
-//! retries, panics, heartbeats past the job's timeout, graceful shutdown.
+//! retries, panics, heartbeats past the lease, timeouts enforced, cancellation of a running
+//! job, graceful shutdown.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use mortar_jobs::client::{Job, JobsClient};
-use mortar_jobs::worker::{JobError, Worker};
+use mortar_jobs::worker::{JobError, Outcome, Report, Worker};
 use mortar_testkit::{Node, NodeConfig};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
@@ -142,12 +143,16 @@ async fn a_fatal_error_sends_the_job_to_the_dlq_at_once() {
 }
 
 #[tokio::test]
-async fn heartbeats_keep_a_long_job_alive_past_its_timeout() {
-    let (_node, client) = node("jobs-worker-heartbeat").await;
-    // The lease is 600 ms; the handler runs 2 s. Without heartbeats the lease would run out,
-    // the completion would be refused (409) and the job would run again.
+async fn heartbeats_keep_a_long_job_alive_past_its_lease() {
+    // Leases of 600 ms; the job may run 10 s and its handler runs 2 s. Without heartbeats the
+    // lease would run out, the completion would be refused (409) and the job would run again.
+    let node =
+        Node::start(NodeConfig::named("jobs-worker-heartbeat").env("MORTAR_JOBS__LEASE_MS", "600"))
+            .await
+            .unwrap();
+    let client = JobsClient::connect(&node.url(""));
     let id = client
-        .enqueue(&json!({ "queue": "long", "kind": "k", "timeout_ms": 600 }))
+        .enqueue(&json!({ "queue": "long", "kind": "k", "timeout_ms": 10_000 }))
         .await
         .unwrap()
         .id;
@@ -179,6 +184,171 @@ async fn heartbeats_keep_a_long_job_alive_past_its_timeout() {
     assert_eq!(job.result, Some(json!("done")));
     assert_eq!(runs.load(Ordering::SeqCst), 1, "ran once");
     assert_eq!((stats.completed, stats.lost), (1, 0));
+}
+
+/// Sends on drop: a handler's future was dropped.
+struct Dropped(mpsc::UnboundedSender<&'static str>);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        let _ = self.0.send("dropped");
+    }
+}
+
+/// A handler that never returns by itself: it says it started, hands its cancellation token
+/// to a task of its own (which says when it fires), and says when its future is dropped.
+fn stuck(
+    tx: mpsc::UnboundedSender<&'static str>,
+) -> impl Fn(
+    Job,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = mortar_jobs::worker::HandlerResult> + Send>,
+> + Send
++ Sync
++ 'static {
+    move |_job: Job| {
+        let tx = tx.clone();
+        Box::pin(async move {
+            let _ = tx.send("started");
+            let token = mortar_jobs::worker::cancellation().expect("inside a handler");
+            let seen = tx.clone();
+            tokio::spawn(async move {
+                token.cancelled().await;
+                let _ = seen.send("token");
+            });
+            let _guard = Dropped(tx);
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            Ok(None)
+        })
+    }
+}
+
+/// Reads `rx` until it said each of `want` that many times (within 30 s).
+async fn until_said(rx: &mut mpsc::UnboundedReceiver<&'static str>, want: &[(&str, usize)]) {
+    let mut said: Vec<&str> = Vec::new();
+    while want
+        .iter()
+        .any(|(w, n)| said.iter().filter(|s| *s == w).count() < *n)
+    {
+        let m = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("not {want:?} within 30 s, only {said:?}"))
+            .unwrap();
+        said.push(m);
+    }
+}
+
+#[tokio::test]
+async fn a_handler_past_its_timeout_is_cancelled_and_the_attempt_fails_as_timed_out() {
+    let (_node, client) = node("jobs-worker-timeout").await;
+    let id = client
+        .enqueue(
+            &json!({ "queue": "slow", "kind": "k", "timeout_ms": 500, "max_attempts": 2,
+            "backoff": { "base_ms": 10, "max_ms": 20 } }),
+        )
+        .await
+        .unwrap()
+        .id;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let outcomes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = outcomes.clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let worker = Worker::new(client.clone())
+        .queue("slow")
+        .on_report(move |r| {
+            if let Report::Ended { outcome, ran, .. } = r {
+                seen.lock().unwrap().push((outcome.clone(), ran));
+            }
+        })
+        .register("k", stuck(tx));
+    let started = std::time::Instant::now();
+    let run = tokio::spawn(worker.run_until(async {
+        let _ = stopped.await;
+    }));
+    let job = settled(&client, std::slice::from_ref(&id)).await.remove(0);
+    // Both attempts' handlers were told (their token) and dropped.
+    until_said(&mut rx, &[("started", 2), ("token", 2), ("dropped", 2)]).await;
+    stop.send(()).unwrap();
+    let stats = run.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "stopped at the deadline, not after the handler's 600 s"
+    );
+    assert_eq!((job.state.as_str(), job.attempt), ("dead", 2), "{job:#?}");
+    let errors: Vec<(i32, &str)> = job
+        .errors
+        .iter()
+        .map(|e| (e.attempt, e.error.as_str()))
+        .collect();
+    assert_eq!(
+        errors,
+        [(1, "timed out after 500 ms"), (2, "timed out after 500 ms")]
+    );
+    assert_eq!(
+        (stats.timed_out, stats.completed, stats.lost),
+        (2, 0, 0),
+        "{stats:?}"
+    );
+    let outcomes = outcomes.lock().unwrap().clone();
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    for (outcome, ran) in &outcomes {
+        assert_eq!(*outcome, Outcome::TimedOut(Duration::from_millis(500)));
+        assert!(*ran < Duration::from_secs(10), "{ran:?}");
+    }
+}
+
+#[tokio::test]
+async fn cancelling_a_running_job_stops_its_handler_and_ends_it_cancelled() {
+    // Leases of 600 ms: the worker heartbeats every 200 ms, and learns of the cancellation then.
+    let node =
+        Node::start(NodeConfig::named("jobs-worker-cancel").env("MORTAR_JOBS__LEASE_MS", "600"))
+            .await
+            .unwrap();
+    let client = JobsClient::connect(&node.url(""));
+    let id = client
+        .enqueue(&json!({ "queue": "c", "kind": "k", "timeout_ms": 60_000 }))
+        .await
+        .unwrap()
+        .id;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let worker = Worker::new(client.clone())
+        .queue("c")
+        .register("k", stuck(tx));
+    let run = tokio::spawn(worker.run_until(async {
+        let _ = stopped.await;
+    }));
+    until_said(&mut rx, &[("started", 1)]).await;
+    let asked = client.cancel(&id).await.unwrap();
+    assert_eq!(
+        (asked.state.as_str(), asked.cancel_requested),
+        ("running", true),
+        "{asked:#?}"
+    );
+    let job = settled(&client, std::slice::from_ref(&id)).await.remove(0);
+    until_said(&mut rx, &[("token", 1), ("dropped", 1)]).await;
+    stop.send(()).unwrap();
+    let stats = run.await.unwrap().unwrap();
+    assert_eq!(
+        (job.state.as_str(), job.attempt),
+        ("cancelled", 1),
+        "{job:#?}"
+    );
+    assert!(
+        job.errors[0].error.starts_with("cancelled while running"),
+        "{job:#?}"
+    );
+    assert_eq!(
+        (stats.cancelled, stats.completed, stats.failed, stats.lost),
+        (1, 0, 0, 0),
+        "{stats:?}"
+    );
+    // Not retried.
+    let again = client
+        .lease(&["c".into()], 1, Duration::ZERO, "t")
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
 }
 
 #[tokio::test]

@@ -475,6 +475,7 @@ async fn openapi_covers_every_route() {
             "/v1/jobs/queues/{queue}/pause",
             "/v1/jobs/queues/{queue}/resume",
             "/v1/jobs/{id}",
+            "/v1/jobs/{id}/cancel",
             "/v1/jobs/{id}/complete",
             "/v1/jobs/{id}/fail",
             "/v1/jobs/{id}/heartbeat",

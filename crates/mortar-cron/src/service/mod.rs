@@ -74,7 +74,7 @@ pub(super) fn jobs_err(e: mortar_jobs::error::JobsError) -> CronError {
                 .collect(),
         ),
         J::NotFound(what) => CronError::NotFound(what),
-        J::Conflict(why) => CronError::Conflict(why),
+        J::Conflict(why) | J::TimedOut(why) | J::Cancelled(why) => CronError::Conflict(why),
         J::Unavailable(what) => CronError::Unavailable(what),
     }
 }

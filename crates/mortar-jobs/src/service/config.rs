@@ -30,6 +30,9 @@ pub struct JobsConfig {
     pub dead_retention_ms: u64,
     /// How often each node prunes old jobs and refreshes the queue-depth gauges.
     pub prune_every_ms: u64,
+    /// How long a lease lasts before its worker must heartbeat (or complete): how soon a job
+    /// whose worker died runs again. Never past the attempt's deadline (`timeout_ms`).
+    pub lease_ms: u64,
 }
 
 impl Default for JobsConfig {
@@ -40,6 +43,7 @@ impl Default for JobsConfig {
             retention_ms: 24 * 3_600_000,
             dead_retention_ms: 7 * 24 * 3_600_000,
             prune_every_ms: 60_000,
+            lease_ms: 30_000,
         }
     }
 }
@@ -66,7 +70,22 @@ impl JobsConfig {
             "jobs.prune_every_ms",
             "how often each node prunes old jobs and refreshes the queue-depth gauges",
         ),
+        mortar_core::config::KeyDoc::new(
+            "jobs.lease_ms",
+            "how long a worker's lease lasts before it must heartbeat: how soon the job of a worker that died runs again (never past the attempt's timeout_ms)",
+        ),
     ];
+
+    /// Rules the types cannot express.
+    pub fn validate(&self) -> Result<(), mortar_core::config::ConfigError> {
+        if !(100..=86_400_000).contains(&self.lease_ms) {
+            return Err(mortar_core::config::ConfigError(format!(
+                "jobs.lease_ms: {} is out of range: give 100 to 86400000 (milliseconds)",
+                self.lease_ms
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A job to enqueue.
@@ -93,7 +112,10 @@ pub struct NewJob {
     pub max_attempts: i32,
     #[serde(default)]
     pub backoff: Backoff,
-    /// The lease length: a worker must complete or heartbeat within it (default 30 s).
+    /// The most one attempt may run, from when it is leased, however often its worker
+    /// heartbeats (1 to 86400000, default 30000: 30 s). Past it the attempt fails as timed out
+    /// and is retried with the backoff (dead when the attempts run out). Give long jobs a
+    /// longer one; the lease a worker renews by heartbeats is `jobs.lease_ms`, never past it.
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
     /// Another job of this queue with the same key is a duplicate while this one is

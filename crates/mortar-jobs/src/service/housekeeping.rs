@@ -8,44 +8,36 @@ use std::time::Duration;
 use mortar_core::storage::notify::Channel;
 
 use super::JobsService;
-use super::telemetry::{DEAD, DEPTH};
+use super::telemetry::DEPTH;
 use crate::error::JobsError;
 
 impl JobsService {
-    /// Promotes due scheduled/retryable jobs to `available` and rescues running jobs whose
-    /// lease ran out — when one may be due (the earliest time this node knows of), and at least
-    /// every `poll_ms` (for other nodes' writes). Leases then read `available` jobs only.
+    /// Promotes due scheduled/retryable jobs to `available` and ends the attempts whose lease
+    /// ran out (timed out, or their worker gone; see `end_expired`) — when one may be due (the
+    /// earliest time this node knows of), and at least every `poll_ms` (for other nodes'
+    /// writes). Leases then read `available` jobs only.
     pub async fn maintain(&self, now: u64) -> Result<(), JobsError> {
-        let due = self.next_due.load(Ordering::SeqCst);
-        let checked = self.checked_at.load(Ordering::SeqCst);
-        if (now as i64) < due && now < checked + self.cfg.poll_ms && now >= checked {
+        let fresh = || {
+            let due = self.next_due.load(Ordering::SeqCst);
+            let checked = self.checked_at.load(Ordering::SeqCst);
+            (now as i64) < due && now < checked + self.cfg.poll_ms && now >= checked
+        };
+        if fresh() {
             return Ok(());
         }
-        if self.maintaining.swap(true, Ordering::SeqCst) {
-            return Ok(()); // another lease on this node is at it
+        // One at a time on this node; a caller that waited for another's run looks again, so
+        // what it needs (up to its `now`) is done when it returns.
+        let _one = self.maintaining.lock().await;
+        if fresh() {
+            return Ok(());
         }
         // Counted before and after: a lease that looks while this runs, or before, does not
         // mark its queues drained past it (see `known_drained`).
         self.wakes.fetch_add(1, Ordering::SeqCst);
         let result = async {
             self.checked_at.store(now, Ordering::SeqCst);
-            let dead = self.store.rescue(now).await.map_err(self.db())?;
-            crate::events::publish(
-                &self.hub,
-                now,
-                dead.iter().map(|d| {
-                    (
-                        d.id.as_str(),
-                        d.queue.as_str(),
-                        d.kind.as_str(),
-                        "dead",
-                        None,
-                    )
-                }),
-            );
-            for d in dead {
-                metrics::counter!(DEAD, "queue" => d.queue, "kind" => d.kind).increment(1);
-            }
+            // Boxed: a rare path that should not weigh on every lease's future.
+            Box::pin(self.end_expired(now, None)).await?;
             self.store.promote(now).await.map_err(self.db())?;
             let next = self.store.next_due().await.map_err(self.db())?;
             self.next_due
@@ -54,7 +46,6 @@ impl JobsService {
         }
         .await;
         self.wakes.fetch_add(1, Ordering::SeqCst);
-        self.maintaining.store(false, Ordering::SeqCst);
         result
     }
 
@@ -151,6 +142,41 @@ pub(super) async fn listen(svc: std::sync::Weak<JobsService>, channel: Channel) 
             },
         )
         .await;
+}
+
+/// Runs [`JobsService::maintain`] when something this node knows of comes due, even when no
+/// lease asks (a worker that went silent, an attempt that timed out and nobody reports):
+/// sleeps until the earliest known due time — woken early when an earlier one becomes known —
+/// at least `poll_ms` and at most `prune_every_ms` (other nodes' jobs).
+pub(super) async fn due_loop(svc: std::sync::Weak<JobsService>) {
+    let mut failures = 0u32;
+    loop {
+        let Some(s) = svc.upgrade() else { return };
+        let now = s.clock.now_ms();
+        let floor = s.cfg.poll_ms.max(10);
+        let ceiling = s.cfg.prune_every_ms.max(100);
+        let nap = match s.maintain(now).await {
+            Ok(()) => {
+                failures = 0;
+                let due = s.next_due.load(Ordering::SeqCst);
+                (due.saturating_sub(now as i64).max(0) as u64).clamp(floor, ceiling)
+            }
+            // The store is down (say): back off rather than knock every poll_ms.
+            Err(e) => {
+                failures = (failures + 1).min(8);
+                tracing::warn!(error = %e, "jobs: maintenance failed");
+                (floor << failures).min(ceiling.max(floor))
+            }
+        };
+        let sooner = s.due_sooner.clone();
+        let stopping = s.stopping.clone();
+        drop(s);
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(nap)) => {}
+            () = sooner.notified() => {}
+            () = stopping.wait() => return,
+        }
+    }
 }
 
 /// Prunes and refreshes gauges every `prune_every_ms` (every node does; deletes are idempotent).

@@ -211,7 +211,9 @@ impl JobsService {
     }
 
     pub(super) fn note_due(&self, at_ms: i64) {
-        self.next_due.fetch_min(at_ms, Ordering::SeqCst);
+        if self.next_due.fetch_min(at_ms, Ordering::SeqCst) > at_ms {
+            self.due_sooner.notify_one();
+        }
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Here: the service's handle, its start-up and what every part shares. By concern: `config`
 //! (`[jobs]`, a job to enqueue, queue settings), `validate`, `enqueue`, `lease` (long-poll
-//! leases and the waiting list), `lifecycle` (heartbeat, complete, fail, retry, cancel),
+//! leases and the waiting list), `lifecycle` (a leased attempt: heartbeat, complete, fail,
+//! release, and how it ended when it ran out of time), `manage` (reads, retry, cancel),
 //! `queues`, `housekeeping` (maintenance, pruning, NOTIFY loops) and `telemetry` (metrics).
 
 mod config;
@@ -10,13 +11,14 @@ mod enqueue;
 mod housekeeping;
 mod lease;
 mod lifecycle;
+mod manage;
 mod queues;
 mod telemetry;
 #[cfg(test)]
 mod tests;
 mod validate;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 use mortar_core::clock::Clock;
@@ -24,7 +26,7 @@ use mortar_core::storage::notify::Channel;
 use mortar_core::storage::{Durable, Storage};
 use tokio::sync::Notify;
 
-use self::housekeeping::{announcer, housekeeping, listen};
+use self::housekeeping::{announcer, due_loop, housekeeping, listen};
 use self::lease::{Drained, Waiting};
 use self::telemetry::describe_metrics;
 use crate::error::JobsError;
@@ -35,7 +37,9 @@ pub use self::config::{
     migrations,
 };
 pub use self::enqueue::{enqueue_in_tx, enqueue_in_tx_at};
-pub use self::telemetry::{COMPLETED, DEAD, DEPTH, ENQUEUED, FAILED, RUN, STARTED, WAIT};
+pub use self::telemetry::{
+    COMPLETED, DEAD, DEPTH, ENQUEUED, FAILED, RUN, STARTED, TIMED_OUT, WAIT,
+};
 pub(crate) use self::validate::prepare;
 
 pub struct JobsService {
@@ -58,7 +62,10 @@ pub struct JobsService {
     next_due: AtomicI64,
     /// When `maintain` last ran.
     checked_at: AtomicU64,
-    maintaining: AtomicBool,
+    /// Woken when `next_due` moves earlier (the due loop sleeps until it).
+    due_sooner: Arc<Notify>,
+    /// Held while `maintain` runs.
+    maintaining: tokio::sync::Mutex<()>,
     /// Long-poll leases on this node waiting for jobs, oldest first. An enqueue takes those
     /// its new jobs can serve and leases for them in its own transaction.
     waiting: mortar_core::waiters::Waiters<(), Waiting>,
@@ -93,7 +100,7 @@ impl JobsService {
             mortar_core::storage::Durable::Sqlite(_) => (None, None),
         };
         let svc = Arc::new(Self {
-            store: JobStore::new(storage.durable.clone()),
+            store: JobStore::new(storage.durable.clone()).with_lease_ms(cfg.lease_ms),
             cfg: cfg.clone(),
             clock,
             stopping: storage.stopping.clone(),
@@ -104,7 +111,8 @@ impl JobsService {
             settings_changed: Notify::new(),
             next_due: AtomicI64::new(0),
             checked_at: AtomicU64::new(0),
-            maintaining: AtomicBool::new(false),
+            due_sooner: Arc::new(Notify::new()),
+            maintaining: tokio::sync::Mutex::new(()),
             waiting: mortar_core::waiters::Waiters::default(),
             announce_tx,
         });
@@ -116,6 +124,7 @@ impl JobsService {
             tokio::spawn(announcer(rx, channel));
         }
         tokio::spawn(housekeeping(Arc::downgrade(&svc)));
+        tokio::spawn(due_loop(Arc::downgrade(&svc)));
         svc
     }
 

@@ -6,6 +6,7 @@ pub const STARTED: &str = "mortar_jobs_started_total";
 pub const COMPLETED: &str = "mortar_jobs_completed_total";
 pub const FAILED: &str = "mortar_jobs_failed_total";
 pub const DEAD: &str = "mortar_jobs_dead_total";
+pub const TIMED_OUT: &str = "mortar_jobs_timed_out_total";
 pub const WAIT: &str = "mortar_jobs_wait_seconds";
 pub const RUN: &str = "mortar_jobs_run_seconds";
 pub const DEPTH: &str = "mortar_jobs_depth";
@@ -18,6 +19,10 @@ pub(super) fn describe_metrics() {
     );
     metrics::describe_counter!(COMPLETED, "jobs completed, by queue and kind");
     metrics::describe_counter!(FAILED, "failed attempts, by queue and kind");
+    metrics::describe_counter!(
+        TIMED_OUT,
+        "attempts that ran past their timeout_ms (also counted as failed), by queue and kind"
+    );
     metrics::describe_counter!(
         DEAD,
         "jobs that failed for good (the dead-letter queue), by queue and kind"

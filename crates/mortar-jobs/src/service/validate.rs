@@ -156,6 +156,8 @@ pub(crate) fn prepare(
             .unique_for_ms
             .filter(|_| unique_while == Some(UniqueWhile::ForMs))
             .map(|ms| (now + ms) as i64),
+        attempt_base: 0,
+        cancel_requested_at_ms: None,
     })
 }
 

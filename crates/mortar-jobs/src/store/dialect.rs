@@ -23,7 +23,8 @@ pub(super) fn queue_rows_sql(d: Dialect) -> String {
 }
 
 /// Leases available jobs of the queue(s) in `$4` to lease `$2` for worker `$3`, at most
-/// `$5`, in priority, run_at, id order. One queue: `$4` is its name and the partial index
+/// `$5`, in priority, run_at, id order, each for `$6` ms or its `timeout_ms` if shorter (the
+/// attempt's deadline). One queue: `$4` is its name and the partial index
 /// `jobs_available` is walked in order; several: `$4` is a JSON array of names.
 pub(super) fn lease_sql(d: Dialect, queues: usize) -> String {
     lease_sql_where(d, queues, "")
@@ -47,7 +48,8 @@ fn lease_sql_where(d: Dialect, queues: usize, guard: &str) -> String {
         format!("queue IN ({})", d.json_strings(4))
     };
     format!(
-        "UPDATE jobs_jobs SET state = 'running', attempt = attempt + 1, lease_id = $2, lease_until_ms = $1 + timeout_ms, \
+        "UPDATE jobs_jobs SET state = 'running', attempt = attempt + 1, lease_id = $2, \
+         lease_until_ms = $1 + CASE WHEN timeout_ms < $6 THEN timeout_ms ELSE $6 END, \
          worker = $3, started_at_ms = $1, {RELEASE_HOLD_ON_START} \
          WHERE id IN (SELECT id FROM jobs_jobs WHERE state = 'available' AND {queue}{guard} \
          ORDER BY priority, run_at_ms, id LIMIT $5{}) RETURNING {COLUMNS}",

@@ -28,7 +28,8 @@ pub(super) const INSERT_MANY_PG: &str = "INSERT INTO jobs_jobs (id, queue, kind,
     created_at_ms, tags)";
 
 /// Plain jobs, some of them handed straight to waiting leases (PostgreSQL): those carry a
-/// lease id and worker (`$14`, `$15`) and go in as `running`, started at `$16`, unless their
+/// lease id and worker (`$14`, `$15`) and go in as `running`, started at `$16` and leased for
+/// `$17` ms (or their `timeout_ms` if shorter), unless their
 /// queue is paused or limited (then they go in as they are, and their lease looks again). One
 /// statement, no transaction around it: enqueue to start is one round trip and one commit,
 /// and a handed-off job is written once instead of twice.
@@ -37,7 +38,7 @@ const INSERT_HANDING_OFF_PG: &str = "INSERT INTO jobs_jobs (id, queue, kind, pay
     started_at_ms) \
     SELECT id, queue, kind, payload, priority, run_at_ms, CASE WHEN h THEN 'running' ELSE state END, \
     CASE WHEN h THEN 1 ELSE 0 END, max_attempts, backoff_base_ms, backoff_max_ms, timeout_ms, created_at_ms, tags, \
-    CASE WHEN h THEN lease_id END, CASE WHEN h THEN $16 + timeout_ms END, CASE WHEN h THEN worker END, \
+    CASE WHEN h THEN lease_id END, CASE WHEN h THEN $16 + LEAST(timeout_ms, $17::int8) END, CASE WHEN h THEN worker END, \
     CASE WHEN h THEN $16::int8 END \
     FROM (SELECT t.*, t.lease_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM jobs_queues q WHERE q.queue = t.queue \
     AND (q.paused OR q.concurrency IS NOT NULL OR q.rate_limit IS NOT NULL)) AS h \
@@ -146,7 +147,7 @@ async fn insert_handing_off_pg(
     pool: &PgPool,
     jobs: Vec<Job>,
     asks: &[LeaseAsk],
-    now_ms: u64,
+    (now_ms, lease_ms): (u64, u64),
 ) -> Result<(Vec<(Job, bool)>, Vec<Vec<Job>>), sqlx::Error> {
     let mut order: Vec<usize> = (0..jobs.len())
         .filter(|&i| jobs[i].state == "available")
@@ -183,6 +184,7 @@ async fn insert_handing_off_pg(
                 .collect::<Vec<_>>(),
         )
         .bind(now_ms as i64)
+        .bind(lease_ms as i64)
         .fetch_all(pool)
         .await?;
     let mut running = std::collections::HashSet::new();
@@ -198,7 +200,7 @@ async fn insert_handing_off_pg(
             j.state = "running".into();
             j.attempt = 1;
             j.lease_id = Some(leases[a].clone());
-            j.lease_until_ms = Some(now_ms as i64 + j.timeout_ms);
+            j.lease_until_ms = Some(now_ms as i64 + j.timeout_ms.min(lease_ms as i64));
             j.worker = Some(asks[a].worker.clone());
             j.started_at_ms = Some(now_ms as i64);
             leased[a].push(j);
@@ -292,11 +294,12 @@ impl JobStore {
         asks: Vec<LeaseAsk>,
     ) -> Result<(Vec<(Job, bool)>, Vec<Vec<Job>>), sqlx::Error> {
         let now = now_ms as i64;
+        let lease_ms = self.lease_ms;
         match self.db.writes() {
             Writes::Sqlite(w) => {
                 w.write(move |c| {
                     let out = insert_sqlite(c, jobs, now)?;
-                    Ok((out, handoff_sqlite(c, &asks, now_ms)))
+                    Ok((out, handoff_sqlite(c, &asks, now_ms, lease_ms)))
                 })
                 .await
             }
@@ -310,13 +313,13 @@ impl JobStore {
                         Vec::new(),
                     ))
                 } else {
-                    insert_handing_off_pg(pool, jobs, &asks, now_ms).await
+                    insert_handing_off_pg(pool, jobs, &asks, (now_ms, lease_ms)).await
                 }
             }
             Writes::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 let out = insert_pg(&mut tx, jobs, now).await?;
-                let leased = handoff_pg(&mut tx, &asks, now_ms).await;
+                let leased = handoff_pg(&mut tx, &asks, now_ms, lease_ms).await;
                 tx.commit().await?;
                 Ok((out, leased))
             }

@@ -68,6 +68,7 @@ fn lease_sqlite(
     max: u32,
     worker: &str,
     now_ms: u64,
+    lease_ms: u64,
 ) -> rusqlite::Result<Leased> {
     let now = now_ms as i64;
     let rows: Vec<QueueRow> = sqlite_rows(
@@ -103,6 +104,7 @@ fn lease_sqlite(
                 Param::from(worker),
                 Param::from(row.queue.clone()),
                 Param::from(allowed),
+                Param::from(lease_ms as i64),
             ],
         )?;
         if let Some(tokens) = bucket {
@@ -125,6 +127,7 @@ fn lease_sqlite(
                 Param::from(worker),
                 Param::from(queue_param(&free)),
                 Param::from(i64::from(want)),
+                Param::from(lease_ms as i64),
             ],
         )?);
     }
@@ -147,6 +150,7 @@ pub(super) fn handoff_sqlite(
     c: &rusqlite::Connection,
     asks: &[LeaseAsk],
     now_ms: u64,
+    lease_ms: u64,
 ) -> Vec<Vec<Job>> {
     if asks.is_empty() {
         return Vec::new();
@@ -155,7 +159,7 @@ pub(super) fn handoff_sqlite(
         c.execute_batch("SAVEPOINT handoff")?;
         let leased = asks
             .iter()
-            .map(|a| lease_sqlite(c, &a.queues, a.max, &a.worker, now_ms).map(|l| l.jobs))
+            .map(|a| lease_sqlite(c, &a.queues, a.max, &a.worker, now_ms, lease_ms).map(|l| l.jobs))
             .collect::<rusqlite::Result<Vec<_>>>();
         match leased {
             Ok(l) => c.execute_batch("RELEASE handoff").map(|()| l),
@@ -173,6 +177,7 @@ pub(super) async fn handoff_pg(
     conn: &mut sqlx::PgConnection,
     asks: &[LeaseAsk],
     now_ms: u64,
+    lease_ms: u64,
 ) -> Vec<Vec<Job>> {
     if asks.is_empty() {
         return Vec::new();
@@ -182,9 +187,16 @@ pub(super) async fn handoff_pg(
         let mut leased = Vec::with_capacity(asks.len());
         for a in asks {
             leased.push(
-                lease_pg(&mut sp, &a.queues, a.max, &a.worker, now_ms, None)
-                    .await?
-                    .jobs,
+                lease_pg(
+                    &mut sp,
+                    &a.queues,
+                    a.max,
+                    &a.worker,
+                    (now_ms, lease_ms),
+                    None,
+                )
+                .await?
+                .jobs,
             );
         }
         sp.commit().await?;
@@ -200,14 +212,17 @@ pub(super) async fn handoff_pg(
 /// `settings`: the queues' settings rows if known (they may be stale: they only choose the way
 /// each queue is leased, and the free queues' statement skips any that is paused or limited
 /// after all); read here otherwise.
+///
+/// `at`: now and the lease's length, in milliseconds.
 async fn lease_pg(
     conn: &mut sqlx::PgConnection,
     queues: &[String],
     max: u32,
     worker: &str,
-    now_ms: u64,
+    at: (u64, u64),
     settings: Option<&[QueueRow]>,
 ) -> Result<Leased, sqlx::Error> {
+    let (now_ms, lease_ms) = at;
     let read;
     let rows = match settings {
         Some(rows) => rows,
@@ -230,7 +245,7 @@ async fn lease_pg(
         if want == 0 {
             break;
         }
-        jobs.extend(lease_limited_pg(conn, &row.queue, want, worker, &lease_id, now_ms).await?);
+        jobs.extend(lease_limited_pg(conn, &row.queue, want, worker, &lease_id, at).await?);
     }
     let want = max - jobs.len() as u32;
     if want > 0 && !free.is_empty() {
@@ -243,6 +258,7 @@ async fn lease_pg(
         .bind(worker)
         .bind(queue_param(&free))
         .bind(i64::from(want))
+        .bind(lease_ms as i64)
         .fetch_all(&mut *conn)
         .await?;
         jobs.extend(got);
@@ -259,7 +275,7 @@ async fn lease_limited_pg(
     max: u32,
     worker: &str,
     lease_id: &str,
-    now_ms: u64,
+    (now_ms, lease_ms): (u64, u64),
 ) -> Result<Vec<Job>, sqlx::Error> {
     let now = now_ms as i64;
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
@@ -293,6 +309,7 @@ async fn lease_limited_pg(
         .bind(worker)
         .bind(queue)
         .bind(allowed)
+        .bind(lease_ms as i64)
         .fetch_all(&mut *tx)
         .await?;
     if let Some(tokens) = bucket {
@@ -309,8 +326,9 @@ async fn lease_limited_pg(
 
 impl JobStore {
     /// Leases up to `max` due jobs of `queues` (highest priority, then oldest run_at, then id),
-    /// each for its own `timeout_ms`; counts the attempt. Paused queues are skipped; queues with
-    /// a concurrency or rate limit are leased under their row lock within their limits.
+    /// each for the store's `lease_ms` or its own `timeout_ms` if shorter; counts the attempt.
+    /// Paused queues are skipped; queues with a concurrency or rate limit are leased under their
+    /// row lock within their limits.
     pub async fn lease(
         &self,
         queues: &[String],
@@ -318,11 +336,12 @@ impl JobStore {
         worker: &str,
         now_ms: u64,
     ) -> Result<Leased, sqlx::Error> {
+        let lease_ms = self.lease_ms;
         let pool = match self.db.writes() {
             Writes::Sqlite(w) => {
                 let (queues, worker) = (queues.to_vec(), worker.to_owned());
                 return w
-                    .write(move |c| lease_sqlite(c, &queues, max, &worker, now_ms))
+                    .write(move |c| lease_sqlite(c, &queues, max, &worker, now_ms, lease_ms))
                     .await;
             }
             Writes::Postgres(pool) => pool,
@@ -330,6 +349,14 @@ impl JobStore {
         let pool = self.relaxed.as_ref().unwrap_or(pool);
         let mut conn = pool.acquire().await?;
         let settings = self.settings.rows(&mut conn).await?;
-        lease_pg(&mut conn, queues, max, worker, now_ms, Some(&settings)).await
+        lease_pg(
+            &mut conn,
+            queues,
+            max,
+            worker,
+            (now_ms, lease_ms),
+            Some(&settings),
+        )
+        .await
     }
 }

@@ -30,8 +30,10 @@ impl JobStore {
             .bind(&f.state).bind(&f.queue).bind(&f.kind).bind(after).bind(i64::from(limit)).fetch_all(pool).await)
     }
 
-    /// Back to `available` now with a fresh attempt count (dead, cancelled or retryable jobs);
-    /// `id` = one job, else every job matching the filter. Returns the jobs revived.
+    /// Back to `available` now with a fresh budget of attempts (dead, cancelled or retryable
+    /// jobs): attempt numbers keep counting, so each attempt's error keeps a number of its
+    /// own, and `attempt_base` marks where the new budget starts. `id` = one job, else every
+    /// job matching the filter. Returns the jobs revived.
     pub async fn retry(
         &self,
         id: Option<&str>,
@@ -39,7 +41,8 @@ impl JobStore {
         now_ms: u64,
     ) -> Result<Vec<Job>, sqlx::Error> {
         let sql = format!(
-            "UPDATE jobs_jobs SET state = 'available', attempt = 0, run_at_ms = $1, finished_at_ms = NULL \
+            "UPDATE jobs_jobs SET state = 'available', attempt_base = attempt, run_at_ms = $1, finished_at_ms = NULL, \
+             lease_id = NULL, cancel_requested_at_ms = NULL \
              WHERE state IN ('dead', 'cancelled', 'retryable') AND ($2 = '' OR id = $2) AND ($3 = '' OR queue = $3) \
              AND ($4 = '' OR kind = $4) AND ($5 = '' OR state = $5) RETURNING {COLUMNS}"
         );

@@ -70,11 +70,31 @@ pub struct Job {
     pub unique_while: Option<String>,
     pub unique_hold: Option<String>,
     pub unique_until_ms: Option<i64>,
+    /// Attempts made before the last retry: the current budget is `max_attempts` after it.
+    pub attempt_base: i32,
+    /// When cancelling this running job was asked for.
+    pub cancel_requested_at_ms: Option<i64>,
 }
 
 impl Job {
     pub fn state(&self) -> State {
         State::parse(&self.state).unwrap_or(State::Available)
+    }
+
+    /// When the current (or last) attempt must have ended.
+    pub fn deadline_ms(&self) -> Option<u64> {
+        self.started_at_ms
+            .map(|s| crate::engine::deadline_ms(s as u64, self.timeout_ms as u64))
+    }
+
+    /// The job's budget of attempts as of its current (or last) attempt.
+    pub fn budget(&self) -> crate::engine::Budget {
+        crate::engine::Budget {
+            attempt: self.attempt.max(0) as u32,
+            base: self.attempt_base.max(0) as u32,
+            max_attempts: self.max_attempts.max(0) as u32,
+            backoff: (self.backoff_base_ms as u64, self.backoff_max_ms as u64),
+        }
     }
 }
 
@@ -156,11 +176,13 @@ pub struct JobStore {
     group: Arc<InsertGroup>,
     /// Every queue's settings as PostgreSQL leases last read them.
     settings: Arc<SettingsCache>,
+    /// How long a lease lasts (never past the attempt's deadline).
+    lease_ms: u64,
 }
 
 pub(crate) const COLUMNS: &str = "id, queue, kind, payload, priority, run_at_ms, state, attempt, max_attempts, backoff_base_ms, \
     backoff_max_ms, timeout_ms, lease_id, lease_until_ms, worker, result, unique_key, created_at_ms, finished_at_ms, \
-    started_at_ms, tags, unique_while, unique_hold, unique_until_ms";
+    started_at_ms, tags, unique_while, unique_hold, unique_until_ms, attempt_base, cancel_requested_at_ms";
 
 const QUEUE_COLUMNS: &str = "queue, paused, concurrency, rate_limit, rate_period_ms, rate_tokens, rate_at_ms, target_url, \
     secret, retention_ms, updated_at_ms";
@@ -203,7 +225,15 @@ impl JobStore {
             relaxed,
             group: Arc::default(),
             settings: Arc::default(),
+            lease_ms: crate::service::JobsConfig::default().lease_ms,
         }
+    }
+
+    /// Leases last `lease_ms` (default: `jobs.lease_ms`'s), never past an attempt's deadline.
+    #[must_use]
+    pub fn with_lease_ms(mut self, lease_ms: u64) -> Self {
+        self.lease_ms = lease_ms.max(1);
+        self
     }
 
     pub fn durable(&self) -> &Durable {

@@ -33,6 +33,8 @@ impl FromSqlite for Job {
             unique_while: r.get(21)?,
             unique_hold: r.get(22)?,
             unique_until_ms: r.get(23)?,
+            attempt_base: r.get(24)?,
+            cancel_requested_at_ms: r.get(25)?,
         })
     }
 }

@@ -1,107 +1,164 @@
 //! `mortar jobs …`: enqueue, inspect and manage jobs, and `mortar jobs work --exec CMD`, a
-//! worker that runs a shell command per job.
+//! worker that runs a shell command per job (`work`).
+//!
+//! Every duration flag takes one syntax, `mortar_core::client::parse_duration`'s: `10s`,
+//! `250ms`, `5m`, `1h`, or a plain number of milliseconds (so the `…-ms` spellings of the
+//! API's fields are accepted as aliases).
 
-use std::process::Stdio;
+mod work;
+
 use std::time::Duration;
 
 use clap::Subcommand;
 use mortar_core::client::{ClientArgs, ClientError, cell, table};
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt as _;
 
-use crate::client::{JobsClient, encode};
-use crate::worker::{JobError, Worker, default_worker_name};
+use self::work::{WorkArgs, work};
+use crate::client::{JobsClient, ListQuery, encode};
 
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
     /// Enqueue a job (durable when this returns).
     Enqueue {
+        /// The queue to put it on (letters, digits, `_`, `.`, `-`, `:`).
         queue: String,
+        /// What kind of job it is: workers pick their handler by it.
         kind: String,
         /// The payload, as JSON.
         #[arg(long, default_value = "{}")]
         payload: String,
-        /// Lower runs first (0 to 100).
+        /// Lower runs first (0 to 100; default 10).
         #[arg(long)]
         priority: Option<i32>,
-        /// Run no earlier than this from now (e.g. 30s, 5m).
-        #[arg(long, value_parser = parse_duration)]
+        /// Run no earlier than this from now (10s, 250ms, 5m or 1h; a plain number is
+        /// milliseconds).
+        #[arg(long, visible_alias = "delay-ms", value_parser = parse_duration)]
         delay: Option<Duration>,
-        /// Run no earlier than this time (RFC 3339).
+        /// Run no earlier than this time (RFC 3339, e.g. 2026-11-21T10:00:00Z).
         #[arg(long)]
         run_at: Option<String>,
+        /// Attempts before the job is dead (1 to 1000; default 20). A retry from the DLQ
+        /// gives it this many again.
         #[arg(long)]
         max_attempts: Option<i32>,
-        /// The lease length: complete or heartbeat within it (e.g. 30s).
-        #[arg(long, value_parser = parse_duration)]
+        /// The most one attempt may run, from when a worker leases it (default 30s, at most
+        /// 24h): past it the attempt fails as timed out and is retried with backoff (10s,
+        /// 250ms, 5m or 1h; a plain number is milliseconds).
+        #[arg(long, visible_alias = "timeout-ms", value_parser = parse_duration)]
         timeout: Option<Duration>,
-        /// At most one such job at a time (see `--unique-while`).
+        /// At most one such job at a time in the queue (see `--unique-while`).
         #[arg(long)]
         unique_key: Option<String>,
-        /// queued, active or for_ms (with --unique-for).
+        /// How long the unique key blocks another job: queued, active (the default) or
+        /// for_ms (with --unique-for).
         #[arg(long, requires = "unique_key")]
         unique_while: Option<String>,
-        #[arg(long, value_parser = parse_duration, requires = "unique_key")]
+        /// With `--unique-while for_ms`: for how long (10s, 250ms, 5m or 1h; a plain number
+        /// is milliseconds).
+        #[arg(long, visible_alias = "unique-for-ms", value_parser = parse_duration, requires = "unique_key")]
         unique_for: Option<Duration>,
         /// A tag (repeat for more).
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// Sent as the `Idempotency-Key` header: repeating the command with the same key
+        /// returns the job the first one created (for 24 hours) instead of a second one.
+        #[arg(long, conflicts_with_all = ["unique_key", "unique_while", "unique_for"])]
+        idempotency_key: Option<String>,
     },
     /// A job with every failed attempt's error.
-    Get { id: String },
-    /// Jobs, oldest first, filtered by state and queue.
+    Get {
+        /// The job's id.
+        id: String,
+    },
+    /// Jobs, oldest first, filtered by state, queue and kind, a page at a time.
     List {
         /// scheduled, available, running, retryable, completed, dead or cancelled.
         #[arg(long, default_value = "")]
         state: String,
+        /// Only jobs of this queue.
         #[arg(long, default_value = "")]
         queue: String,
+        /// Only jobs of this kind.
+        #[arg(long, default_value = "")]
+        kind: String,
+        /// Jobs per page (1 to 1000).
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Start after this job: the id a previous page printed as `(more after <id>)`.
+        #[arg(long)]
+        cursor: Option<String>,
     },
-    /// Run a dead, cancelled or retryable job again now.
-    Retry { id: String },
-    /// Cancel a job that has not started (or waits to retry).
-    Cancel { id: String },
+    /// Run a dead, cancelled or retryable job again now, with a fresh budget of attempts
+    /// (attempt numbers keep counting).
+    Retry {
+        /// The job's id.
+        id: String,
+    },
+    /// Cancel a job: at once when it has not started (or waits to retry); when it runs, its
+    /// worker is asked to stop at its next heartbeat and the job ends cancelled (unless it
+    /// completes first).
+    Cancel {
+        /// The job's id.
+        id: String,
+    },
     /// The dead-letter queue: list it, or retry or discard every dead job in it.
     Dlq {
+        /// Only dead jobs of this queue.
         #[arg(long)]
         queue: Option<String>,
+        /// Only dead jobs of this kind.
         #[arg(long)]
         kind: Option<String>,
-        /// Run every matching dead job again.
+        /// Run every matching dead job again (each with a fresh budget of attempts).
         #[arg(long, conflicts_with = "discard")]
         retry: bool,
         /// Delete every matching dead job (and its errors) for good.
         #[arg(long)]
         discard: bool,
+        /// Jobs per page when listing (1 to 1000).
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// When listing, start after this job (the id printed as `(more after <id>)`).
+        #[arg(long, conflicts_with_all = ["retry", "discard"])]
+        cursor: Option<String>,
     },
     /// Queues with their depth by state, age of the oldest waiting job and settings.
     Queues,
     /// Stop leasing a queue's jobs (enqueues still accepted).
-    Pause { queue: String },
+    Pause {
+        /// The queue's name.
+        queue: String,
+    },
     /// Lease a paused queue's jobs again.
-    Resume { queue: String },
+    Resume {
+        /// The queue's name.
+        queue: String,
+    },
     /// Work jobs by running a shell command per job: the payload JSON on stdin, MORTAR_JOB_ID,
-    /// MORTAR_JOB_KIND, MORTAR_JOB_ATTEMPT and MORTAR_JOB_QUEUE in the environment. Exit 0
-    /// completes the job (stdout is the result: JSON if it parses, else a string); non-zero
-    /// fails the attempt with stderr's tail as the error. SIGINT/SIGTERM stop gracefully.
+    /// MORTAR_JOB_KIND, MORTAR_JOB_ATTEMPT, MORTAR_JOB_QUEUE and MORTAR_JOB_TIMEOUT_MS in the
+    /// environment. Exit 0 completes the job (stdout is the result: JSON if it parses, else a
+    /// string); non-zero fails the attempt with stderr's tail as the error. A command still
+    /// running at the job's timeout, or whose job is cancelled, gets SIGTERM, then SIGKILL
+    /// after --term-grace. Logs a line per job start and end on stderr. SIGINT/SIGTERM stop
+    /// gracefully.
     Work {
         /// A queue to work (repeat for more).
         #[arg(long = "queue", required = true)]
         queues: Vec<String>,
-        /// The command, run with `sh -c`.
+        /// The command, run with `sh -c` in a process group of its own.
         #[arg(long)]
         exec: String,
         /// Commands running at once.
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
         /// Running commands get this long to finish on shutdown, then are killed and their
-        /// jobs released.
+        /// jobs released (10s, 250ms, 5m or 1h; a plain number is milliseconds).
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         shutdown_timeout: Duration,
+        /// After SIGTERM (timed out, cancelled), a command gets this long to exit before
+        /// SIGKILL (10s, 250ms, 5m or 1h; a plain number is milliseconds).
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        term_grace: Duration,
         /// The name shown on running jobs (default host:pid).
         #[arg(long)]
         name: Option<String>,
@@ -125,13 +182,35 @@ pub async fn run(args: &ClientArgs, cmd: &JobsCommand) -> Result<String, ClientE
     let jobs = JobsClient::new(args);
     let http = jobs.http();
     let v = match cmd {
-        JobsCommand::Enqueue { .. } => http.post("/v1/jobs", &enqueue_body(cmd)?).await?,
+        JobsCommand::Enqueue {
+            idempotency_key, ..
+        } => {
+            let body = enqueue_body(cmd)?;
+            match idempotency_key {
+                Some(key) => {
+                    http.post_as_with("/v1/jobs", &body, &[("idempotency-key", key.as_str())])
+                        .await?
+                }
+                None => http.post("/v1/jobs", &body).await?,
+            }
+        }
         JobsCommand::Get { id } => http.get(&format!("/v1/jobs/{}", encode(id))).await?,
         JobsCommand::List {
             state,
             queue,
+            kind,
             limit,
-        } => jobs.list(state, queue, *limit, None).await?,
+            cursor,
+        } => {
+            jobs.list_page(&ListQuery {
+                state: state.clone(),
+                queue: queue.clone(),
+                kind: kind.clone(),
+                limit: *limit,
+                cursor: cursor.clone(),
+            })
+            .await?
+        }
         JobsCommand::Retry { id } => {
             http.post(&format!("/v1/jobs/{}/retry", encode(id)), &json!({}))
                 .await?
@@ -143,6 +222,7 @@ pub async fn run(args: &ClientArgs, cmd: &JobsCommand) -> Result<String, ClientE
             retry,
             discard,
             limit,
+            cursor,
         } => {
             if *retry || *discard {
                 let mut body = json!({ "state": "dead" });
@@ -160,8 +240,14 @@ pub async fn run(args: &ClientArgs, cmd: &JobsCommand) -> Result<String, ClientE
                 let done = if *retry { "retried" } else { "discarded" };
                 return Ok(format!("{done} {} dead job(s)\n", cell(&v["count"])));
             }
-            jobs.list("dead", queue.as_deref().unwrap_or(""), *limit, None)
-                .await?
+            jobs.list_page(&ListQuery {
+                state: "dead".into(),
+                queue: queue.clone().unwrap_or_default(),
+                kind: kind.clone().unwrap_or_default(),
+                limit: *limit,
+                cursor: cursor.clone(),
+            })
+            .await?
         }
         JobsCommand::Queues => http.get("/v1/jobs/queues").await?,
         JobsCommand::Pause { queue } => {
@@ -183,17 +269,18 @@ pub async fn run(args: &ClientArgs, cmd: &JobsCommand) -> Result<String, ClientE
             exec,
             concurrency,
             shutdown_timeout,
+            term_grace,
             name,
         } => {
-            return work(
-                jobs.clone(),
+            let args = WorkArgs {
                 queues,
                 exec,
-                *concurrency,
-                *shutdown_timeout,
-                name.clone(),
-            )
-            .await;
+                concurrency: *concurrency,
+                shutdown_timeout: *shutdown_timeout,
+                term_grace: *term_grace,
+                name: name.clone(),
+            };
+            return work(jobs.clone(), args).await;
         }
     };
     if args.json {
@@ -215,6 +302,10 @@ pub async fn run(args: &ClientArgs, cmd: &JobsCommand) -> Result<String, ClientE
             )
         }
         JobsCommand::Get { .. } => job_detail(&v),
+        JobsCommand::Cancel { .. } if v["cancel_requested"] == json!(true) => format!(
+            "{} is running: cancellation requested; its worker stops it at its next heartbeat\n",
+            cell(&v["id"])
+        ),
         JobsCommand::Retry { .. } | JobsCommand::Cancel { .. } => {
             format!("{} is {}\n", cell(&v["id"]), cell(&v["state"]))
         }
@@ -244,6 +335,7 @@ fn enqueue_body(cmd: &JobsCommand) -> Result<Value, ClientError> {
         unique_while,
         unique_for,
         tags,
+        idempotency_key: _,
     } = cmd
     else {
         return Err(bad_input("not an enqueue".into()));
@@ -283,7 +375,7 @@ fn job_table(v: &Value) -> String {
                 cell(&j["queue"]),
                 cell(&j["kind"]),
                 cell(&j["state"]),
-                format!("{}/{}", cell(&j["attempt"]), cell(&j["max_attempts"])),
+                attempts(j),
                 cell(&j["run_at"]),
             ]
         })
@@ -293,9 +385,20 @@ fn job_table(v: &Value) -> String {
         &rows,
     );
     if let Some(next) = v["next_cursor"].as_str() {
-        out.push_str(&format!("(more after {next})\n"));
+        out.push_str(&format!("(more after {next}: add --cursor {next})\n"));
     }
     out
+}
+
+/// `attempt/of`: the attempt (counting over the job's life) of the attempts it may make so
+/// far (its budget after the last retry).
+fn attempts(j: &Value) -> String {
+    let n = |k: &str| j[k].as_i64().unwrap_or(0);
+    format!(
+        "{}/{}",
+        n("attempt"),
+        n("attempts_before_retry") + n("max_attempts")
+    )
 }
 
 fn job_detail(j: &Value) -> String {
@@ -309,19 +412,23 @@ fn job_detail(j: &Value) -> String {
         "run_at",
         "created_at",
         "finished_at",
+        "worker",
         "lease_id",
         "lease_expires_at",
+        "deadline_at",
+        "cancel_requested_at",
+        "timeout_ms",
     ] {
         if !j[k].is_null() {
             out.push_str(&format!("{k:<17}{}\n", cell(&j[k])));
         }
     }
-    out.push_str(&format!(
-        "{:<17}{}/{}\n",
-        "attempt",
-        cell(&j["attempt"]),
-        cell(&j["max_attempts"])
-    ));
+    let retried = j["attempts_before_retry"].as_i64().unwrap_or(0);
+    out.push_str(&format!("{:<17}{}", "attempt", attempts(j)));
+    if retried > 0 {
+        out.push_str(&format!(" ({retried} before the last retry)"));
+    }
+    out.push('\n');
     out.push_str(&format!("{:<17}{}\n", "payload", j["payload"]));
     if !j["result"].is_null() {
         out.push_str(&format!("{:<17}{}\n", "result", j["result"]));
@@ -393,94 +500,102 @@ fn queue_table(v: &Value) -> String {
     )
 }
 
-/// Longest stderr tail kept as a failed attempt's error.
-const STDERR_TAIL: usize = 4096;
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
 
-async fn work(
-    client: JobsClient,
-    queues: &[String],
-    exec: &str,
-    concurrency: usize,
-    shutdown_timeout: Duration,
-    name: Option<String>,
-) -> Result<String, ClientError> {
-    if exec.trim().is_empty() {
-        return Err(bad_input("--exec needs a command".into()));
-    }
-    let name = name.unwrap_or_else(default_worker_name);
-    let command = exec.to_owned();
-    let mut worker = Worker::new(client)
-        .concurrency(concurrency)
-        .prefetch(0)
-        .shutdown_timeout(shutdown_timeout)
-        .name(name.clone())
-        .fallback(move |job| run_command(command.clone(), job));
-    for q in queues {
-        worker = worker.queue(q.clone());
-    }
-    eprintln!(
-        "mortar: working {} as {name} (concurrency {concurrency}); Ctrl-C stops after running commands finish",
-        queues.join(", ")
-    );
-    let stats = worker.run().await?;
-    Ok(format!(
-        "stopped: {} completed, {} failed, {} released, {} lost leases\n",
-        stats.completed, stats.failed, stats.released, stats.lost
-    ))
-}
+    use clap::{CommandFactory as _, Parser};
 
-async fn run_command(command: String, job: crate::client::Job) -> crate::worker::HandlerResult {
-    let mut child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(&command)
-        .env("MORTAR_JOB_ID", &job.id)
-        .env("MORTAR_JOB_KIND", &job.kind)
-        .env("MORTAR_JOB_QUEUE", &job.queue)
-        .env("MORTAR_JOB_ATTEMPT", job.attempt.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Cancelled (shutdown deadline, lost lease): the command must not outlive its job.
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| JobError::retryable(format!("cannot run `sh -c {command}`: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let payload = job.payload.to_string();
-        // A command that does not read its stdin is fine: ignore a broken pipe.
-        tokio::spawn(async move {
-            let _ = stdin.write_all(payload.as_bytes()).await;
-        });
+    use super::JobsCommand;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        jobs: JobsCommand,
     }
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|e| JobError::retryable(format!("waiting for the command: {e}")))?;
-    if out.status.success() {
-        let text = String::from_utf8_lossy(&out.stdout);
-        let text = text.trim();
-        if text.is_empty() {
-            return Ok(None);
+
+    #[test]
+    fn every_verb_and_argument_says_what_it_is() {
+        let cli = Cli::command();
+        let mut missing = Vec::new();
+        for verb in cli.get_subcommands() {
+            if verb.get_about().is_none() {
+                missing.push(verb.get_name().to_owned());
+            }
+            for arg in verb.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{} {}", verb.get_name(), arg.get_id()));
+                }
+            }
         }
-        return Ok(Some(
-            serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned())),
-        ));
+        assert!(missing.is_empty(), "no help text: {missing:?}");
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stderr = stderr.trim_end();
-    let tail = match stderr.char_indices().rev().nth(STDERR_TAIL - 1) {
-        Some((i, _)) => &stderr[i..],
-        None => stderr,
-    };
-    let how = match out.status.code() {
-        Some(code) => format!("exit code {code}"),
-        None => {
-            use std::os::unix::process::ExitStatusExt as _;
-            format!("killed by signal {}", out.status.signal().unwrap_or(0))
-        }
-    };
-    Err(JobError::retryable(if tail.is_empty() {
-        how
-    } else {
-        format!("{how}: {tail}")
-    }))
+
+    fn enqueue(args: &[&str]) -> Result<serde_json::Value, String> {
+        let cli = Cli::try_parse_from(["jobs", "enqueue", "q", "k"].iter().chain(args))
+            .map_err(|e| e.to_string())?;
+        super::enqueue_body(&cli.jobs).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn duration_flags_take_one_syntax_and_plain_numbers_are_milliseconds() {
+        let b = enqueue(&["--timeout", "2s", "--delay", "250ms"]).unwrap();
+        assert_eq!(
+            (b["timeout_ms"].as_u64(), b["delay_ms"].as_u64()),
+            (Some(2000), Some(250))
+        );
+        let b = enqueue(&["--timeout-ms", "1500", "--delay-ms", "1h"]).unwrap();
+        assert_eq!(
+            (b["timeout_ms"].as_u64(), b["delay_ms"].as_u64()),
+            (Some(1500), Some(3_600_000)),
+            "the _ms spellings are aliases of the same flags"
+        );
+        let b = enqueue(&[
+            "--unique-key",
+            "u",
+            "--unique-while",
+            "for_ms",
+            "--unique-for-ms",
+            "90000",
+        ])
+        .unwrap();
+        assert_eq!(b["unique_for_ms"].as_u64(), Some(90_000));
+        let e = enqueue(&["--timeout", "1.5s"]).unwrap_err();
+        assert!(e.contains("whole numbers only"), "{e}");
+        let e = enqueue(&["--timeout", "soon"]).unwrap_err();
+        assert!(e.contains("not a duration"), "{e}");
+        let e = enqueue(&["--timeout", "3d"]).unwrap_err();
+        assert!(e.contains("use ms, s, m or h"), "{e}");
+        let work = Cli::try_parse_from([
+            "jobs",
+            "work",
+            "--queue",
+            "q",
+            "--exec",
+            "true",
+            "--term-grace",
+            "500",
+        ])
+        .unwrap();
+        let JobsCommand::Work {
+            term_grace,
+            shutdown_timeout,
+            ..
+        } = work.jobs
+        else {
+            panic!("{work:?}")
+        };
+        assert_eq!(
+            (term_grace, shutdown_timeout),
+            (Duration::from_millis(500), Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn an_idempotency_key_is_a_header_not_a_unique_key() {
+        let b = enqueue(&["--idempotency-key", "order-7"]).unwrap();
+        assert!(b.get("unique_key").is_none(), "{b}");
+        let e = enqueue(&["--idempotency-key", "k", "--unique-key", "u"]).unwrap_err();
+        assert!(e.contains("cannot be used with"), "{e}");
+    }
 }

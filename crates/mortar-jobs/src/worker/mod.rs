@@ -23,8 +23,17 @@
 //!   goes out once half the slots are free. The worker is never idle for a lease's round trip
 //!   when its handlers are quicker than the server, and a job enqueued while one lease is on
 //!   its way back finds the other one waiting.
-//! * **Heartbeats** every third of the lease while a job waits for a slot or runs; a refused
-//!   heartbeat (409: the lease ran out and the job may run elsewhere) cancels the handler.
+//! * **Timeouts are enforced**: an attempt may run at most its job's `timeout_ms`, counted from
+//!   when it was leased (a job waiting for a free handler spends it too). At the deadline the
+//!   worker cancels the handler's [`cancellation`] token, gives it [`Worker::cancel_grace`]
+//!   (default none), drops its future and reports the attempt timed out; the server fails it
+//!   as timed out (retried with the job's backoff, dead when its attempts run out) whatever
+//!   the worker does.
+//! * **Heartbeats** every third of the lease while a job waits for a slot or runs. A refused
+//!   heartbeat stops the handler the same way: 410 `cancelled` (the job was cancelled while
+//!   it ran: how a cancellation reaches the worker; the attempt ends `cancelled`), 410
+//!   `timed-out`, or 409 (the lease ran out and the job may run elsewhere). A handler that
+//!   returns first wins: its completion is sent.
 //! * **Completions** are batched (`POST /v1/jobs/complete`): while one request is in flight
 //!   the next batch gathers, and a second request goes out only for a full batch; a
 //!   failure (`Err(JobError)`) is reported at once with its `retryable` and `retry_in`.
@@ -32,13 +41,19 @@
 //! * **Graceful shutdown**: stop leasing, release jobs not started yet, give running handlers
 //!   `shutdown_timeout` to finish, then cancel and release the rest (releases do not count
 //!   an attempt), and flush pending completions.
+//! * **Observing**: [`Worker::on_report`] hears each job start and end (with its
+//!   [`Outcome`] and run time); `mortar jobs work` logs a line for each.
+
+mod attempt;
+mod complete;
+mod job_error;
+mod stats;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
@@ -49,115 +64,17 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use self::attempt::{Ctx, start};
+use self::complete::complete_loop;
 use crate::client::{Completion, Job, JobsClient};
 
-/// What a handler returns: an optional JSON result, or why the attempt failed.
-pub type HandlerResult = Result<Option<Value>, JobError>;
+pub use self::attempt::cancellation;
+pub use self::job_error::{HandlerResult, JobError};
+pub use self::stats::{Counters, Outcome, Report, WorkerStats};
 
 type BoxFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
 type Handler = Arc<dyn Fn(Job) -> BoxFuture + Send + Sync>;
-
-/// A failed attempt: retried (with the job's backoff, or after `retry_in`) or, when not
-/// retryable, dead at once. Any `std::error::Error` converts to a retryable one, so `?` works.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobError {
-    message: String,
-    retryable: bool,
-    retry_in: Option<Duration>,
-}
-
-impl JobError {
-    /// A failure worth retrying (the job's backoff schedule applies).
-    pub fn retryable(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: true,
-            retry_in: None,
-        }
-    }
-
-    /// A failure retrying will not fix: the job goes to the dead-letter queue.
-    pub fn fatal(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: false,
-            retry_in: None,
-        }
-    }
-
-    /// Retry after `delay` instead of the backoff schedule.
-    #[must_use]
-    pub fn retry_in(mut self, delay: Duration) -> Self {
-        self.retry_in = Some(delay);
-        self
-    }
-
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
-    pub fn is_retryable(&self) -> bool {
-        self.retryable
-    }
-
-    pub fn retry_delay(&self) -> Option<Duration> {
-        self.retry_in
-    }
-}
-
-impl std::fmt::Display for JobError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl<E: std::error::Error + Send + Sync + 'static> From<E> for JobError {
-    fn from(e: E) -> Self {
-        Self::retryable(e.to_string())
-    }
-}
-
-/// What a worker did (live counters; `Worker::counters` before `run`).
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Jobs leased.
-    pub leased: AtomicU64,
-    /// Completions the server accepted.
-    pub completed: AtomicU64,
-    /// Attempts reported failed (handler errors and panics).
-    pub failed: AtomicU64,
-    /// Of `failed`: handlers that panicked.
-    pub panicked: AtomicU64,
-    /// Jobs given back on shutdown (not started, or still running at the deadline).
-    pub released: AtomicU64,
-    /// Jobs whose lease was lost (heartbeat or completion refused with 409).
-    pub lost: AtomicU64,
-}
-
-/// A snapshot of [`Counters`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WorkerStats {
-    pub leased: u64,
-    pub completed: u64,
-    pub failed: u64,
-    pub panicked: u64,
-    pub released: u64,
-    pub lost: u64,
-}
-
-impl Counters {
-    pub fn snapshot(&self) -> WorkerStats {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        WorkerStats {
-            leased: g(&self.leased),
-            completed: g(&self.completed),
-            failed: g(&self.failed),
-            panicked: g(&self.panicked),
-            released: g(&self.released),
-            lost: g(&self.lost),
-        }
-    }
-}
+type Observer = Arc<dyn Fn(Report<'_>) + Send + Sync>;
 
 /// A pool of handlers working jobs of some queues. Build it, then `run`.
 pub struct Worker {
@@ -172,6 +89,8 @@ pub struct Worker {
     name: String,
     complete_batch: usize,
     counters: Arc<Counters>,
+    cancel_grace: Duration,
+    observer: Option<Observer>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -206,7 +125,26 @@ impl Worker {
             name: default_worker_name(),
             complete_batch: 64,
             counters: Arc::new(Counters::default()),
+            cancel_grace: Duration::ZERO,
+            observer: None,
         }
+    }
+
+    /// How long a handler whose attempt must stop (it timed out, its job was cancelled, its
+    /// lease was lost) gets after its [`cancellation`] token is cancelled before its future is
+    /// dropped (default none: dropped at once). Its slot stays taken meanwhile.
+    #[must_use]
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
+        self
+    }
+
+    /// Calls `observe` as each job's handler starts and as its attempt ends (how, and after
+    /// how long). Called on the worker's tasks: keep it quick.
+    #[must_use]
+    pub fn on_report(mut self, observe: impl Fn(Report<'_>) + Send + Sync + 'static) -> Self {
+        self.observer = Some(Arc::new(observe));
+        self
     }
 
     /// Work this queue (call again for more).
@@ -333,6 +271,8 @@ impl Worker {
             hard_stop: hard_stop.clone(),
             done: done_tx,
             counters: self.counters.clone(),
+            cancel_grace: self.cancel_grace,
+            observer: self.observer,
         });
         let completer = tokio::spawn(complete_loop(
             self.client.clone(),
@@ -455,168 +395,6 @@ async fn shutdown_signal() {
     }
 }
 
-struct Ctx {
-    client: JobsClient,
-    handlers: HashMap<String, Handler>,
-    fallback: Option<Handler>,
-    exec: Arc<Semaphore>,
-    stop: CancellationToken,
-    hard_stop: CancellationToken,
-    done: mpsc::Sender<Completion>,
-    counters: Arc<Counters>,
-}
-
-/// One leased job's slot; given back however the job's task ends.
-struct Slot(Arc<Semaphore>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.add_permits(1);
-    }
-}
-
-enum Beat {
-    Held,
-    Lost,
-}
-
-impl Ctx {
-    async fn heartbeat(&self, job: &Job, lease_id: &str) -> Beat {
-        match self.client.heartbeat(&job.id, lease_id, None).await {
-            Ok(_) => Beat::Held,
-            Err(ClientError::Problem {
-                status: 409 | 410 | 404,
-                ..
-            }) => {
-                tracing::warn!(job = %job.id, "jobs worker: lease lost; cancelling the handler");
-                self.counters.lost.fetch_add(1, Ordering::Relaxed);
-                Beat::Lost
-            }
-            // Keep trying: the lease may still be good when the server answers again.
-            Err(e) => {
-                tracing::warn!(job = %job.id, error = %e, "jobs worker: heartbeat failed");
-                Beat::Held
-            }
-        }
-    }
-
-    async fn release(&self, job: &Job, lease_id: &str) {
-        match self.client.release(&job.id, lease_id).await {
-            Ok(()) => {
-                self.counters.released.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                tracing::warn!(job = %job.id, error = %e, "jobs worker: release failed; the job runs again when its lease runs out");
-            }
-        }
-    }
-
-    async fn fail(&self, job: &Job, lease_id: &str, e: &JobError) {
-        self.counters.failed.fetch_add(1, Ordering::Relaxed);
-        let r = self
-            .client
-            .fail(&job.id, lease_id, &e.message, e.retryable, e.retry_in)
-            .await;
-        if let Err(err) = r {
-            if matches!(err, ClientError::Problem { status: 409, .. }) {
-                self.counters.lost.fetch_add(1, Ordering::Relaxed);
-            }
-            tracing::warn!(job = %job.id, error = %err, "jobs worker: reporting a failure failed");
-        }
-    }
-}
-
-/// Counts leased jobs and gives each a task (holding its slot).
-fn start(ctx: &Arc<Ctx>, slots: &Arc<Semaphore>, tasks: &mut JoinSet<()>, jobs: Vec<Job>) {
-    ctx.counters
-        .leased
-        .fetch_add(jobs.len() as u64, Ordering::Relaxed);
-    for job in jobs {
-        tasks.spawn(run_job(ctx.clone(), job, Slot(slots.clone())));
-    }
-}
-
-async fn run_job(ctx: Arc<Ctx>, job: Job, _slot: Slot) {
-    let lease_id = job.lease_id.clone().unwrap_or_default();
-    let lease = job.lease_length().unwrap_or(Duration::from_secs(30));
-    let every = (lease / 3).max(Duration::from_millis(20));
-    let mut next_beat = Instant::now() + every;
-    // Wait for a free handler, keeping the lease alive.
-    let permit = loop {
-        tokio::select! {
-            biased;
-            () = ctx.stop.cancelled() => {
-                ctx.release(&job, &lease_id).await;
-                return;
-            }
-            p = ctx.exec.clone().acquire_owned() => match p {
-                Ok(p) => break p,
-                Err(_) => return,
-            },
-            () = tokio::time::sleep_until(next_beat) => {
-                if let Beat::Lost = ctx.heartbeat(&job, &lease_id).await {
-                    return;
-                }
-                next_beat = Instant::now() + every;
-            }
-        }
-    };
-    let handler = ctx
-        .handlers
-        .get(&job.kind)
-        .or(ctx.fallback.as_ref())
-        .cloned();
-    let Some(handler) = handler else {
-        drop(permit);
-        let e = JobError::retryable(format!(
-            "no handler for kind `{}` on worker for this queue",
-            job.kind
-        ));
-        ctx.fail(&job, &lease_id, &e).await;
-        return;
-    };
-    let run = AssertUnwindSafe(handler(job.clone())).catch_unwind();
-    tokio::pin!(run);
-    let outcome = loop {
-        tokio::select! {
-            r = &mut run => break Some(r),
-            () = tokio::time::sleep_until(next_beat) => {
-                if let Beat::Lost = ctx.heartbeat(&job, &lease_id).await {
-                    return;
-                }
-                next_beat = Instant::now() + every;
-            }
-            () = ctx.hard_stop.cancelled() => break None,
-        }
-    };
-    drop(permit);
-    match outcome {
-        None => ctx.release(&job, &lease_id).await,
-        Some(Ok(Ok(result))) => {
-            let c = Completion {
-                id: job.id,
-                lease_id,
-                result,
-            };
-            let _ = ctx.done.send(c).await;
-        }
-        Some(Ok(Err(e))) => ctx.fail(&job, &lease_id, &e).await,
-        Some(Err(panic)) => {
-            ctx.counters.panicked.fetch_add(1, Ordering::Relaxed);
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(ToString::to_string)
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a non-string payload".into());
-            let e = JobError::retryable(format!("handler panicked: {what}"));
-            ctx.fail(&job, &lease_id, &e).await;
-        }
-    }
-}
-
-/// Most completion requests in flight.
-const COMPLETE_IN_FLIGHT: usize = 2;
-
 /// Most lease requests in flight.
 const LEASES_IN_FLIGHT: usize = 2;
 
@@ -638,111 +416,4 @@ fn fatal(e: &ClientError) -> bool {
             ..
         }
     )
-}
-
-/// Sends completions in batches until every sender is gone and everything is flushed.
-async fn complete_loop(
-    client: JobsClient,
-    mut rx: mpsc::Receiver<Completion>,
-    counters: Arc<Counters>,
-    max_batch: usize,
-) {
-    let in_flight = Arc::new(Semaphore::new(COMPLETE_IN_FLIGHT));
-    // Servers without `POST /v1/jobs/complete` get one request per job.
-    let one_by_one = Arc::new(AtomicBool::new(false));
-    let mut sends = JoinSet::new();
-    let mut open = true;
-    while open {
-        let Some(first) = rx.recv().await else { break };
-        let mut batch = vec![first];
-        // A batch that is not full goes out only when no request is in flight: completions
-        // that arrive while the server commits one batch make the next, so a steady trickle
-        // of jobs costs a few statements per commit rather than one per job. A full batch
-        // goes out as soon as a request slot is free.
-        let permit = loop {
-            while batch.len() < max_batch {
-                match rx.try_recv() {
-                    Ok(c) => batch.push(c),
-                    Err(_) => break,
-                }
-            }
-            if batch.len() >= max_batch || !open {
-                break in_flight.clone().acquire_owned().await.ok();
-            }
-            if in_flight.available_permits() == COMPLETE_IN_FLIGHT
-                && let Ok(p) = in_flight.clone().try_acquire_owned()
-            {
-                break Some(p);
-            }
-            tokio::select! {
-                c = rx.recv() => match c {
-                    Some(c) => batch.push(c),
-                    None => open = false,
-                },
-                Some(_) = sends.join_next() => {} // a request finished
-            }
-        };
-        let Some(permit) = permit else { break };
-        let (client, counters, one_by_one) = (client.clone(), counters.clone(), one_by_one.clone());
-        sends.spawn(async move {
-            send_completions(&client, batch, &counters, &one_by_one).await;
-            drop(permit);
-        });
-        while sends.try_join_next().is_some() {}
-    }
-    while sends.join_next().await.is_some() {}
-}
-
-async fn send_completions(
-    client: &JobsClient,
-    batch: Vec<Completion>,
-    counters: &Counters,
-    one_by_one: &AtomicBool,
-) {
-    if !one_by_one.load(Ordering::Relaxed) {
-        for attempt in 0..5u32 {
-            match client.complete_batch(&batch).await {
-                Ok(out) => {
-                    counters
-                        .completed
-                        .fetch_add(out.completed, Ordering::Relaxed);
-                    for r in &out.rejected {
-                        counters.lost.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(job = %r.id, detail = %r.detail, "jobs worker: completion refused");
-                    }
-                    return;
-                }
-                Err(ClientError::Problem {
-                    status: 404 | 405, ..
-                }) => {
-                    one_by_one.store(true, Ordering::Relaxed);
-                    break;
-                }
-                Err(e @ ClientError::Problem { .. }) => {
-                    tracing::error!(error = %e, jobs = batch.len(), "jobs worker: batch completion refused; the jobs run again when their leases run out");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, "jobs worker: batch completion failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                }
-            }
-        }
-        if !one_by_one.load(Ordering::Relaxed) {
-            return;
-        }
-    }
-    for c in batch {
-        match client.complete(&c.id, &c.lease_id, c.result.as_ref()).await {
-            Ok(_) => {
-                counters.completed.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                if matches!(e, ClientError::Problem { status: 409, .. }) {
-                    counters.lost.fetch_add(1, Ordering::Relaxed);
-                }
-                tracing::warn!(job = %c.id, error = %e, "jobs worker: completion refused");
-            }
-        }
-    }
 }
