@@ -3,6 +3,8 @@
 //! The price is a Redis round trip per `/acquire` and `/record`; when Redis does not answer
 //! in time the service falls back to the node's own breaker and says so.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use mortar_core::storage::Redis;
@@ -75,6 +77,8 @@ pub struct Shared {
     redis: Redis,
     script: redis::Script,
     timeout: Duration,
+    /// Tests pin time (ms); production leaves it `None` (Redis `TIME`).
+    now_ms: Option<Arc<AtomicU64>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -91,7 +95,15 @@ impl Shared {
             redis,
             script: redis::Script::new(SCRIPT),
             timeout,
+            now_ms: None,
         }
+    }
+
+    /// Reads time from `now_ms` instead of Redis (deterministic tests).
+    #[must_use]
+    pub fn with_time(mut self, now_ms: Arc<AtomicU64>) -> Self {
+        self.now_ms = Some(now_ms);
+        self
     }
 
     /// `<prefix>resilience:breaker:{<name>}:<part>` (one hash tag per breaker).
@@ -107,7 +119,11 @@ impl Shared {
             .key(self.key(name, "ring"))
             .key(self.key(name, "permits"))
             .arg(op.name())
-            .arg("")
+            .arg(
+                self.now_ms
+                    .as_ref()
+                    .map_or_else(String::new, |t| t.load(Ordering::SeqCst).to_string()),
+            )
             .arg(cfg.window.as_str())
             .arg(cfg.window_size)
             .arg(cfg.window_ms)
