@@ -51,6 +51,13 @@ impl From<ResilienceError> for Problem {
                 retry_after_ms,
             } => calls::circuit_open(&name, state, retry_after_ms),
             ResilienceError::Permit(p) => permit_problem(&p),
+            e @ ResilienceError::TooManyPermits(_) => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-permits",
+                "too many permits in flight",
+                e.to_string(),
+            )
+            .with_retry_after(1),
             ResilienceError::Unavailable(what) => Problem::unavailable(
                 what,
                 format!("{what} did not answer in time; retry shortly"),

@@ -3,6 +3,7 @@
 use mortar_core::FieldError;
 
 use crate::breaker::State;
+use crate::permits::MAX_IN_FLIGHT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResilienceError {
@@ -30,6 +31,12 @@ pub enum ResilienceError {
     },
     #[error(transparent)]
     Permit(#[from] PermitError),
+    /// As many permits as a breaker may have in flight are unrecorded.
+    #[error(
+        "circuit breaker `{0}` has {MAX_IN_FLIGHT} permits in flight: record (or cancel) them, or \
+         let them expire, before acquiring more"
+    )]
+    TooManyPermits(String),
     /// A dependency (`postgres`, `sqlite`, `redis`) did not answer.
     #[error("{0} is unavailable")]
     Unavailable(&'static str),

@@ -24,8 +24,8 @@ pub fn describe() {
     );
     metrics::describe_counter!(
         PERMITS,
-        "HTTP permits by result: admitted, rejected (503), recorded (counted), ignored (cancelled \
-         or from before a state change)"
+        "HTTP permits by result: admitted, rejected (503), too_many (429: permits in flight at \
+         the bound), recorded (counted), ignored (cancelled or from before a state change)"
     );
     metrics::describe_counter!(
         SHARED_FALLBACKS,
@@ -78,9 +78,9 @@ pub fn permit(breaker: &str, result: &'static str) {
     counter!(PERMITS, "breaker" => breaker.to_owned(), "result" => result).increment(1);
 }
 
-/// A shared breaker's recorded call (the node-local ones count in [`CallCounters`]).
-pub fn shared_call(breaker: &str, failed: bool) {
-    let outcome = if failed { "failure" } else { "success" };
+/// A shared breaker's call (`outcome`: success, failure, rejected; node-local breakers count
+/// theirs in [`CallCounters`]).
+pub fn shared_call(breaker: &str, outcome: &'static str) {
     counter!(CALLS, "breaker" => breaker.to_owned(), "outcome" => outcome).increment(1);
 }
 

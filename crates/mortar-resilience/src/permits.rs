@@ -28,6 +28,10 @@ pub enum PermitId<'a> {
     },
 }
 
+/// Most unrecorded permits per breaker (per node for a node-local breaker, in Redis for a
+/// shared one): a caller that acquires and never records cannot grow memory without bound.
+pub const MAX_IN_FLIGHT: usize = 100_000;
+
 /// Longest permit id accepted.
 pub const MAX_PERMIT_LEN: usize = 200;
 
@@ -112,6 +116,22 @@ struct Table {
     held: HashMap<u64, (u64, Held)>,
     /// (expires_ms, seq), to expire in order.
     by_expiry: BTreeSet<(u64, u64)>,
+    /// Permits in flight per breaker.
+    per_breaker: HashMap<String, usize>,
+}
+
+impl Table {
+    fn remove(&mut self, seq: u64) -> Option<(u64, Held)> {
+        let (exp, h) = self.held.remove(&seq)?;
+        self.by_expiry.remove(&(exp, seq));
+        if let Some(n) = self.per_breaker.get_mut(&h.name) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_breaker.remove(&h.name);
+            }
+        }
+        Some((exp, h))
+    }
 }
 
 impl std::fmt::Debug for LocalPermits {
@@ -157,8 +177,28 @@ impl LocalPermits {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Keeps `ticket` for `ttl_ms`; returns the permit id.
-    pub fn issue(&self, name: &str, breaker: Arc<Breaker>, ticket: Ticket, ttl_ms: u64) -> String {
+    /// Keeps `ticket` for `ttl_ms`; returns the permit id, or `None` (the ticket cancelled)
+    /// when breaker `name` already has [`MAX_IN_FLIGHT`] permits in flight on this node.
+    pub fn issue(
+        &self,
+        name: &str,
+        breaker: Arc<Breaker>,
+        ticket: Ticket,
+        ttl_ms: u64,
+    ) -> Option<String> {
+        let full = {
+            let mut t = self.lock();
+            let n = t.per_breaker.entry(name.to_owned()).or_default();
+            let full = *n >= MAX_IN_FLIGHT;
+            if !full {
+                *n += 1;
+            }
+            full
+        };
+        if full {
+            breaker.finish_ticket(ticket, None, 0);
+            return None;
+        }
         let seq = self.next_seq();
         let expires_ms = self.now_ms() + ttl_ms;
         let held = Held {
@@ -170,7 +210,7 @@ impl LocalPermits {
         let mut t = self.lock();
         t.held.insert(seq, (expires_ms, held));
         t.by_expiry.insert((expires_ms, seq));
-        format!("l.{}.{seq}.{expires_ms}", self.node)
+        Some(format!("l.{}.{seq}.{expires_ms}", self.node))
     }
 
     /// Takes the permit out of flight for `/record` on breaker `name` (whose permits live
@@ -194,10 +234,7 @@ impl LocalPermits {
                 Some((_, h)) if h.name != name => {
                     return Err(PermitError::OtherBreaker(h.name.clone()));
                 }
-                Some(_) => t.held.remove(&seq).map(|(exp, h)| {
-                    t.by_expiry.remove(&(exp, seq));
-                    (exp, h)
-                }),
+                Some(_) => t.remove(seq),
                 None => None,
             }
         };
@@ -224,7 +261,7 @@ impl LocalPermits {
                     break;
                 }
                 t.by_expiry.pop_first();
-                if let Some((_, h)) = t.held.remove(&seq) {
+                if let Some((_, h)) = t.remove(seq) {
                     out.push(h);
                 }
             }
@@ -289,7 +326,7 @@ mod tests {
         let permits = LocalPermits::default();
         let b = Breaker::new("a", BreakerConfig::default());
         let (ticket, _) = b.acquire_ticket().unwrap();
-        let id = permits.issue("a", b.clone(), ticket, 60_000);
+        let id = permits.issue("a", b.clone(), ticket, 60_000).unwrap();
         let PermitId::Local {
             node,
             seq,
@@ -318,6 +355,32 @@ mod tests {
     }
 
     #[test]
+    fn permits_in_flight_are_bounded_per_breaker() {
+        let permits = LocalPermits::default();
+        let b = Breaker::new("busy", BreakerConfig::default());
+        let other = Breaker::new("other", BreakerConfig::default());
+        for _ in 0..MAX_IN_FLIGHT {
+            let (t, _) = b.acquire_ticket().unwrap();
+            assert!(permits.issue("busy", b.clone(), t, 60_000).is_some());
+        }
+        let (t, _) = b.acquire_ticket().unwrap();
+        assert!(permits.issue("busy", b.clone(), t, 60_000).is_none());
+        let (t, _) = other.acquire_ticket().unwrap();
+        let id = permits.issue("other", other.clone(), t, 60_000);
+        assert!(id.is_some(), "the bound is per breaker");
+        let Ok(PermitId::Local {
+            node,
+            seq,
+            expires_ms,
+        }) = PermitId::parse(id.as_deref().unwrap())
+        else {
+            panic!("local")
+        };
+        permits.take("other", 1, node, seq, expires_ms).unwrap();
+        assert_eq!(permits.in_flight(), MAX_IN_FLIGHT);
+    }
+
+    #[test]
     fn expired_probes_free_their_slot() {
         let permits = LocalPermits::default();
         let b = Breaker::new(
@@ -336,7 +399,7 @@ mod tests {
         let (probe, _) = b.acquire_ticket().unwrap();
         assert!(probe.is_probe());
         assert!(b.acquire_ticket().is_err(), "one probe at a time");
-        permits.issue("p", b.clone(), probe, 0);
+        permits.issue("p", b.clone(), probe, 0).unwrap();
         assert_eq!(permits.sweep(), 1);
         assert_eq!(permits.in_flight(), 0);
         assert!(

@@ -10,9 +10,9 @@
 -- ARGV[3..11] settings: window (count|time), window_size, window_ms, failure_rate_threshold,
 --   slow_call_rate_threshold, slow_call_ms, minimum_calls, wait_open_ms, half_open_calls
 -- ARGV[12] permit lifetime in ms
--- acquire: ARGV[13] a token unique across nodes (<node>-<seq>)
+-- acquire: ARGV[13] a token unique across nodes (<node>-<seq>), ARGV[14] most permits in flight
 -- record: ARGV[13] the member, ARGV[14] success | failure | cancelled, ARGV[15] duration_ms
--- Reply, all strings: result (ok | rejected | expired | used), state, member, ms (permit
+-- Reply, all strings: result (ok | rejected | busy | expired | used), state, member, ms (permit
 -- lifetime, or retry-after when rejected), counted (0|1), transition from, transition to,
 -- calls, failures, slow, probes in flight, last transition from, to, at (ms).
 
@@ -164,7 +164,11 @@ if op == 'acquire' then
     st.padm = st.padm + 1
     k = 'p'
   end
-  if k then
+  if k and redis.call('ZCARD', PERMITS) >= tonumber(ARGV[14]) then
+    -- As many permits as allowed are unrecorded: refuse, and undo the probe slot.
+    if k == 'p' then st.padm = st.padm - 1 end
+    result = 'busy'
+  elseif k then
     member = str(st.gen) .. '.' .. k .. '.' .. ARGV[13] .. '.' .. str(now + ttl)
     redis.call('ZADD', PERMITS, now + ttl, member)
     ms = ttl

@@ -10,6 +10,7 @@ use std::time::Duration;
 use mortar_core::storage::Redis;
 
 use crate::breaker::{BreakerConfig, State};
+use crate::permits::MAX_IN_FLIGHT;
 use crate::window::Totals;
 
 const SCRIPT: &str = include_str!("shared.lua");
@@ -53,6 +54,8 @@ pub enum Verdict {
     Rejected,
     Expired,
     Used,
+    /// [`MAX_IN_FLIGHT`] permits are unrecorded.
+    Busy,
 }
 
 /// The script's answer.
@@ -136,7 +139,7 @@ impl Shared {
             .arg(cfg.permit_ttl_ms());
         match op {
             Op::Acquire { token } => {
-                inv.arg(token);
+                inv.arg(token).arg(MAX_IN_FLIGHT);
             }
             Op::Record {
                 member,
@@ -206,6 +209,7 @@ fn parse(raw: &[String]) -> Option<Reply> {
         "rejected" => Verdict::Rejected,
         "expired" => Verdict::Expired,
         "used" => Verdict::Used,
+        "busy" => Verdict::Busy,
         _ => return None,
     };
     let transition = State::parse(tfrom).zip(State::parse(tto));

@@ -103,6 +103,7 @@ pub fn circuit_open(name: &str, state: State, retry_after_ms: u64) -> Problem {
 #[utoipa::path(post, path = "/v1/resilience/breakers/{name}/acquire", tag = "resilience", operation_id = "acquire_breaker_permit", params(BreakerPath),
     responses((status = 200, body = AcquireResponse, description = "the call may proceed"),
         (status = 404, body = Problem),
+        (status = 429, body = Problem, description = "the breaker has 100 000 unrecorded permits in flight (Retry-After)"),
         (status = 503, body = Problem, description = "circuit open: the call must not be made now (Retry-After)")))]
 pub(super) async fn acquire(
     AxumState(svc): Svc,

@@ -118,8 +118,13 @@ impl ResilienceService {
                                 degraded: false,
                             })
                         }
+                        Verdict::Busy => {
+                            crate::metrics::permit(name, "too_many");
+                            Err(ResilienceError::TooManyPermits(name.to_owned()))
+                        }
                         _ => {
                             crate::metrics::permit(name, "rejected");
+                            crate::metrics::shared_call(name, "rejected");
                             Err(rejected(name, r.state, r.ms))
                         }
                     };
@@ -132,10 +137,15 @@ impl ResilienceService {
         }
         match entry.breaker.acquire_ticket() {
             Ok((ticket, _)) => {
-                crate::metrics::permit(name, "admitted");
                 let ttl = entry.cfg.permit_ttl_ms();
+                let Some(permit) = self.permits.issue(name, entry.breaker.clone(), ticket, ttl)
+                else {
+                    crate::metrics::permit(name, "too_many");
+                    return Err(ResilienceError::TooManyPermits(name.to_owned()));
+                };
+                crate::metrics::permit(name, "admitted");
                 Ok(Admitted {
-                    permit: self.permits.issue(name, entry.breaker.clone(), ticket, ttl),
+                    permit,
                     state: entry.breaker.state(),
                     probe: ticket.is_probe(),
                     expires_in_ms: ttl,
@@ -201,11 +211,18 @@ impl ResilienceService {
                 self.redis_answered(name, &r);
                 match r.verdict {
                     Verdict::Expired => return Err(PermitError::Expired { ttl_ms: ttl }.into()),
-                    Verdict::Used | Verdict::Rejected => return Err(PermitError::Used.into()),
+                    Verdict::Used | Verdict::Rejected | Verdict::Busy => {
+                        return Err(PermitError::Used.into());
+                    }
                     Verdict::Ok => {}
                 }
                 if r.counted {
-                    crate::metrics::shared_call(name, outcome == Outcome::Failure);
+                    let outcome = if outcome == Outcome::Failure {
+                        "failure"
+                    } else {
+                        "success"
+                    };
+                    crate::metrics::shared_call(name, outcome);
                 }
                 Recorded {
                     state: r.state,
