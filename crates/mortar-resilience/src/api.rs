@@ -1,5 +1,5 @@
 //! `/v1/resilience/…`: breakers (list, show, create/update and delete API breakers, force
-//! open/close, disable, reset; calls over HTTP in [`calls`]) and bulkheads (permits in use,
+//! open/close, disable, reset; calls over HTTP in `api/calls.rs`) and bulkheads (permits in use,
 //! queue).
 
 mod calls;
