@@ -2,9 +2,9 @@
 //!
 //! Breakers come from three places ([`Source`]): `mortar.toml` (from start-up, read-only
 //! through the API), the API (`PUT /v1/resilience/breakers/{name}`: stored in the durable
-//! store, loaded at start-up and, in a cluster, every `refresh_ms` — `service/define.rs`), and blocks of
-//! this node that ask for one by name (created with default settings on first use). Calls from
-//! other languages go through HTTP permits (`service/calls.rs`).
+//! store, loaded at start-up and, in a cluster, every `refresh_ms` — `service/define.rs`), and
+//! blocks of this node that ask for one by name (created with default settings on first use).
+//! Calls from other languages go through HTTP permits (`service/calls.rs`).
 
 mod calls;
 mod define;
