@@ -401,3 +401,18 @@ async fn bad_permits_are_clear_problems() {
     assert_eq!(r.status, 400);
     assert!(r.text.contains("not shared"), "{}", r.text);
 }
+
+#[tokio::test]
+async fn a_shared_breaker_in_mortar_toml_needs_cluster_mode_with_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_at(dir.path(), None, &[mortar_resilience::store::migrations()]).await;
+    let cfg: ResilienceConfig = toml::from_str("[breakers.ledger]\nshared = true\n").unwrap();
+    let err = ResilienceService::start(&storage, &cfg)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("resilience.breakers.ledger.shared") && err.contains("Redis"),
+        "{err}"
+    );
+}
