@@ -268,8 +268,8 @@ pub type Upgrade =
 #[into_params(parameter_in = Query)]
 pub struct WatchParams {
     /// Resume after this cursor (an `id` the stream gave); `Last-Event-ID` takes precedence.
-    /// Omitted: from now.
-    #[param(pattern = r"^[0-9]{1,20}(-[0-9]{1,20})?$")]
+    /// Omitted or empty: from now.
+    #[param(pattern = r"^([0-9]{1,20}(-[0-9]{1,20})?)?$")]
     pub cursor: Option<String>,
     /// Long-poll instead of streaming: wait up to this long (0 to 60000 ms) for the first
     /// change, answer JSON `{items, cursor}`.

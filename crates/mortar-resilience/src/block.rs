@@ -13,8 +13,7 @@ pub struct Resilience;
 
 impl Block for Resilience {
     const NAME: &'static str = "resilience";
-    const ABOUT: &'static str =
-        "Circuit breakers and bulkheads: list, show, force open/close, disable, reset";
+    const ABOUT: &'static str = "Circuit breakers and bulkheads: create/update/delete, list, show, force open/close, disable, reset";
     const DOCS: &'static [KeyDoc] = ResilienceConfig::DOCS;
     const BENCH: bool = false;
     type Config = ResilienceConfig;
@@ -26,8 +25,12 @@ impl Block for Resilience {
         cfg.validate()
     }
 
-    async fn start(_ctx: &Ctx<'_>, cfg: &ResilienceConfig) -> Started<ResilienceService> {
-        let svc = ResilienceService::new(cfg)?;
+    fn migrations() -> Option<mortar_core::storage::Migrations> {
+        Some(crate::store::migrations())
+    }
+
+    async fn start(ctx: &Ctx<'_>, cfg: &ResilienceConfig) -> Started<ResilienceService> {
+        let svc = ResilienceService::start(ctx.storage, cfg).await?;
         Ok(Running::new(svc.clone(), api::router(svc)))
     }
 

@@ -10,6 +10,8 @@ pub const RETRIES: &str = "mortar_resilience_retries_total";
 pub const BUDGET_EXHAUSTED: &str = "mortar_resilience_retry_budget_exhausted_total";
 pub const QUEUE_DEPTH: &str = "mortar_resilience_bulkhead_queue_depth";
 pub const BULKHEAD_REJECTED: &str = "mortar_resilience_bulkhead_rejected_total";
+pub const PERMITS: &str = "mortar_resilience_permits_total";
+pub const SHARED_FALLBACKS: &str = "mortar_resilience_shared_fallbacks_total";
 
 pub fn describe() {
     metrics::describe_gauge!(
@@ -19,6 +21,15 @@ pub fn describe() {
     metrics::describe_counter!(
         CALLS,
         "calls through a circuit breaker by outcome (success, failure, rejected)"
+    );
+    metrics::describe_counter!(
+        PERMITS,
+        "HTTP permits by result: admitted, rejected (503), too_many (429: permits in flight at \
+         the bound), recorded (counted), ignored (cancelled or from before a state change)"
+    );
+    metrics::describe_counter!(
+        SHARED_FALLBACKS,
+        "calls of a shared breaker that redis did not answer (the node's own breaker decided)"
     );
     metrics::describe_counter!(RETRIES, "retries made");
     metrics::describe_counter!(
@@ -60,6 +71,21 @@ pub fn breaker_state(breaker: &str, state: State) {
         State::Disabled => 4.0,
     };
     gauge!(BREAKER_STATE, "breaker" => breaker.to_owned()).set(v);
+}
+
+/// One HTTP permit event (`result`: admitted, rejected, recorded, ignored).
+pub fn permit(breaker: &str, result: &'static str) {
+    counter!(PERMITS, "breaker" => breaker.to_owned(), "result" => result).increment(1);
+}
+
+/// A shared breaker's call (`outcome`: success, failure, rejected; node-local breakers count
+/// theirs in [`CallCounters`]).
+pub fn shared_call(breaker: &str, outcome: &'static str) {
+    counter!(CALLS, "breaker" => breaker.to_owned(), "outcome" => outcome).increment(1);
+}
+
+pub fn shared_fallback(breaker: &str) {
+    counter!(SHARED_FALLBACKS, "breaker" => breaker.to_owned()).increment(1);
 }
 
 pub fn retry(name: &str) {

@@ -495,9 +495,11 @@ async fn openapi_covers_every_route() {
             "/v1/ratelimit/{policy}/{key}",
             "/v1/resilience/breakers",
             "/v1/resilience/breakers/{name}",
+            "/v1/resilience/breakers/{name}/acquire",
             "/v1/resilience/breakers/{name}/disable",
             "/v1/resilience/breakers/{name}/force_close",
             "/v1/resilience/breakers/{name}/force_open",
+            "/v1/resilience/breakers/{name}/record",
             "/v1/resilience/breakers/{name}/reset",
             "/v1/resilience/bulkheads",
             "/v1/status"
