@@ -15,7 +15,7 @@ What a comment after a command (inline, or on the lines below it) asserts:
 A fragment is matched against each line of output, JSON lines re-serialised compactly in the
 server's key order, so write JSON fragments in the order the server answers them.
 
-Placeholders: `<id>`, `<lease_id>`, `<cursor>` take the latest value of that field in an earlier
+Placeholders: `<id>`, `<lease_id>`, `<cursor>`, `<permit>` take the latest value of that field in an earlier
 command's JSON output (`<id>` also any ULID printed by the CLI). `localhost:8700`, the RESP port
 6380 and any other `127.0.0.1:PORT` a command starts a server on are mapped to free ports.
 ```toml blocks are appended to ./mortar.toml in the tour's directory and the server restarts
@@ -191,13 +191,13 @@ def normalise(stdout):
 
 
 def capture(stdout):
-    """The first id / lease_id / cursor in a command's JSON output, else the first ULID printed."""
+    """The first id / lease_id / cursor / permit in a command's JSON output, else the first ULID printed."""
     found = {}
 
     def walk(v):
         if isinstance(v, dict):
             for k, x in v.items():
-                if k in ("id", "lease_id", "cursor", "next_cursor") and isinstance(x, str):
+                if k in ("id", "lease_id", "cursor", "next_cursor", "permit") and isinstance(x, str):
                     found.setdefault("cursor" if k == "next_cursor" else k, x)
                 walk(x)
         elif isinstance(v, list):
@@ -252,7 +252,7 @@ class Tour:
         redis = os.environ.get("MORTAR_TEST_REDIS_URL")
         if redis:
             code = code.replace("redis://127.0.0.1:6379", redis)
-        for name in ("id", "lease_id", "cursor"):
+        for name in ("id", "lease_id", "cursor", "permit"):
             if f"<{name}>" in code:
                 if name not in self.values:
                     raise LookupError(f"<{name}>: no earlier command printed one")

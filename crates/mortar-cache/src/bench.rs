@@ -9,8 +9,10 @@ pub struct BenchArgs {
     /// RESP address of the cache.
     #[arg(long, default_value = "redis://127.0.0.1:6380")]
     pub resp: String,
+    /// Concurrent connections.
     #[arg(long, short = 'c', default_value_t = 50)]
     pub concurrency: usize,
+    /// How long to run, in seconds.
     #[arg(long, short = 'd', default_value_t = 10)]
     pub duration: u64,
     /// Distinct keys.

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 /// Puts per second, or with --watch put → watcher latency; --etcd drives etcd instead.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
+    /// Concurrent writers.
     #[arg(long, short = 'c', default_value_t = 32)]
     pub concurrency: usize,
     /// Seconds of puts.
@@ -35,6 +36,7 @@ pub struct BenchArgs {
     /// --watch: values written (one at a time, `--interval-ms` apart).
     #[arg(long, default_value_t = 1000)]
     pub count: u64,
+    /// With --watch: milliseconds between puts.
     #[arg(long, default_value_t = 2)]
     pub interval_ms: u64,
     /// --watch: the server's pid (same machine): its RSS is reported before the watchers

@@ -57,6 +57,7 @@ pub enum CronCommand {
         /// A new expression.
         #[arg(long)]
         expr: Option<String>,
+        /// IANA time zone the expression is read in.
         #[arg(long)]
         timezone: Option<String>,
         /// The job's queue.
@@ -104,6 +105,7 @@ pub enum CronCommand {
     /// Run history, newest first.
     Runs {
         schedule: String,
+        /// How many, newest first.
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
@@ -114,8 +116,10 @@ pub enum CronCommand {
     /// restricted other day field is refused (implementations disagree on its meaning).
     Preview {
         expr: String,
+        /// IANA time zone the expression is read in.
         #[arg(long, default_value = "UTC")]
         timezone: String,
+        /// How many fire times.
         #[arg(long, default_value_t = 10)]
         count: u32,
         /// RFC 3339 (default now).

@@ -14,8 +14,10 @@ use serde_json::{Value, json};
 /// Acquire + release pairs (or, with --contended, hand-off latency); --target drives a peer.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
+    /// Concurrent clients.
     #[arg(long, short = 'c', default_value_t = 32)]
     pub concurrency: usize,
+    /// How long to run, in seconds.
     #[arg(long, short = 'd', default_value_t = 10)]
     pub duration: u64,
     /// What to drive: mortar (the server at --url), redis://… or etcd http://… (a peer).

@@ -14,13 +14,16 @@ pub enum LockCommand {
     /// Take a lock (prints the lease id and fencing token).
     Acquire {
         name: String,
+        /// Lease length: 10s, 500ms, 1m, or plain milliseconds.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         ttl: Duration,
         /// Wait in line this long if held.
         #[arg(long, default_value = "0", value_parser = parse_duration)]
         wait: Duration,
+        /// Holders allowed at once (a semaphore when above 1).
         #[arg(long, default_value_t = 1)]
         permits: u32,
+        /// Who holds it, shown to others (default: user@host).
         #[arg(long)]
         owner: Option<String>,
     },
@@ -28,6 +31,7 @@ pub enum LockCommand {
     Renew {
         name: String,
         lease_id: String,
+        /// Lease length: 10s, 500ms, 1m, or plain milliseconds.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         ttl: Duration,
     },
@@ -56,6 +60,7 @@ pub enum LockCommand {
     },
     /// Locks in use.
     List {
+        /// Only locks whose name starts with this.
         #[arg(long, default_value = "")]
         prefix: String,
     },
@@ -64,8 +69,10 @@ pub enum LockCommand {
     /// 75 (EX_TEMPFAIL) when the lock stayed held through --wait, so the command never ran.
     Run {
         name: String,
+        /// Lease length: 10s, 500ms, 1m, or plain milliseconds.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         ttl: Duration,
+        /// How long to wait in line when it is held: 5s, or plain milliseconds.
         #[arg(long, default_value = "0", value_parser = parse_duration)]
         wait: Duration,
         /// Grace between SIGTERM and SIGKILL when the lease is lost.

@@ -14,6 +14,7 @@ pub enum RateLimitCommand {
         /// Policy name (comma-separated for several, checked atomically).
         policy: String,
         key: String,
+        /// Units to take (default 1).
         #[arg(long, default_value_t = 1)]
         cost: u64,
     },

@@ -14,15 +14,21 @@ use serde_json::{Value, json};
 pub enum ConfigCommand {
     /// One key's effective value (JSON), e.g. `mortar config get billing prod db.pool.max`.
     Get {
+        /// Namespace.
         ns: String,
+        /// Environment.
         env: String,
+        /// The dotted key, e.g. db.pool.max.
         key: String,
     },
     /// Set a key. The value is JSON (`20`, `true`, `'{"a":1}'`); anything that is not JSON is
     /// taken as a string (`hello`); `-` reads it from stdin.
     Set {
+        /// Namespace.
         ns: String,
+        /// Environment.
         env: String,
+        /// The dotted key, e.g. db.pool.max.
         key: String,
         value: String,
         /// Why (kept in the history).
@@ -34,9 +40,13 @@ pub enum ConfigCommand {
     },
     /// Delete a key from an environment (what it falls back to shows through).
     Delete {
+        /// Namespace.
         ns: String,
+        /// Environment.
         env: String,
+        /// The dotted key, e.g. db.pool.max.
         key: String,
+        /// Why: kept in the history with the change.
         #[arg(long, short)]
         message: Option<String>,
     },
@@ -45,22 +55,29 @@ pub enum ConfigCommand {
     /// The effective values: `KEY='value'` lines for a shell (`eval "$(mortar config export
     /// billing prod)"`), or a flat JSON or YAML document (`--format json|yaml`).
     Export {
+        /// Namespace.
         ns: String,
+        /// Environment.
         env: String,
+        /// env (KEY=value lines, the default), json or yaml.
         #[arg(long, default_value = "env")]
         format: String,
     },
     /// Set every key of a JSON or YAML file (nested objects become dotted keys) in one change
     /// set; `--replace` also deletes the environment's keys the file lacks. `-` reads stdin.
     Import {
+        /// Namespace.
         ns: String,
+        /// Environment.
         env: String,
         file: String,
         /// json or yaml (default: from the file's extension, else json).
         #[arg(long)]
         format: Option<String>,
+        /// Also delete the environment's own keys the file lacks.
         #[arg(long)]
         replace: bool,
+        /// Why: kept in the history with the change.
         #[arg(long, short)]
         message: Option<String>,
     },
@@ -68,31 +85,42 @@ pub enum ConfigCommand {
     /// staging prod`): `+` only in the second, `-` only in the first, `~` different. Exits 1 when
     /// they differ, like diff(1).
     Diff {
+        /// Namespace.
         ns: String,
         from: String,
         to: String,
     },
     /// An environment's changes, newest first.
     History {
+        /// Namespace.
         ns: String,
+        /// Environment.
         env: String,
+        /// Only this key.
         #[arg(long)]
         key: Option<String>,
+        /// How many revisions, newest first.
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
     /// Restore an environment as it was at a revision (as a new revision).
     Rollback {
+        /// Namespace.
         ns: String,
+        /// Environment.
         env: String,
         revision: u64,
     },
     /// Print each change as it happens (one JSON line per event), resuming without gaps.
     Watch {
+        /// Namespace.
         ns: String,
+        /// Environment.
         env: String,
+        /// Only this key.
         #[arg(long)]
         key: Option<String>,
+        /// Only keys that start with this.
         #[arg(long)]
         prefix: Option<String>,
         /// Start after this revision instead of with a snapshot.
@@ -103,8 +131,10 @@ pub enum ConfigCommand {
     /// plus MORTAR_CONFIG_REVISION); restart it when they change, or send it a signal
     /// (`--on-change HUP`). Exits with the command's code.
     Run {
+        /// Namespace.
         #[arg(long)]
         ns: String,
+        /// Environment.
         #[arg(long)]
         env: String,
         /// `restart` (SIGTERM, then SIGKILL after --grace) or a signal name (HUP, USR1, …).
@@ -121,6 +151,7 @@ pub enum ConfigCommand {
     Schema {
         /// get, set or delete.
         action: String,
+        /// Namespace.
         ns: String,
         file: Option<String>,
     },
