@@ -1,24 +1,21 @@
 //! `mortar cron` against a real node: add with durations, a manual run in the schedule's last
 //! run (API and LAST column), and `update` changing only the flags given.
 
-use std::process::{Command, Output};
-
-use mortar_testkit::{Node, NodeConfig, mortar_bin};
+use mortar_testkit::{Node, NodeConfig};
 use serde_json::Value;
 
-fn cron(url: &str, args: &[&str]) -> Output {
-    let out = Command::new(mortar_bin())
-        .arg("cron")
-        .args(args)
-        .env("MORTAR_URL", url)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{args:?}: {out:?}");
+/// `mortar cron <args>`'s stdout; it must succeed.
+fn cron(url: &str, args: &[&str]) -> String {
+    let args: Vec<&str> = std::iter::once("cron")
+        .chain(args.iter().copied())
+        .collect();
+    let (code, out, err) = mortar_testkit::cli(url, &args);
+    assert_eq!(code, Some(0), "{args:?}: {err}");
     out
 }
 
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap()
+fn json(out: &str) -> Value {
+    serde_json::from_str(out).unwrap()
 }
 
 #[tokio::test]
@@ -54,7 +51,7 @@ async fn update_durations_and_the_latest_run_of_any_kind() {
         assert!(shown.get("last_fire_at").is_none(), "{shown}");
         let listed = json(&cron(&url, &["list", "--json"]));
         assert_eq!(listed["items"][0]["last_run"]["kind"], "manual");
-        let table = String::from_utf8(cron(&url, &["list"]).stdout).unwrap();
+        let table = cron(&url, &["list"]);
         assert!(table.contains("(manual)"), "{table}");
 
         // Only what is given changes.
@@ -79,13 +76,10 @@ async fn update_durations_and_the_latest_run_of_any_kind() {
         assert_eq!(updated["catchup_window_ms"], 1_800_000);
         assert_eq!(updated["timezone"], "UTC");
 
-        let bad = Command::new(mortar_bin())
-            .args(["cron", "update", "nightly", "--jitter", "soon"])
-            .env("MORTAR_URL", &url)
-            .output()
-            .unwrap();
-        assert_eq!(bad.status.code(), Some(2));
-        assert!(String::from_utf8_lossy(&bad.stderr).contains("not a duration"));
+        let (code, _, err) =
+            mortar_testkit::cli(&url, &["cron", "update", "nightly", "--jitter", "soon"]);
+        assert_eq!(code, Some(2));
+        assert!(err.contains("not a duration"), "{err}");
     })
     .await
     .unwrap();

@@ -1,27 +1,13 @@
 //! `mortar lock acquire|renew|release|status|list|force-release` against a real node.
 
-use std::process::Command;
-
-use mortar_testkit::{Node, NodeConfig, mortar_bin};
+use mortar_testkit::{Node, NodeConfig};
 
 #[tokio::test]
 async fn acquire_status_renew_release_list() {
     let node = Node::start(NodeConfig::named("lock-cli")).await.unwrap();
     let url = node.url("");
     let out = tokio::task::spawn_blocking(move || {
-        let run = |args: &[&str]| {
-            let o = Command::new(mortar_bin())
-                .args(args)
-                .env("MORTAR_URL", &url)
-                .env_remove("MORTAR_TOKEN")
-                .output()
-                .unwrap();
-            (
-                o.status.code(),
-                String::from_utf8_lossy(&o.stdout).into_owned(),
-                String::from_utf8_lossy(&o.stderr).into_owned(),
-            )
-        };
+        let run = |args: &[&str]| mortar_testkit::cli(&url, args);
         let acquired = run(&[
             "lock",
             "acquire",
@@ -72,19 +58,7 @@ async fn force_release_and_lease_ids_in_status() {
         .unwrap();
     let url = node.url("");
     let out = tokio::task::spawn_blocking(move || {
-        let run = |args: &[&str]| {
-            let o = Command::new(mortar_bin())
-                .args(args)
-                .env("MORTAR_URL", &url)
-                .env_remove("MORTAR_TOKEN")
-                .output()
-                .unwrap();
-            (
-                o.status.code(),
-                String::from_utf8_lossy(&o.stdout).into_owned(),
-                String::from_utf8_lossy(&o.stderr).into_owned(),
-            )
-        };
+        let run = |args: &[&str]| mortar_testkit::cli(&url, args);
         let mut leases = Vec::new();
         for owner in ["w1", "w2"] {
             let (_, out, err) = run(&[

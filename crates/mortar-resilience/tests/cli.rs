@@ -16,20 +16,8 @@ async fn list_show_force_open_force_close_reset() {
     let url = node.url("");
     let out = tokio::task::spawn_blocking(move || {
         let run = |args: &[&str]| {
-            let o = Command::new(mortar_bin())
-                .args(args)
-                .env("MORTAR_URL", &url)
-                .env_remove("MORTAR_TOKEN")
-                .output()
-                .unwrap();
-            (
-                o.status.code(),
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                ),
-            )
+            let (code, out, err) = mortar_testkit::cli(&url, args);
+            (code, format!("{out}{err}"))
         };
         let list = run(&["resilience", "list"]);
         let opened = run(&["resilience", "force-open", "payments"]);

@@ -22,7 +22,7 @@ mod private_pg;
 mod private_redis;
 mod services;
 
-pub use node::{Node, NodeConfig, mortar_bin};
+pub use node::{Node, NodeConfig, cli, mortar_bin};
 pub use private_pg::PrivatePostgres;
 pub use private_redis::{PrivateRedis, eventually, free_port};
 pub use services::{Services, TestDatabase, redis_url, services};

@@ -12,6 +12,22 @@ use anyhow::{Context, Result, anyhow, bail};
 /// How long a node may take to log `listening` and then to become ready.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Runs `mortar <args>` (the CLI) against the server at `url`, with no token from the
+/// environment: (exit code, stdout, stderr).
+pub fn cli(url: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let o = std::process::Command::new(mortar_bin())
+        .args(args)
+        .env("MORTAR_URL", url)
+        .env_remove("MORTAR_TOKEN")
+        .output()
+        .expect("run mortar");
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
 /// The `mortar` binary: `$MORTAR_BIN`, else `target/<profile>/mortar` next to the test binary
 /// (`cargo nextest run --workspace` and `scripts/test` build it; `cargo test -p <block>` does
 /// not). Panics with the command to run when it is missing, and warns (once) when a source file

@@ -121,7 +121,8 @@ impl Attempt<'_> {
                         crate::engine::TIMED_OUT,
                         timeout.as_millis()
                     ));
-                    ctx.report_failure(job, &self.lease_id, &e).await;
+                    ctx.report_failure(job, &self.lease_id, &e, Deadline::Passed)
+                        .await;
                 }
                 Outcome::TimedOut(timeout)
             }
@@ -151,8 +152,10 @@ impl Ctx {
         }
     }
 
-    /// Reports a failed attempt; a refusal is counted by its reason.
-    async fn report_failure(&self, job: &Job, lease_id: &str, e: &JobError) {
+    /// Reports a failed attempt; a refusal is counted by its reason — except at the attempt's
+    /// deadline, where the server may have ended the attempt (and leased the job again) first:
+    /// a timed-out attempt either way, not a lost lease.
+    async fn report_failure(&self, job: &Job, lease_id: &str, e: &JobError, deadline: Deadline) {
         let r = self
             .client
             .fail(
@@ -167,6 +170,9 @@ impl Ctx {
             match Refusal::of(&err) {
                 // Already ended as timed out, or cancelled: what the caller counts anyway.
                 Some(Refusal::TimedOut | Refusal::Cancelled) => {}
+                Some(Refusal::Lost) if deadline == Deadline::Passed => {
+                    tracing::debug!(job = %job.id, "jobs worker: the server ended the timed-out attempt first");
+                }
                 Some(Refusal::Lost) => {
                     self.counters.lost.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(job = %job.id, error = %err, "jobs worker: reporting a failure failed");
@@ -180,7 +186,7 @@ impl Ctx {
 
     async fn fail(&self, job: &Job, lease_id: &str, e: &JobError) {
         self.counters.failed.fetch_add(1, Ordering::Relaxed);
-        self.report_failure(job, lease_id, e).await;
+        self.report_failure(job, lease_id, e, Deadline::Ahead).await;
     }
 
     fn report(&self, r: Report<'_>) {
@@ -356,4 +362,11 @@ async fn finished(
             Outcome::Failed(e.message().to_owned())
         }
     }
+}
+
+/// Whether a failure is reported at its attempt's deadline.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    Ahead,
+    Passed,
 }
