@@ -76,7 +76,7 @@ async fn config_run_restarts_its_command_on_a_change() {
     let script = format!("echo \"$GREETING\" >> {}; sleep 60", out.display());
     let mut run = tokio::process::Command::new(mortar_bin())
         .args([
-            "config", "run", "--ns", "app", "--env", "base", "--grace", "2",
+            "config", "run", "--ns", "app", "--env", "base", "--grace", "2s",
         ])
         .args(["--", "sh", "-c", &script])
         .env("MORTAR_URL", node.url(""))

@@ -140,9 +140,9 @@ pub enum ConfigCommand {
         /// `restart` (SIGTERM, then SIGKILL after --grace) or a signal name (HUP, USR1, …).
         #[arg(long, default_value = "restart")]
         on_change: String,
-        /// Seconds between SIGTERM and SIGKILL on a restart.
-        #[arg(long, default_value_t = 10)]
-        grace: u64,
+        /// Time between SIGTERM and SIGKILL on a restart: 10s, 500ms, or plain milliseconds.
+        #[arg(long, default_value = "10s", value_parser = mortar_core::client::parse_duration)]
+        grace: std::time::Duration,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -358,8 +358,7 @@ pub async fn run(args: &ClientArgs, cmd: &ConfigCommand) -> Result<Output, Clien
             grace,
             command,
         } => {
-            let grace = std::time::Duration::from_secs(*grace);
-            return run::run(args, ns, env, on_change, grace, command).await;
+            return run::run(args, ns, env, on_change, *grace, command).await;
         }
         ConfigCommand::Watch {
             ns,
