@@ -8,7 +8,10 @@
 //! SQLite the file's one writer thread serializes them. A reader that sees revision N therefore
 //! sees every revision below it, which is what lets watchers follow the history without gaps.
 
+mod group;
+
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use mortar_core::params;
 use mortar_core::storage::Durable;
@@ -132,12 +135,15 @@ const CHANGE_COLUMNS: &str =
 #[derive(Debug, Clone)]
 pub struct ConfigStore {
     db: Db,
+    /// PostgreSQL's group commit of this node's writes.
+    group: Arc<group::WriteGroup>,
 }
 
 impl ConfigStore {
     pub fn new(durable: Durable) -> Self {
         Self {
             db: Db::new(durable),
+            group: Arc::default(),
         }
     }
 
@@ -390,28 +396,8 @@ impl ConfigStore {
                 .await?
                 .map_err(WriteError::Refused)
             }
-            Writes::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                // Serializes writers to commit: revisions commit in order. Held for four round
-                // trips and the commit: the lock, one read, one write, COMMIT.
-                let head: i64 =
-                    sqlx::query_scalar("SELECT revision FROM config_meta WHERE id = 1 FOR UPDATE")
-                        .fetch_one(&mut *tx)
-                        .await?;
-                let state = state_pg(&mut tx, head, &set).await?;
-                let writes = decide(&state).map_err(WriteError::Refused)?;
-                let revision: i64 = sqlx::query_scalar(PG_WRITE)
-                    .bind(json(&writes))
-                    .bind(&set.ns)
-                    .bind(&set.env)
-                    .bind(&set.principal)
-                    .bind(&set.message)
-                    .bind(set.at_ms)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok((revision, writes))
-            }
+            // Serialized by the revision lock (revisions commit in order), grouped per node.
+            Writes::Postgres(pool) => self.group.write(pool, set, decide).await,
         }
     }
 
@@ -498,6 +484,24 @@ fn state_sqlite(c: &rusqlite::Connection, q: &StateSql) -> rusqlite::Result<Stat
         values: by_env(values),
         schema: schema.into_iter().next(),
     })
+}
+
+/// Writes `writes` as one new revision on PostgreSQL (inside a transaction holding the
+/// revision lock); returns it.
+async fn pg_write(
+    tx: &mut sqlx::PgConnection,
+    set: &WriteSet,
+    writes: &[Write],
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(PG_WRITE)
+        .bind(json(writes))
+        .bind(&set.ns)
+        .bind(&set.env)
+        .bind(&set.principal)
+        .bind(&set.message)
+        .bind(set.at_ms)
+        .fetch_one(&mut *tx)
+        .await
 }
 
 /// A write's state on PostgreSQL, in one statement (its snapshot is taken after the lock).
