@@ -7,6 +7,8 @@
 //! locking the `config_meta` row, so writers are serialized and revisions commit in order; on
 //! SQLite the file's one writer thread serializes them. A reader that sees revision N therefore
 //! sees every revision below it, which is what lets watchers follow the history without gaps.
+//! On PostgreSQL a node's writes that queue while its transaction is in flight share the next
+//! one (`group`: one lock and one COMMIT for many revisions).
 
 mod group;
 
