@@ -1,7 +1,7 @@
 //! Namespace schemas: JSON Schema (draft 2020-12, no network or file resolution) over each
 //! environment's effective document, an object whose properties are the keys.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use mortar_core::problem::FieldError;
@@ -49,8 +49,11 @@ impl Checker {
             };
         }
         let known: Vec<String> = envs.keys().chain(configured.keys()).cloned().collect();
+        let mut secret = secret_keys(values);
+        secret.extend(writes.iter().filter(|w| w.secret).map(|w| w.key.clone()));
         self.check_envs(
             &layers,
+            &secret,
             &engine::dependents(env, &known, configured),
             configured,
         )
@@ -66,12 +69,14 @@ impl Checker {
         let mut envs: Vec<String> = layers.keys().chain(configured.keys()).cloned().collect();
         envs.sort();
         envs.dedup();
-        self.check_envs(&layers, &envs, configured)
+        self.check_envs(&layers, &secret_keys(values), &envs, configured)
     }
 
+    /// Each failure names the pointer and the rule; a secret's value is never quoted.
     fn check_envs(
         &self,
         layers: &HashMap<String, BTreeMap<String, Value>>,
+        secret: &HashSet<String>,
         envs: &[String],
         configured: &BTreeMap<String, Vec<String>>,
     ) -> Result<(), ConfigError> {
@@ -85,13 +90,26 @@ impl Checker {
             let doc = Value::Object(doc);
             for e in self.validator.iter_errors(&doc) {
                 let pointer = e.instance_path().to_string();
+                let key = pointer
+                    .split('/')
+                    .nth(1)
+                    .map(|k| k.replace("~1", "/").replace("~0", "~"));
+                let message = if key.is_some_and(|k| secret.contains(&k)) {
+                    format!(
+                        "in `{env}`: the secret value does not satisfy schema rule {} (secret \
+                         values are never shown)",
+                        e.schema_path()
+                    )
+                } else {
+                    format!("in `{env}`: {e} (schema rule {})", e.schema_path())
+                };
                 errors.push(FieldError::new(
                     if pointer.is_empty() {
                         "/".to_owned()
                     } else {
                         pointer
                     },
-                    format!("in `{env}`: {e} (schema rule {})", e.schema_path()),
+                    message,
                 ));
             }
         }
@@ -106,6 +124,18 @@ impl Checker {
 
 fn parse(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or(Value::Null)
+}
+
+/// The keys that hold a secret in some environment.
+fn secret_keys(values: &HashMap<String, BTreeMap<String, ValueRow>>) -> HashSet<String> {
+    values
+        .values()
+        .flat_map(|rows| {
+            rows.iter()
+                .filter(|(_, r)| r.secret)
+                .map(|(k, _)| k.clone())
+        })
+        .collect()
 }
 
 fn layers(
