@@ -3,7 +3,7 @@
 //! and spoken over OpenFeature's remote evaluation protocol (OFREP).
 //!
 //! Phase 1 (this crate today) is the design below and its evaluation engine ([`engine`]) with
-//! the JSON shapes of definitions and contexts (`model`). The store, service, HTTP API, stream,
+//! the JSON shapes of definitions and contexts ([`model`]). The store, service, HTTP API, stream,
 //! SDK and CLI described here are phase 2 onwards ("Not built yet" at the end).
 //!
 //! # Model
@@ -57,7 +57,7 @@
 //!   newer server's operator reaching an older SDK breaks that flag only), and a typed
 //!   evaluation of a flag of another type `TYPE_MISMATCH`. A context over the limits, or with
 //!   a `targetingKey` that is not a string, is refused before evaluation (`INVALID_CONTEXT`,
-//!   `model::context`).
+//!   [`model::context`]).
 //! * **Reasons** (OpenFeature): `DISABLED` (off variant), `TARGETING_MATCH` (a rule's variant),
 //!   `SPLIT` (a split, in a rule or the default), `STATIC` (enabled, no rules, a default
 //!   variant), `DEFAULT` (rules, none matched, the default variant), `ERROR`. Metadata names
@@ -122,7 +122,7 @@
 //! `stream`, `events`, `audit`, `config` are reserved (they name routes).
 //!
 //! * `GET /v1/flags?tag=&stale=true&limit=&cursor=` → `{items, next_cursor}`;
-//!   `POST /v1/flags` (`model::FlagDoc` without `salt`) → 201 the flag with its salt and
+//!   `POST /v1/flags` ([`model::FlagDoc`] without `salt`) → 201 the flag with its salt and
 //!   revision; `GET|PUT|DELETE /v1/flags/{key}` (the whole definition);
 //!   `PUT|DELETE /v1/flags/{key}/environments/{env}` (one state: `{"enabled", "rules",
 //!   "default"}`); `POST /v1/flags/{key}/environments/{env}/enable|disable|rollout`
@@ -142,7 +142,7 @@
 //!
 //! # Store (phase 2): mortar-config's design, shared rather than copied
 //!
-//! SQL only (SQLite embedded, PostgreSQL cluster), definitions as JSON text of `model`'s shapes:
+//! SQL only (SQLite embedded, PostgreSQL cluster), definitions as JSON text of [`model`]'s shapes:
 //! `flags_flags (key, salt, doc, revision)`, `flags_states (key, env, doc, revision)`,
 //! `flags_segments (key, doc, revision)`, `flags_envs (env, revision)`, and the history,
 //! which is the audit log: `flags_changes (revision, kind, key, env, doc, prev, principal,
@@ -181,12 +181,13 @@
 //!
 //! # Not built yet
 //!
-//! Everything outside [`engine`] and `model`: the store and migrations, the service, the OFREP
+//! Everything outside [`engine`] and [`model`]: the store and migrations, the service, the OFREP
 //! and management routes, the stream, the Rust SDK (`FlagsClient`: load, follow, evaluate
 //! locally, fall back to the last config, batch exposures), stored sticky assignments,
 //! experiments and their statistics, stale-flag detection and the `FlagStale` event, metrics,
 //! the CLI, the block's registration in mortar-server, the side-by-side benchmarks.
 
 pub mod engine;
+pub mod model;
 
 pub use engine::{Context, Evaluation, FlagType, Reason, Ruleset, Value};
