@@ -67,7 +67,7 @@ fn every_source_file_starts_with_a_doc_line() {
 fn engines_do_no_io_and_know_no_wire_format() {
     let mut impure = Vec::new();
     for (path, text) in all_sources() {
-        if !path.ends_with("/engine.rs") {
+        if !path.ends_with("/engine.rs") && !path.contains("/engine/") {
             continue;
         }
         for word in [
