@@ -13,7 +13,6 @@
 mod group;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 use mortar_core::params;
 use mortar_core::storage::Durable;
@@ -138,14 +137,14 @@ const CHANGE_COLUMNS: &str =
 pub struct ConfigStore {
     db: Db,
     /// PostgreSQL's group commit of this node's writes.
-    group: Arc<group::WriteGroup>,
+    group: group::WriteGroup,
 }
 
 impl ConfigStore {
     pub fn new(durable: Durable) -> Self {
         Self {
             db: Db::new(durable),
-            group: Arc::default(),
+            group: group::WriteGroup::default(),
         }
     }
 

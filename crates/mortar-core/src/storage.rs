@@ -6,6 +6,7 @@
 //! [`sqlite_writer`], the one writer thread per SQLite file that hot write paths batch into.
 
 pub mod gate;
+pub mod group;
 pub mod notify;
 mod open;
 pub mod sql;

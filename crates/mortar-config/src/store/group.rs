@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
+use mortar_core::storage::group::Group;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
 
@@ -100,38 +101,24 @@ fn copy(e: &sqlx::Error) -> sqlx::Error {
     }
 }
 
-/// The queue of one node's change sets and whether a transaction is draining it.
-#[derive(Default)]
+/// The queue of one node's change sets (`mortar_core::storage::group`), in transactions of at
+/// most [`MAX_GROUP`].
+#[derive(Debug, Clone)]
 pub(super) struct WriteGroup {
-    state: std::sync::Mutex<GroupState>,
+    queue: Arc<Group<Box<dyn Pending>>>,
 }
 
-#[derive(Default)]
-struct GroupState {
-    busy: bool,
-    pending: Vec<Box<dyn Pending>>,
-}
-
-impl std::fmt::Debug for WriteGroup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteGroup").finish_non_exhaustive()
+impl Default for WriteGroup {
+    fn default() -> Self {
+        Self {
+            queue: Arc::new(Group::new(MAX_GROUP)),
+        }
     }
 }
 
 impl WriteGroup {
-    fn lock(&self) -> std::sync::MutexGuard<'_, GroupState> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Writes one change set with whatever else is queued; committed when this returns.
-    pub(super) async fn write<E, F>(
-        self: &Arc<Self>,
-        pool: &PgPool,
-        set: WriteSet,
-        decide: F,
-    ) -> Outcome<E>
+    pub(super) async fn write<E, F>(&self, pool: &PgPool, set: WriteSet, decide: F) -> Outcome<E>
     where
         E: Send + 'static,
         F: FnOnce(&State) -> Result<Vec<Write>, E> + Send + 'static,
@@ -143,70 +130,38 @@ impl WriteGroup {
             decided: None,
             reply,
         };
-        let lead = {
-            let mut s = self.lock();
-            s.pending.push(Box::new(item));
-            !std::mem::replace(&mut s.busy, true)
-        };
-        if lead {
-            // A task of its own: the writes it carries are answered even if this request is
-            // dropped.
-            let (group, pool) = (self.clone(), pool.clone());
-            tokio::spawn(async move { group.drain(&pool).await });
-        }
+        let pool = pool.clone();
+        self.queue
+            .push(Box::new(item), move |batch| commit(pool.clone(), batch));
         answer.await.unwrap_or_else(|_| {
             Err(WriteError::Store(sqlx::Error::Protocol(
                 "the write's transaction ended unexpectedly".into(),
             )))
         })
     }
+}
 
-    async fn drain(&self, pool: &PgPool) {
-        /// Lets the next write lead again if this task ends by a panic; the writes it held are
-        /// dropped, so they fail.
-        struct Lead<'a>(&'a WriteGroup, bool);
-        impl Drop for Lead<'_> {
-            fn drop(&mut self) {
-                if !self.1 {
-                    let mut s = self.0.lock();
-                    s.busy = false;
-                    s.pending.clear();
-                }
-            }
-        }
-        let mut lead = Lead(self, false);
-        loop {
-            let mut batch = {
-                let mut s = self.lock();
-                if s.pending.is_empty() {
-                    s.busy = false;
-                    lead.1 = true;
-                    return;
-                }
-                let n = s.pending.len().min(MAX_GROUP);
-                s.pending.drain(..n).collect::<Vec<_>>()
-            };
-            match Self::commit(pool, &mut batch).await {
-                Ok(()) => batch.into_iter().for_each(Pending::committed),
-                Err(e) => {
-                    for item in batch {
-                        item.failed(&e);
-                    }
-                }
-            }
-        }
-    }
-
-    /// One transaction for `batch`: the revision lock, each change set in turn, COMMIT.
-    async fn commit(pool: &PgPool, batch: &mut [Box<dyn Pending>]) -> Result<(), sqlx::Error> {
+/// One transaction for `batch`: the revision lock, each change set in turn, COMMIT; then the
+/// answers.
+async fn commit(pool: PgPool, mut batch: Vec<Box<dyn Pending>>) {
+    let done = async {
         let mut tx = pool.begin().await?;
         let mut head: i64 =
             sqlx::query_scalar("SELECT revision FROM config_meta WHERE id = 1 FOR UPDATE")
                 .fetch_one(&mut *tx)
                 .await?;
-        for item in batch.iter_mut() {
+        for item in &mut batch {
             head = item.apply(&mut tx, head).await?;
         }
         tx.commit().await
+    }
+    .await;
+    match done {
+        Ok(()) => batch.into_iter().for_each(Pending::committed),
+        Err(e) => {
+            for item in batch {
+                item.failed(&e);
+            }
+        }
     }
 }
